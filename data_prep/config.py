@@ -1,0 +1,327 @@
+"""The data_prep config: YAML (safe_load) -> typed dataclasses, validated before any work.
+
+    python -m data_prep --config data_prep/configs/demo.yaml tokenizer.vocab_size=8192 sources.stdlib.weight=1
+
+Overrides are `key.path=value`; the value is parsed as YAML (`8` is an int, `true` a bool,
+`[a, b]` a list). A list of sources is addressed by index or by name (`sources.0.weight`,
+`sources.stdlib.weight`). Unknown keys fail naming the closest valid key; wrong types fail naming
+the key. Relative paths (output, source paths) are resolved against the working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from data_prep.errors import ConfigError
+
+SOURCE_TYPES = ("txt", "jsonl", "parquet", "pydoc_topics", "python_stdlib")
+FILE_SOURCE_TYPES = ("txt", "jsonl", "parquet")
+
+
+@dataclasses.dataclass
+class SplitConfig:
+    """How documents are divided into train and val.
+
+    by: hash      -> a document goes to val when hash(seed, document id) falls below val_fraction.
+    by: position  -> the last val_fraction of every document (in characters) becomes val; the
+                     classic held-out tail of a single file (nanoGPT's shakespeare_char split).
+    """
+
+    by: Literal["hash", "position"] = "hash"
+    val_fraction: float = 0.01
+
+
+@dataclasses.dataclass
+class SourceConfig:
+    name: str
+    type: Literal["txt", "jsonl", "parquet", "pydoc_topics", "python_stdlib"]
+    paths: list[str] = dataclasses.field(default_factory=list)  # files or globs (txt, jsonl, parquet)
+    text_field: str = "text"  # jsonl key / parquet column holding the document
+    weight: float = 1.0  # sampling weight at load time; recorded in the manifest
+    # txt only: null = the whole file is one document; "blank_line" = paragraphs; "line" = every line
+    doc_separator: Optional[Literal["blank_line", "line"]] = None
+    max_files: Optional[int] = None  # python_stdlib: cap on files (chosen by a stable hash of the path)
+    max_bytes: Optional[int] = None  # python_stdlib: cap on total source bytes
+    split: Optional[SplitConfig] = None  # null = the dataset's `split`
+
+
+@dataclasses.dataclass
+class TokenizerConfig:
+    """A SentencePiece model trained on the train split, or an existing one (`path`).
+
+    Text is not normalised (identity rule, whitespace kept, no dummy prefix) and '\\n' is always a
+    piece of its own, so decode(encode(text)) == text; with byte_fallback no character is unknown.
+    Default special ids: pad 0, unk 1, bos 2, eos 3 (pad 0 so zero-filled arrays read as padding).
+    With `path` the ids come from that model and the training fields are ignored.
+    """
+
+    path: Optional[str] = None
+    model_type: Literal["bpe", "unigram", "char"] = "bpe"
+    vocab_size: Optional[int] = 8192  # char: null = one piece per character seen, plus specials
+    byte_fallback: bool = True
+    split_digits: bool = True
+    character_coverage: float = 0.9995  # char models always use 1.0
+    user_defined_symbols: list[str] = dataclasses.field(default_factory=list)
+    pad_id: int = 0  # -1 = no padding piece
+    unk_id: int = 1
+    bos_id: int = 2  # -1 = no BOS piece (then add_bos must be false)
+    eos_id: int = 3
+    add_bos: bool = False  # every record is [BOS] + tokens + EOS
+    input_sentence_size: int = 1_000_000  # sentences sampled for training; 0 = all
+    max_sentence_length: int = 4192  # bytes; longer lines are cut into pieces, never dropped
+    num_threads: int = 8  # fixed, not the core count: the trained model depends on it
+    roundtrip_check_documents: int = 256  # per split: decode the first N records and compare
+
+
+@dataclasses.dataclass
+class ShardConfig:
+    # each (split, source) pair is cut into ceil(text MB / target_mb) shards of whole documents
+    target_mb: float = 256.0
+
+
+@dataclasses.dataclass
+class Config:
+    output: str
+    sources: list[SourceConfig]
+    seed: int = 0
+    split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
+    tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
+    shards: ShardConfig = dataclasses.field(default_factory=ShardConfig)
+    workers: int = 0  # encoding processes; 0 = every core
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def split_for(self, source: SourceConfig) -> SplitConfig:
+        return source.split if source.split is not None else self.split
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def load_config(path: str, overrides: list[str] = ()) -> Config:
+    """Reads a YAML config, applies `key.path=value` overrides, returns a validated Config."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist; pass e.g. --config data_prep/configs/demo.yaml")
+    with open(path, encoding="utf-8") as f:
+        try:
+            raw = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, got {type(raw).__name__}")
+    return config_from_dict(raw, overrides)
+
+
+def config_from_dict(raw: dict[str, Any], overrides: list[str] = ()) -> Config:
+    raw = _deepcopy(raw)
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {override!r} is not of the form key.path=value")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        _set_path(raw, Config, key.split("."), parsed, key)
+    cfg = _build(Config, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def _deepcopy(x):
+    if isinstance(x, dict):
+        return {k: _deepcopy(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_deepcopy(v) for v in x]
+    return x
+
+
+def _fields(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown_key(key: str, valid: list[str], prefix: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"did you mean {prefix + close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
+    return ConfigError(f"unknown config key {prefix + key!r}; {hint}")
+
+
+def _strip_optional(tp):
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _set_path(node: dict, cls, parts: list[str], value: Any, full_key: str) -> None:
+    """Sets raw[parts] = value, checking every part against the dataclass schema."""
+    fields = _fields(cls)
+    prefix = full_key[: len(full_key) - len(".".join(parts))]
+    name = parts[0]
+    if name not in fields:
+        raise _unknown_key(name, list(fields), prefix)
+    if len(parts) == 1:
+        node[name] = value
+        return
+    tp = _strip_optional(fields[name])
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(node.get(name), dict):
+            node[name] = {}
+        _set_path(node[name], tp, parts[1:], value, full_key)
+    elif typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+        items = node.get(name)
+        if not isinstance(items, list):
+            raise ConfigError(f"cannot override {full_key!r}: {prefix + name!r} is not a list in the config")
+        item = _find_item(items, parts[1], prefix + name)
+        if len(parts) == 2:
+            raise ConfigError(f"override {full_key!r} names a whole list entry; set one of its keys, e.g. {full_key}.weight=2")
+        _set_path(item, typing.get_args(tp)[0], parts[2:], value, full_key)
+    else:
+        raise ConfigError(f"{prefix + name!r} has no sub-keys, so {full_key!r} is not a valid override")
+
+
+def _find_item(items: list, ref: str, where: str) -> dict:
+    names = [it.get("name") for it in items if isinstance(it, dict)]
+    for i, it in enumerate(items):
+        if isinstance(it, dict) and (it.get("name") == ref or str(i) == ref):
+            return it
+    raise ConfigError(f"{where} has no entry {ref!r}; use an index 0..{len(items) - 1} or a name: {', '.join(map(str, names))}")
+
+
+def _a(tp) -> str:
+    name = _type_name(tp)
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+def _type_name(tp) -> str:
+    tp = _strip_optional(tp)
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _build(tp, value: Any, key: str):
+    """Converts a raw YAML value to type `tp`, raising ConfigError naming `key` on a mismatch."""
+    shown = key or "the config"
+    optional = _strip_optional(tp) is not tp
+    tp = _strip_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{shown!r} must be {_a(tp)}, got null")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{shown!r} must be a mapping of keys, got {type(value).__name__}")
+        fields = _fields(tp)
+        prefix = f"{key}." if key else ""
+        for k in value:
+            if k not in fields:
+                raise _unknown_key(str(k), list(fields), prefix)
+        missing = [f.name for f in dataclasses.fields(tp)
+                   if f.name not in value and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ConfigError(f"{prefix + missing[0]!r} is required but missing")
+        return tp(**{k: _build(fields[k], v, prefix + k) for k, v in value.items()})
+    origin = typing.get_origin(tp)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{shown!r} must be {_a(tp)}, got {type(value).__name__}")
+        (item_tp,) = typing.get_args(tp)
+        return [_build(item_tp, v, f"{key}.{i}") for i, v in enumerate(value)]
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{shown!r} must be one of {_type_name(tp)}, got {value!r}{hint}")
+        return value
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(tp)
+    if ok is None:
+        raise TypeError(f"config schema uses an unsupported type {tp} at {shown}")
+    if not ok:
+        raise ConfigError(f"{shown!r} must be {_a(tp)}, got {type(value).__name__} {value!r}")
+    return float(value) if tp is float else value
+
+
+# --- validation beyond types ----------------------------------------------------------------------
+
+
+def validate(cfg: Config) -> None:
+    if not cfg.output:
+        raise ConfigError("'output' must name the folder to write, e.g. output=data/my_dataset")
+    if not cfg.sources:
+        raise ConfigError("'sources' is empty; list at least one source (see data_prep/configs/demo.yaml)")
+    if cfg.workers < 0:
+        raise ConfigError(f"'workers' must be >= 0 (0 = every core), got {cfg.workers}")
+    if not cfg.shards.target_mb > 0:
+        raise ConfigError(f"'shards.target_mb' must be > 0, got {cfg.shards.target_mb}")
+    _validate_split(cfg.split, "split")
+    seen = set()
+    for i, src in enumerate(cfg.sources):
+        key = f"sources.{i}"
+        if not src.name or any(c in src.name for c in "/:. ") or src.name in seen:
+            raise ConfigError(f"{key}.name {src.name!r} must be unique, non-empty and free of '/', ':', '.' and spaces")
+        seen.add(src.name)
+        key = f"sources.{src.name}"
+        if not src.weight > 0:
+            raise ConfigError(f"{key}.weight must be > 0, got {src.weight}")
+        if src.type in FILE_SOURCE_TYPES and not src.paths:
+            raise ConfigError(f"{key}.paths is empty; a {src.type} source needs files or globs")
+        if src.type not in FILE_SOURCE_TYPES and src.paths:
+            raise ConfigError(f"{key}.paths is set but a {src.type} source reads the running Python; remove it")
+        if src.doc_separator is not None and src.type != "txt":
+            raise ConfigError(f"{key}.doc_separator applies to txt sources only")
+        if (src.max_files is not None or src.max_bytes is not None) and src.type != "python_stdlib":
+            raise ConfigError(f"{key}.max_files / max_bytes apply to python_stdlib sources only")
+        for cap in ("max_files", "max_bytes"):
+            if getattr(src, cap) is not None and getattr(src, cap) <= 0:
+                raise ConfigError(f"{key}.{cap} must be > 0 or null")
+        if src.split is not None:
+            _validate_split(src.split, f"{key}.split")
+    _validate_tokenizer(cfg.tokenizer)
+
+
+def _validate_split(split: SplitConfig, key: str) -> None:
+    if not 0.0 <= split.val_fraction < 1.0:
+        raise ConfigError(f"{key}.val_fraction must be in [0, 1), got {split.val_fraction}")
+
+
+def _validate_tokenizer(tok: TokenizerConfig) -> None:
+    if tok.path is not None:
+        if not os.path.isfile(tok.path):
+            raise ConfigError(f"tokenizer.path {tok.path!r} does not exist; give a SentencePiece .model file or remove the key to train one")
+        return
+    if tok.vocab_size is None and tok.model_type != "char":
+        raise ConfigError(f"tokenizer.vocab_size is required for a {tok.model_type} model (e.g. 8192)")
+    if tok.vocab_size is not None and tok.vocab_size < 8:
+        raise ConfigError(f"tokenizer.vocab_size must be >= 8, got {tok.vocab_size}")
+    if tok.unk_id < 0 or tok.eos_id < 0:
+        raise ConfigError("tokenizer.unk_id and tokenizer.eos_id must be >= 0: SentencePiece needs unk, records end with EOS")
+    if tok.add_bos and tok.bos_id < 0:
+        raise ConfigError("tokenizer.add_bos is true but tokenizer.bos_id is -1; give BOS an id or set add_bos=false")
+    ids = {k: getattr(tok, k) for k in ("pad_id", "unk_id", "bos_id", "eos_id") if getattr(tok, k) >= 0}
+    if len(set(ids.values())) != len(ids):
+        raise ConfigError(f"tokenizer special ids must differ, got {ids}")
+    if not 0 < tok.character_coverage <= 1:
+        raise ConfigError(f"tokenizer.character_coverage must be in (0, 1], got {tok.character_coverage}")
+    if tok.input_sentence_size < 0 or tok.max_sentence_length < 16 or tok.num_threads < 1:
+        raise ConfigError("tokenizer.input_sentence_size must be >= 0, max_sentence_length >= 16, num_threads >= 1")
+    if any(not s for s in tok.user_defined_symbols):
+        raise ConfigError("tokenizer.user_defined_symbols must not contain empty strings")

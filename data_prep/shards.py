@@ -1,0 +1,194 @@
+"""Encode documents into records on every core, and write them to ArrayRecord shards.
+
+A record is `jaxlm.data.format.encode_record([BOS] + ids + [EOS])`: one per document, so an empty
+document becomes a record holding only EOS (and BOS). Shards hold whole documents of one source
+and one split; a group's documents go round-robin over its shards in stream order, so the output
+is a pure function of the input order (byte-identical across runs and worker counts).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import numpy as np
+import sentencepiece as spm
+from array_record.python.array_record_module import ArrayRecordWriter
+
+from data_prep.manifest import sha256_file
+from jaxlm.data import format
+
+WRITER_OPTIONS = "group_size:1"  # one record per chunk: what Grain needs for fast random access
+BATCH_BYTES = 1 << 20  # text per task sent to a worker: large enough to amortise the hand-off
+
+Meta = TypeVar("Meta")
+
+
+class RecordEncoder:
+    """Text -> record bytes with one SentencePiece model; the unit each worker process runs."""
+
+    def __init__(self, model_proto: bytes, add_bos: bool):
+        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.add_bos = add_bos
+        self.dtype = format.token_dtype(self.sp.vocab_size())
+        self.unk_id = self.sp.unk_id()
+
+    def __call__(self, texts: list[str]) -> list[tuple[bytes, int]]:
+        """(record bytes, number of unk tokens) per text."""
+        # num_threads=1: the parallelism is the process pool, one core per worker
+        ids = self.sp.encode(texts, add_bos=self.add_bos, add_eos=True, num_threads=1)
+        out = []
+        for row in ids:
+            tokens = np.array(row, dtype=self.dtype)
+            out.append((tokens.tobytes(), int(np.count_nonzero(tokens == self.unk_id))))
+        return out
+
+
+_worker_encoder: RecordEncoder | None = None
+
+
+def _init_worker(model_proto: bytes, add_bos: bool) -> None:
+    global _worker_encoder
+    _worker_encoder = RecordEncoder(model_proto, add_bos)
+
+
+def _encode_in_worker(texts: list[str]) -> list[tuple[bytes, int]]:
+    return _worker_encoder(texts)
+
+
+def encode_batches(
+    batches: Iterable[tuple[Meta, list[str]]], model_proto: bytes, add_bos: bool, workers: int
+) -> Iterator[tuple[Meta, list[tuple[bytes, int]]]]:
+    """Encodes batches of texts on `workers` processes; yields results in input order.
+
+    At most 2 * workers batches are in flight, so memory stays bounded however large the input.
+    """
+    if workers <= 1:
+        encoder = RecordEncoder(model_proto, add_bos)
+        for meta, texts in batches:
+            yield meta, encoder(texts)
+        return
+    # spawn: workers start clean (no inherited threads or locks), load the model once each
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_init_worker, initargs=(model_proto, add_bos)) as pool:
+        pending: collections.deque = collections.deque()
+        for meta, texts in batches:
+            pending.append((meta, pool.apply_async(_encode_in_worker, (texts,))))
+            if len(pending) >= 2 * workers:
+                meta_done, result = pending.popleft()
+                yield meta_done, result.get()
+        while pending:
+            meta_done, result = pending.popleft()
+            yield meta_done, result.get()
+
+
+def batched(items: Iterable[tuple[Any, str]], max_bytes: int = BATCH_BYTES, max_items: int = 4096) -> Iterator[tuple[list[Any], list[str]]]:
+    """Groups (meta, text) pairs into batches of about max_bytes of text."""
+    metas, texts, size = [], [], 0
+    for meta, text in items:
+        metas.append(meta)
+        texts.append(text)
+        size += len(text)
+        if size >= max_bytes or len(texts) >= max_items:
+            yield metas, texts
+            metas, texts, size = [], [], 0
+    if texts:
+        yield metas, texts
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupPlan:
+    """The shards of one (split, source) group: indices first..first+count-1 of the split's total."""
+
+    split: str
+    source: str
+    first: int
+    count: int
+    total: int
+
+
+def shard_count(text_bytes: int, documents: int, target_mb: float) -> int:
+    """Shards for one group: about target_mb of text each, never more than it has documents."""
+    return max(1, min(documents, math.ceil(text_bytes / (target_mb * 1e6))))
+
+
+def plan_shards(groups: dict[tuple[str, str], dict[str, int]], sources: list[str], target_mb: float) -> list[GroupPlan]:
+    """Shard indices per non-empty (split, source) group, in split then source order."""
+    plan = []
+    for split in format.SPLITS:
+        counts = [(src, shard_count(groups[(split, src)]["bytes"], groups[(split, src)]["documents"], target_mb))
+                  for src in sources if groups.get((split, src), {}).get("documents")]
+        total, first = sum(c for _, c in counts), 0
+        for src, count in counts:
+            plan.append(GroupPlan(split, src, first, count, total))
+            first += count
+    return plan
+
+
+class ShardGroupWriter:
+    """Writes one group's records round-robin over its shards; closes to manifest entries."""
+
+    def __init__(self, dataset_dir: str, group: GroupPlan, dtype: np.dtype):
+        self.paths = [format.shard_name(group.split, group.first + i, group.total) for i in range(group.count)]
+        self.source, self.itemsize = group.source, dtype.itemsize
+        self._dir = dataset_dir
+        self._writers = [ArrayRecordWriter(os.path.join(dataset_dir, p), WRITER_OPTIONS) for p in self.paths]
+        self._records = [0] * group.count
+        self._tokens = [0] * group.count
+        self._next = 0
+
+    def write(self, record: bytes) -> None:
+        i = self._next
+        self._writers[i].write(record)
+        self._records[i] += 1
+        self._tokens[i] += len(record) // self.itemsize
+        self._next = (i + 1) % len(self._writers)
+
+    def close(self) -> list[dict[str, Any]]:
+        """Closes the files; returns their manifest entries (path, source, sha256, records, tokens, bytes)."""
+        shards = []
+        for path, writer, records, tokens in zip(self.paths, self._writers, self._records, self._tokens):
+            writer.close()
+            full = os.path.join(self._dir, path)
+            shards.append({"path": path, "source": self.source, "sha256": sha256_file(full),
+                           "records": records, "tokens": tokens, "bytes": os.path.getsize(full)})
+        return shards
+
+
+def write_shards(
+    plan: list[GroupPlan],
+    read_group: Callable[[str, str], Iterable[tuple[str, str]]],
+    dataset_dir: str,
+    dtype: np.dtype,
+    model_proto: bytes,
+    add_bos: bool,
+    workers: int,
+    on_record: Callable[[str, str, str, str, bytes, int], None],
+) -> dict[str, list[dict[str, Any]]]:
+    """Encodes every group's (doc id, text) stream and writes its shards; returns manifest entries per split.
+
+    `on_record(split, source, doc_id, text, record, unk_tokens)` sees every record, in order.
+    """
+    def items():
+        for group in plan:
+            for doc_id, text in read_group(group.split, group.source):
+                yield (group, doc_id, text), text
+
+    written: dict[str, list[dict[str, Any]]] = {split: [] for split in format.SPLITS}
+    writer, current = None, None
+    for metas, results in encode_batches(batched(items()), model_proto, add_bos, workers):
+        for (group, doc_id, text), (record, unk) in zip(metas, results):
+            if group != current:
+                if writer is not None:
+                    written[current.split] += writer.close()
+                writer, current = ShardGroupWriter(dataset_dir, group, dtype), group
+            writer.write(record)
+            on_record(group.split, group.source, doc_id, text, record, unk)
+    if writer is not None:
+        written[current.split] += writer.close()
+    return written

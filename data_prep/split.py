@@ -1,0 +1,53 @@
+"""The split stage: marks every document train or val (`doc.meta["split"]`), deterministically."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+
+from data_prep.config import Config
+from data_prep.document import Document
+from data_prep.manifest import StageReport
+
+
+def hash_fraction(seed: int, doc_id: str) -> float:
+    """A number in [0, 1) fixed by (seed, document id): independent of order, stable across runs."""
+    digest = hashlib.sha1(f"{seed}:{doc_id}".encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def position_cut(length: int, val_fraction: float) -> int:
+    """Characters kept for train: the first int(length * (1 - val_fraction)), as nanoGPT cuts its text."""
+    return int(length * (1.0 - val_fraction))
+
+
+class SplitStage:
+    """by: hash -> whole documents go to val with probability val_fraction (by their id);
+    by: position -> each document is cut in two, its last val_fraction (in characters) to val.
+    Cut parts get ids `<id>[:cut]` and `<id>[cut:]`; an empty document stays whole (in train).
+    """
+
+    name = "split"
+
+    def __init__(self, cfg: Config):
+        self.seed = cfg.seed
+        self.rules = {src.name: cfg.split_for(src) for src in cfg.sources}
+
+    def __call__(self, docs: Iterable[Document], report: StageReport) -> Iterator[Document]:
+        counts = {"train": 0, "val": 0}
+        for doc in docs:
+            rule = self.rules[doc.source]
+            if rule.by == "hash":
+                parts = [(doc, "val" if hash_fraction(self.seed, doc.id) < rule.val_fraction else "train")]
+            else:
+                cut = position_cut(len(doc.text), rule.val_fraction)
+                if 0 < cut < len(doc.text):
+                    parts = [(Document(doc.text[:cut], f"{doc.id}[:{cut}]", doc.source, dict(doc.meta)), "train"),
+                             (Document(doc.text[cut:], f"{doc.id}[{cut}:]", doc.source, dict(doc.meta)), "val")]
+                else:
+                    parts = [(doc, "val" if cut == 0 and doc.text else "train")]
+            for part, split in parts:
+                part.meta["split"] = split
+                counts[split] += 1
+                yield part
+        report.extra["split_documents"] = counts

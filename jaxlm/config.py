@@ -1,0 +1,310 @@
+"""The typed config tree: YAML in, validated dataclasses out, resolved YAML back to the workdir.
+
+Every field has a type and a default; `load_config` rejects unknown keys (naming the closest valid
+one) and wrong types before any compute. Overrides are `key.path=value` strings whose value is
+parsed as YAML (`optim.lr=3e-4`, `mesh.data=2`, `data.sources=[{path: d, weight: 1}]`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config the user wrote cannot work; the message names the key and the fix."""
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    family: str = "llama"  # gpt2: LayerNorm, learned positions, GELU, biases | llama: RMSNorm, RoPE, SwiGLU, GQA
+    vocab_size: int = 32000
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: Optional[int] = None  # None: as many as n_heads (no grouping)
+    head_dim: Optional[int] = None  # None: d_model // n_heads
+    d_ff: Optional[int] = None  # None: 4*d_model (gpt2), or 8/3*d_model rounded up to 64 (llama)
+    max_seq_len: int = 1024
+    tie_embeddings: bool = True
+    embed_dropout: float = 0.0
+    attn_dropout: float = 0.0
+    resid_dropout: float = 0.0
+    qk_norm: bool = False
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    init: str = "gpt2"  # normal | gpt2 (residual projections / sqrt(2L)) | small (T-Fixup-like, for deep stacks)
+    init_std: float = 0.02
+    dtype: str = "float32"  # compute dtype; parameters stay in param_dtype
+    param_dtype: str = "float32"
+    scan_layers: bool = True
+    remat: str = "none"  # none | full | dots (keep matmul outputs, recompute the rest)
+    loss_chunk: int = 0  # >0: cross-entropy over this many tokens at a time, never holding all logits
+
+
+@dataclasses.dataclass
+class SourceConfig:
+    path: str = ""  # a data_prep output folder
+    weight: float = 1.0
+
+
+@dataclasses.dataclass
+class DataConfig:
+    sources: list[SourceConfig] = dataclasses.field(default_factory=list)
+    seq_len: int = 256
+    worker_count: int = 0  # Grain worker processes (0: read in the training process)
+    prefetch: int = 2
+    prepare: str = ""  # data_prep config that makes the sources, named in error messages
+
+
+@dataclasses.dataclass
+class MeshConfig:
+    data: int = -1  # -1: whatever the other axes leave of the device count
+    fsdp: int = 1
+    tensor: int = 1
+    pipe: int = 1
+
+
+@dataclasses.dataclass
+class ScheduleConfig:
+    name: str = "cosine"  # constant | cosine | linear | step | inverse_sqrt | wsd
+    warmup_steps: int = 0
+    decay_steps: Optional[int] = None  # None: train.steps
+    min_lr_ratio: float = 0.1  # floor of cosine/linear/wsd as a fraction of the peak
+    step_every: int = 1000  # step decay: multiply by step_factor every step_every steps
+    step_factor: float = 0.1
+    wsd_decay_fraction: float = 0.2  # warmup-stable-decay: last fraction of steps decays
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | adafactor | lion
+    lr: float = 3e-4
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # decoupled; masked off norms, biases and (1-D) gains
+    clip_norm: float = 1.0  # global gradient norm clip; 0 disables
+    l1: float = 0.0  # explicit penalties added to the loss (rarely wanted beside weight decay)
+    l2: float = 0.0
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+
+
+@dataclasses.dataclass
+class RampStage:
+    until_tokens: int = 0  # this batch size is used while fewer tokens than this have been seen
+    batch: int = 0  # sequences per optimizer step; a multiple of train.micro_batch
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    steps: int = 1000
+    global_batch: int = 8  # sequences per optimizer step
+    micro_batch: Optional[int] = None  # sequences per micro-batch (gradient accumulation); None: global_batch
+    batch_ramp: list[RampStage] = dataclasses.field(default_factory=list)
+    z_loss: float = 0.0  # weight of log(Z)^2, keeps the softmax normaliser near 1
+    log_every: int = 10
+    eval_every: int = 250
+    eval_batches: int = 20
+    sample_every: int = 0  # 0: no samples during training
+    peak_flops: Optional[float] = None  # per device, for MFU; None: table for TPU/GPU, a matmul probe on CPU
+
+
+@dataclasses.dataclass
+class WandbConfig:
+    enabled: bool = False
+    project: str = "jaxlm"
+    mode: str = "offline"  # offline works without the network; `wandb sync` uploads later
+
+
+@dataclasses.dataclass
+class LogConfig:
+    tensorboard: bool = True
+    progress: bool = True
+    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+
+
+@dataclasses.dataclass
+class Config:
+    workdir: str = "runs/default"
+    seed: int = 0
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    log: LogConfig = dataclasses.field(default_factory=LogConfig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building the tree from plain data
+
+
+def _closest(name: str, options) -> str:
+    match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f"; did you mean {match[0]!r}?" if match else f"; valid keys: {', '.join(sorted(options))}"
+
+
+def _build(cls, data: Any, where: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'the config'} must be a mapping of keys, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            raise ConfigError(f"unknown config key {path!r}{_closest(str(key), fields)}")
+        kwargs[key] = _convert(hints[key], value, path)
+    return cls(**kwargs)
+
+
+def _convert(hint, value, path: str):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, path)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path} must be a list, got {value!r}")
+        return [_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)  # 1e6 in YAML
+    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{path} must be of type {hint.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def _set_path(tree: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    pairs = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value (e.g. optim.lr=3e-4)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from e
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def config_from_dict(raw: dict, overrides: list[str] = ()) -> Config:
+    raw = dict(raw or {})
+    for key, value in parse_overrides(list(overrides)):
+        _set_path(raw, key, value)
+    config = _build(Config, raw, "")
+    validate(config)
+    return config
+
+
+def load_config(path: str, overrides: list[str] = ()) -> Config:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist (see configs/ for recipes)")
+    with open(path, encoding="utf-8") as f:
+        try:
+            raw = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    try:
+        return config_from_dict(raw, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def dump_yaml(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks that need more than one field. Checks against devices and data live where those are known.
+
+_CHOICES = {
+    "model.family": ("gpt2", "llama"),
+    "model.init": ("normal", "gpt2", "small"),
+    "model.remat": ("none", "full", "dots"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "optim.name": ("adamw", "adafactor", "lion"),
+    "optim.schedule.name": ("constant", "cosine", "linear", "step", "inverse_sqrt", "wsd"),
+    "log.wandb.mode": ("offline", "online", "disabled"),
+}
+
+
+def _get(config, dotted: str):
+    for key in dotted.split("."):
+        config = getattr(config, key)
+    return config
+
+
+def validate(config: Config) -> None:
+    for key, choices in _CHOICES.items():
+        value = _get(config, key)
+        if value not in choices:
+            raise ConfigError(f"{key} is {value!r}; choose one of {', '.join(choices)}")
+    m, t = config.model, config.train
+    for key in ("model.vocab_size", "model.d_model", "model.n_layers", "model.n_heads", "model.max_seq_len",
+                "data.seq_len", "train.steps", "train.global_batch", "train.log_every"):
+        if _get(config, key) <= 0:
+            raise ConfigError(f"{key} must be positive, got {_get(config, key)}")
+    if m.head_dim is None and m.d_model % m.n_heads:
+        raise ConfigError(f"model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads}), "
+                          "or set model.head_dim")
+    kv = m.n_kv_heads or m.n_heads
+    if m.n_heads % kv:
+        raise ConfigError(f"model.n_heads ({m.n_heads}) must be a multiple of model.n_kv_heads ({kv})")
+    if m.family == "gpt2" and config.data.seq_len > m.max_seq_len:
+        raise ConfigError(f"data.seq_len ({config.data.seq_len}) exceeds model.max_seq_len ({m.max_seq_len}), "
+                          "the size of the learned position table; raise model.max_seq_len")
+    micro = t.micro_batch or t.global_batch
+    for batch, key in [(t.global_batch, "train.global_batch")] + [
+        (s.batch, f"train.batch_ramp[{i}].batch") for i, s in enumerate(t.batch_ramp)
+    ]:
+        if batch % micro:
+            raise ConfigError(f"{key} ({batch}) must be a multiple of train.micro_batch ({micro})")
+    for i, s in enumerate(t.batch_ramp):
+        if s.batch <= 0 or s.until_tokens <= 0:
+            raise ConfigError(f"train.batch_ramp[{i}] needs positive batch and until_tokens")
+    for name in ("embed_dropout", "attn_dropout", "resid_dropout"):
+        if not 0.0 <= getattr(m, name) < 1.0:
+            raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(m, name)}")
+    if not config.data.sources:
+        raise ConfigError("data.sources is empty: name at least one prepared dataset folder "
+                          "(made by `python -m data_prep --config data_prep/configs/<recipe>.yaml`)")
+    for i, s in enumerate(config.data.sources):
+        if s.weight <= 0:
+            raise ConfigError(f"data.sources[{i}].weight must be positive, got {s.weight}")

@@ -1,0 +1,1 @@
+"""Meshes, the logical->mesh rules table, and multi-host start-up."""

@@ -1,0 +1,53 @@
+"""The device mesh over axes (data, fsdp, tensor, pipe), built from config and checked first."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxlm.config import ConfigError, MeshConfig
+
+AXES = ("data", "fsdp", "tensor", "pipe")
+BATCH_AXES = ("data", "fsdp")  # the batch dim is split over both: FSDP is data parallel too
+
+
+def mesh_shape(cfg: MeshConfig, device_count: int) -> dict[str, int]:
+    sizes = {axis: getattr(cfg, axis) for axis in AXES}
+    for axis, size in sizes.items():
+        if size == 0 or size < -1:
+            raise ConfigError(f"mesh.{axis} must be a positive size (or -1 for 'the rest'), got {size}")
+    free = [axis for axis, size in sizes.items() if size == -1]
+    if len(free) > 1:
+        raise ConfigError(f"only one mesh axis may be -1, got {', '.join('mesh.' + a for a in free)}")
+    fixed = math.prod(size for size in sizes.values() if size != -1)
+    if free:
+        if device_count % fixed:
+            raise ConfigError(f"the mesh's fixed axes multiply to {fixed}, which does not divide the "
+                              f"{device_count} devices; change mesh.* so that their product divides it")
+        sizes[free[0]] = device_count // fixed
+    product = math.prod(sizes.values())
+    if product != device_count:
+        shown = ", ".join(f"{a}={s}" for a, s in sizes.items())
+        raise ConfigError(f"mesh {shown} has {product} devices but {device_count} are present; "
+                          f"make the product of mesh.data/fsdp/tensor/pipe equal {device_count} "
+                          "(set one axis to -1 to fill)")
+    return sizes
+
+
+def build_mesh(cfg: MeshConfig, devices=None) -> Mesh:
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = mesh_shape(cfg, len(devices))
+    shape = tuple(sizes[a] for a in AXES)
+    try:  # lays the axes out along the physical topology (ICI rings on TPU)
+        from jax.experimental import mesh_utils
+        grid = mesh_utils.create_device_mesh(shape, devices=devices)
+    except Exception:  # CPU and odd device sets: plain order is fine there
+        grid = np.array(devices).reshape(shape)
+    return Mesh(grid, AXES)
+
+
+def batch_shards(mesh: Mesh) -> int:
+    return math.prod(mesh.shape[a] for a in BATCH_AXES)

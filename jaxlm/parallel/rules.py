@@ -1,0 +1,95 @@
+"""The one table from logical names to mesh axes, applied twice: to parameters and to activations.
+
+Parameters are split for memory (FSDP shards `embed`, tensor parallelism shards heads and MLP
+columns/rows, Megatron style: q/k/v and up/gate by output columns, o and down by input rows, so a
+block needs one reduction per sublayer). Activations are split for compute (batch over the data
+axes, heads/MLP over `tensor`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+PARAM_RULES: dict[str, Any] = {
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "mlp": "tensor",
+    "heads": "tensor",
+    "kv": None,
+    "layers": None,
+    "length": None,
+}
+
+ACTIVATION_RULES: dict[str, Any] = {
+    "batch": ("data", "fsdp"),
+    "length": None,
+    "embed": None,
+    "mlp": "tensor",
+    "heads": "tensor",
+    "kv": None,
+    "vocab": "tensor",
+}
+
+
+class ShardingRuleError(ValueError):
+    pass
+
+
+def spec_for(axes: tuple, shape: tuple, mesh: Mesh, rules: dict[str, Any]) -> PartitionSpec:
+    """Maps each dim's logical name through `rules`. A dim is left whole when its mesh axes are
+    already used by an earlier dim or do not divide it (e.g. a 65-symbol vocabulary on tensor=2)."""
+    used: set[str] = set()
+    out = []
+    for name, dim in zip(axes, shape):
+        if name not in rules:
+            raise ShardingRuleError(f"logical axis {name!r} has no rule in jaxlm.parallel.rules")
+        target = rules[name]
+        mesh_axes = (target,) if isinstance(target, str) else tuple(target or ())
+        mesh_axes = tuple(a for a in mesh_axes if a in mesh.shape and mesh.shape[a] > 1 and a not in used)
+        if mesh_axes and dim % math.prod(mesh.shape[a] for a in mesh_axes) == 0:
+            used.update(mesh_axes)
+            out.append(mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
+        else:
+            out.append(None)
+    return PartitionSpec(*out)
+
+
+def logical_axes(model: nnx.Module) -> dict:
+    """Pure dict (same tree as the parameters) of each parameter's logical axis names."""
+    state = nnx.state(model, nnx.Param)
+
+    def names(v):
+        axes = v.get_metadata().get("logical_axes")
+        if axes is None or len(axes) != v.value.ndim:
+            raise ShardingRuleError(f"a parameter of shape {v.value.shape} has no logical axis names "
+                                    f"({axes!r}); every nnx.Param needs logical_axes=(...)")
+        return tuple(axes)
+
+    return nnx.to_pure_dict(jax.tree.map(names, state, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+
+
+def param_shardings(axes_tree: dict, shapes_tree: dict, mesh: Mesh) -> dict:
+    """NamedSharding for every parameter (shapes_tree: arrays or ShapeDtypeStructs)."""
+    return jax.tree.map(
+        lambda axes, x: NamedSharding(mesh, spec_for(axes, x.shape, mesh, PARAM_RULES)),
+        axes_tree, shapes_tree, is_leaf=lambda x: isinstance(x, tuple))
+
+
+def activation_constraint(mesh: Mesh):
+    """The function `jaxlm.model.layers.set_activation_constraint` takes, for this mesh."""
+    def constrain(x: jax.Array, axes: tuple) -> jax.Array:
+        spec = spec_for(axes, x.shape, mesh, ACTIVATION_RULES)
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+    return constrain
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2, leading: Optional[int] = None) -> NamedSharding:
+    """Batch arrays: (batch, length) split over the data axes; with `leading` micro-batch dims first."""
+    batch = tuple(a for a in ("data", "fsdp") if mesh.shape.get(a, 1) > 1) or None
+    lead = (None,) * (leading or 0)
+    return NamedSharding(mesh, PartitionSpec(*lead, batch, *([None] * (ndim - 1))))

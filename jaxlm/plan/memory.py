@@ -1,0 +1,418 @@
+"""Per-device memory of a training step, its FLOPs, time and cost, and a mesh for a device count.
+
+The model is described by `jaxlm.config.ModelConfig` (the trainer's own), so the planner and the
+trainer cannot disagree on what a config means. Parameters are enumerated exactly as
+`jaxlm.model.Transformer` creates them, with their logical axis names, and each is sharded with the
+trainer's own rule table (`jaxlm.parallel.rules`), so the per-device parameter bytes are exact.
+
+Activations are an estimate: elements saved per token and layer for each rematerialisation policy,
+grouped by the dim they scale with (residual `embed`, query `heads`, `kv`, `mlp`, attention scores).
+The counts were measured on XLA's compiled train step (jaxlm.train.step) by differencing models of
+different depth and width; see docs/planning.md. The step's peak is
+
+    params + optimizer state                      (arguments; outputs alias them: donated)
+  + grads (float32) [+ accumulator when micro-batching] [+ compute-dtype weights and their grads]
+  + layers x saved activations per layer
+  + max(logits and their gradient, one layer's backward working set)
+
+because the loss's (tokens, vocab) buffers are freed before the first layer's backward starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+from typing import Optional
+
+from jaxlm.plan import PlanError
+
+GiB = 2**30
+
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+OPTIMIZER_MOMENTS = {"adamw": 2, "lion": 1, "adafactor": 0}  # param-sized float32 buffers; adafactor
+# keeps only row and column statistics (negligible here)
+
+# Elements saved per token per layer, by policy: {dim: count}. "scores" are attention logits
+# (float32) plus probabilities (compute dtype) per query head and key position.
+SAVED_PER_LAYER = {
+    "none": {"embed": 3, "heads": 3, "kv": 6, "mlp": 6, "scores": 1},
+    # dots_with_no_batch_dims_saveable keeps the weight matmuls' outputs: q, k, v, o, (gate,) up, down
+    "dots": {"embed": 2, "heads": 1, "kv": 2, "mlp": None, "scores": 0},  # mlp: 2 gated, 1 plain
+    "full": {"embed": 1, "heads": 0, "kv": 0, "mlp": 0, "scores": 0},  # the layer's input only
+}
+REMAT_POLICIES = tuple(SAVED_PER_LAYER)
+# Under tensor parallelism the row-parallel matmuls (o, down) leave partial sums that are reduced
+# into fresh residual-sized buffers, and the column-parallel inputs are kept whole.
+TENSOR_PARALLEL_EXTRA_EMBED = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshShape:
+    data: int = 1
+    fsdp: int = 1
+    tensor: int = 1
+    pipe: int = 1
+
+    @property
+    def devices(self) -> int:
+        return self.data * self.fsdp * self.tensor * self.pipe
+
+    @property
+    def batch_shards(self) -> int:  # the batch dim is split over data and fsdp
+        return self.data * self.fsdp
+
+    def __str__(self) -> str:
+        return f"data={self.data},fsdp={self.fsdp},tensor={self.tensor},pipe={self.pipe}"
+
+
+def parse_mesh(text: str) -> MeshShape:
+    """'data=8,fsdp=4' -> MeshShape(data=8, fsdp=4, tensor=1, pipe=1)."""
+    sizes = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, value = part.partition("=")
+        if key not in ("data", "fsdp", "tensor", "pipe") or not value.strip().isdigit() or int(value) < 1:
+            raise PlanError(f"mesh {text!r}: {part!r} must be data|fsdp|tensor|pipe=<positive int>, "
+                            "e.g. --mesh data=8,fsdp=4,tensor=1")
+        sizes[key] = int(value)
+    return MeshShape(**sizes)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameters, as jaxlm.model.Transformer creates them
+
+
+def dims(model) -> dict:
+    from jaxlm.model.transformer import d_ff_of
+
+    n = model.n_heads
+    return dict(d=model.d_model, f=d_ff_of(model), n=n, kv=model.n_kv_heads or n,
+                h=model.head_dim or model.d_model // n, V=model.vocab_size, L=model.n_layers)
+
+
+def param_table(model) -> list[tuple[str, tuple, tuple]]:
+    """(name, shape, logical axes) of every parameter; per-layer ones carry a leading `layers` dim."""
+    g = dims(model)
+    d, f, n, kv, h, V, L = (g[k] for k in ("d", "f", "n", "kv", "h", "V", "L"))
+    gpt2 = model.family == "gpt2"
+    out = [("embed", (V, d), ("vocab", "embed"))]
+    if gpt2:
+        out.append(("pos_embed", (model.max_seq_len, d), ("length", "embed")))
+
+    def norm(name, size, axis):
+        rows = [(f"{name}.scale", size, axis)]
+        if gpt2:
+            rows.append((f"{name}.bias", size, axis))
+        return rows
+
+    def dense(name, in_shape, out_shape, in_axes, out_axes, bias):
+        rows = [(f"{name}.kernel", in_shape + out_shape, in_axes + out_axes)]
+        if bias:
+            rows.append((f"{name}.bias", out_shape, out_axes))
+        return rows
+
+    layer = norm("attn_norm", (d,), ("embed",))
+    layer += dense("q", (d,), (n, h), ("embed",), ("heads", "kv"), gpt2)
+    layer += dense("k", (d,), (kv, h), ("embed",), ("heads", "kv"), gpt2)
+    layer += dense("v", (d,), (kv, h), ("embed",), ("heads", "kv"), gpt2)
+    layer += dense("o", (n, h), (d,), ("heads", "kv"), ("embed",), gpt2)
+    if model.qk_norm:
+        layer += [("q_norm.scale", (h,), ("kv",)), ("k_norm.scale", (h,), ("kv",))]
+    layer += norm("mlp_norm", (d,), ("embed",))
+    layer += dense("up", (d,), (f,), ("embed",), ("mlp",), gpt2)
+    if not gpt2:
+        layer += dense("gate", (d,), (f,), ("embed",), ("mlp",), False)
+    layer += dense("down", (f,), (d,), ("mlp",), ("embed",), gpt2)
+    out += [(f"blocks.{name}", (L,) + shape, ("layers",) + axes) for name, shape, axes in layer]
+    out += [(f"final_norm.{k}", s, a) for k, s, a in norm("", (d,), ("embed",))]
+    if not model.tie_embeddings:
+        out.append(("unembed", (d, V), ("embed", "vocab")))
+    return out
+
+
+def count_params(model) -> int:
+    return sum(math.prod(shape) for _, shape, _ in param_table(model))
+
+
+def _shard_factor(shape: tuple, axes: tuple, mesh: MeshShape) -> int:
+    """How many ways the trainer's rules split this parameter (pipe splits the `layers` dim)."""
+    from jaxlm.parallel.rules import PARAM_RULES, spec_for
+
+    fake_mesh = types.SimpleNamespace(shape=dict(data=mesh.data, fsdp=mesh.fsdp, tensor=mesh.tensor))
+    spec = spec_for(axes, shape, fake_mesh, PARAM_RULES)
+    sizes = fake_mesh.shape
+    factor = 1
+    for entry in spec:
+        for axis in (entry,) if isinstance(entry, str) else (entry or ()):
+            factor *= sizes[axis]
+    if mesh.pipe > 1 and axes and axes[0] == "layers":
+        factor *= mesh.pipe
+    return factor
+
+
+def params_per_device(model, mesh: MeshShape) -> tuple[float, float]:
+    """(all parameters, per-layer parameters) held by one device."""
+    total = layers = 0.0
+    for _, shape, axes in param_table(model):
+        share = math.prod(shape) / _shard_factor(shape, axes, mesh)
+        total += share
+        if axes[0] == "layers":
+            layers += share
+    return total, layers
+
+
+# ----------------------------------------------------------------------------------------------
+# FLOPs
+
+
+def flops_per_token(model, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x (parameters in matmuls) + attention scores and mixing.
+
+    Embedding lookups are not matmuls; the unembedding is (tied or not). Attention adds
+    2 (QK^T) + 2 (PV) FLOPs per head dim per key position forward, x3 with the backward pass, over
+    the full (not causally halved) score matrix — the PaLM convention most MFU figures use.
+    """
+    g = dims(model)
+    matmul = sum(math.prod(s) for name, s, _ in param_table(model)
+                 if name.startswith("blocks.") and name.endswith(".kernel"))
+    matmul += g["d"] * g["V"]
+    attention = 12 * g["L"] * g["n"] * g["h"] * seq_len
+    return 6.0 * matmul + attention
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """What one optimizer step processes."""
+
+    global_batch: int  # sequences per step
+    seq_len: int
+    micro_batch: Optional[int] = None  # sequences per micro-batch; None: the whole batch at once
+    remat: str = "none"  # none | dots | full
+    compute_dtype: str = "bfloat16"
+    param_dtype: str = "float32"
+    optimizer: str = "adamw"
+    loss_chunk: int = 0  # >0: cross-entropy over this many tokens at a time
+    platform: str = "tpu"  # "cpu": XLA's CPU backend keeps bf16 activations as float32
+
+    @property
+    def n_micro(self) -> int:
+        return self.global_batch // (self.micro_batch or self.global_batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per device."""
+
+    params: float
+    optimizer: float
+    grads: float  # float32 gradients, plus the accumulator when micro-batching
+    weights_compute: float  # compute-dtype copies of the weights and their gradients (remat none)
+    activations: float  # saved for the backward pass, all layers on this device
+    working: float  # max(logits + their gradient, one layer's backward working set)
+
+    @property
+    def total(self) -> float:
+        return self.params + self.optimizer + self.grads + self.weights_compute + self.activations + self.working
+
+    @property
+    def state(self) -> float:  # what XLA reports as argument bytes (the donated train state)
+        return self.params + self.optimizer
+
+    @property
+    def temp(self) -> float:  # what XLA reports as temp bytes
+        return self.total - self.state
+
+    def rows(self) -> list[tuple[str, float]]:
+        return [("parameters", self.params), ("optimizer state", self.optimizer), ("gradients", self.grads),
+                ("compute-dtype weights", self.weights_compute), ("saved activations", self.activations),
+                ("logits / layer working set", self.working), ("total", self.total)]
+
+
+def _dtype_bytes(name: str) -> int:
+    if name not in _DTYPE_BYTES:
+        raise PlanError(f"unknown dtype {name!r}; use one of {', '.join(_DTYPE_BYTES)}")
+    return _DTYPE_BYTES[name]
+
+
+def check_mesh(model, work: Workload, mesh: MeshShape) -> None:
+    """Raises PlanError when the trainer could not run this model on this mesh."""
+    g = dims(model)
+    micro = work.micro_batch or work.global_batch
+    if work.global_batch % micro:
+        raise PlanError(f"global batch {work.global_batch} is not a multiple of the micro-batch {micro}")
+    if micro % mesh.batch_shards:
+        raise PlanError(f"mesh {mesh} splits the batch {mesh.batch_shards} ways (data x fsdp) but a "
+                        f"micro-batch has {micro} sequences; make data*fsdp divide it")
+    if mesh.pipe > 1 and g["L"] % mesh.pipe:
+        raise PlanError(f"mesh {mesh}: pipe={mesh.pipe} does not divide the {g['L']} layers")
+    if mesh.tensor > 1 and (g["n"] % mesh.tensor or g["f"] % mesh.tensor):
+        raise PlanError(f"mesh {mesh}: tensor={mesh.tensor} must divide the {g['n']} heads and the "
+                        f"MLP width {g['f']} to be of use; pick a divisor of both")
+    if work.remat not in SAVED_PER_LAYER:
+        raise PlanError(f"unknown remat policy {work.remat!r}; use one of {', '.join(REMAT_POLICIES)}")
+    if work.optimizer not in OPTIMIZER_MOMENTS:
+        raise PlanError(f"unknown optimizer {work.optimizer!r}; use one of {', '.join(OPTIMIZER_MOMENTS)}")
+
+
+def _per_token_layer_bytes(model, policy: str, mesh: MeshShape, act_bytes: int, seq_len: int) -> float:
+    g = dims(model)
+    t = mesh.tensor
+
+    def split(size: int, ways_divide: bool) -> float:  # tensor-parallel activations
+        return size / t if t > 1 and ways_divide else size
+
+    counts = dict(SAVED_PER_LAYER[policy])
+    if t > 1 and policy == "none":
+        counts["embed"] += TENSOR_PARALLEL_EXTRA_EMBED
+    if counts["mlp"] is None:
+        counts["mlp"] = 1 if model.family == "gpt2" else 2
+    heads_split = g["n"] % t == 0
+    per_token = (counts["embed"] * g["d"]
+                 + counts["heads"] * split(g["n"] * g["h"], heads_split)
+                 + counts["kv"] * split(g["kv"] * g["h"], g["kv"] % t == 0)
+                 + counts["mlp"] * split(g["f"], g["f"] % t == 0)) * act_bytes
+    per_token += counts["scores"] * split(g["n"] * seq_len, heads_split) * (4 + act_bytes)
+    return per_token
+
+
+def estimate_memory(model, work: Workload, mesh: MeshShape) -> MemoryEstimate:
+    """Per-device bytes of one train step of `model` (a jaxlm ModelConfig) on `mesh`."""
+    check_mesh(model, work, mesh)
+    g = dims(model)
+    pbytes = _dtype_bytes(work.param_dtype)
+    cbytes = _dtype_bytes(work.compute_dtype)
+    act_bytes = 4 if work.platform == "cpu" else cbytes
+    p_dev, p_layers_dev = params_per_device(model, mesh)
+
+    params = p_dev * pbytes
+    optimizer = p_dev * 4 * OPTIMIZER_MOMENTS[work.optimizer]
+    grads = p_dev * 4 * (2 if work.n_micro > 1 else 1)
+    mixed = cbytes != pbytes
+    weights_compute = p_layers_dev * 2 * cbytes if (mixed and work.remat == "none") else 0.0
+
+    tokens = (work.micro_batch or work.global_batch) // mesh.batch_shards * work.seq_len
+    layers_here = g["L"] // mesh.pipe
+    saved = _per_token_layer_bytes(model, work.remat, mesh, act_bytes, work.seq_len)
+    activations = layers_here * tokens * saved
+    if work.remat == "none":
+        layer_working = tokens * saved
+    else:
+        layer_working = tokens * _per_token_layer_bytes(model, "none", mesh, act_bytes, work.seq_len)
+
+    vocab_here = g["V"] / mesh.tensor if g["V"] % mesh.tensor == 0 else g["V"]
+    # float32 logits, float32 softmax/gradient, and the gradient cast to the compute dtype
+    logit_bytes = 8 + (cbytes if cbytes != 4 else 0)
+    unembed = g["d"] * vocab_here
+    if 0 < work.loss_chunk < tokens:
+        # one chunk's logits; the fused loss's float32 weight-gradient accumulator, the copy it
+        # saves for the backward pass, and compute-dtype casts of the weight and its gradient;
+        # float32 gradient of the hidden states
+        loss_working = (work.loss_chunk * vocab_here * logit_bytes + unembed * (8 + 2 * cbytes)
+                        + tokens * g["d"] * 8)
+    else:
+        loss_working = tokens * vocab_here * logit_bytes
+    if mesh.fsdp > 1:  # the unembedding is gathered whole for the loss, its gradient made whole
+        loss_working += unembed * (cbytes + 4)
+    return MemoryEstimate(params, optimizer, grads, weights_compute, activations,
+                          max(loss_working, layer_working))
+
+
+# ----------------------------------------------------------------------------------------------
+# Time, money, and a mesh for a device count
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeEstimate:
+    flops: float
+    device_hours: float
+    wall_hours: float
+    cost: Optional[float]  # in the price's currency
+
+
+def estimate_time(total_flops: float, devices: int, peak_flops: float, mfu: float,
+                  price_per_device_hour: Optional[float] = None) -> TimeEstimate:
+    if total_flops <= 0 or devices <= 0:
+        raise PlanError(f"FLOPs and devices must be positive, got {total_flops:g} and {devices}")
+    if not 0 < mfu <= 1:
+        raise PlanError(f"MFU is a fraction in (0, 1], got {mfu} (e.g. 0.4 for 40%)")
+    device_hours = total_flops / (peak_flops * mfu) / 3600.0
+    cost = None if price_per_device_hour is None else device_hours * price_per_device_hour
+    return TimeEstimate(total_flops, device_hours, device_hours / devices, cost)
+
+
+def _divisors(n: int) -> list[int]:
+    return [k for k in range(1, n + 1) if n % k == 0]
+
+
+def candidate_meshes(model, work: Workload, devices: int, max_tensor: int = 8) -> list[MeshShape]:
+    """Every mesh of `devices` devices the trainer can run this model on (pipe kept at 1)."""
+    out = []
+    for tensor in _divisors(devices):
+        if tensor > max_tensor:
+            continue
+        for fsdp in _divisors(devices // tensor):
+            mesh = MeshShape(data=devices // tensor // fsdp, fsdp=fsdp, tensor=tensor)
+            try:
+                check_mesh(model, work, mesh)
+            except PlanError:
+                continue
+            out.append(mesh)
+    return out
+
+
+def recommend_mesh(model, work: Workload, devices: int, hbm_bytes: float,
+                   headroom: float = 0.9, max_tensor: int = 8) -> tuple[MeshShape, MemoryEstimate]:
+    """The mesh with the least model parallelism whose estimate fits in `headroom` x HBM.
+
+    Preference, cheapest communication first: pure data parallelism; then FSDP (one all-gather
+    and one reduce-scatter of the weights per step, overlappable); tensor parallelism last (an
+    all-reduce inside every layer, needs fast links: keep it within a host, <= max_tensor).
+    """
+    if devices <= 0:
+        raise PlanError(f"the device count must be positive, got {devices}")
+    meshes = candidate_meshes(model, work, devices, max_tensor)
+    if not meshes:
+        micro = work.micro_batch or work.global_batch
+        raise PlanError(f"no mesh of {devices} devices can split a micro-batch of {micro} sequences "
+                        "and this model's heads; use a batch that is a multiple of the device count")
+    fitting = [(m, estimate_memory(model, work, m)) for m in meshes]
+    fitting = [(m, e) for m, e in fitting if e.total <= headroom * hbm_bytes]
+    if not fitting:
+        best = min(meshes, key=lambda m: estimate_memory(model, work, m).total)
+        need = estimate_memory(model, work, best).total
+        raise PlanError(f"does not fit: the best mesh ({best}) needs {need / GiB:.1f} GiB per device of "
+                        f"{hbm_bytes / GiB:.0f} GiB; use more devices, remat=full, a smaller micro-batch "
+                        "or loss chunking")
+    return min(fitting, key=lambda me: (me[0].tensor, me[0].fsdp))
+
+
+# ----------------------------------------------------------------------------------------------
+# Well-known shapes, as jaxlm ModelConfig fields
+
+PRESETS: dict[str, dict] = {
+    "gpt2-124m": dict(family="gpt2", vocab_size=50257, d_model=768, n_layers=12, n_heads=12, max_seq_len=1024),
+    "gpt2-350m": dict(family="gpt2", vocab_size=50257, d_model=1024, n_layers=24, n_heads=16, max_seq_len=1024),
+    "gpt2-774m": dict(family="gpt2", vocab_size=50257, d_model=1280, n_layers=36, n_heads=20, max_seq_len=1024),
+    "gpt2-1.5b": dict(family="gpt2", vocab_size=50257, d_model=1600, n_layers=48, n_heads=25, max_seq_len=1024),
+    "llama-1b": dict(family="llama", vocab_size=128256, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8,
+                     d_ff=8192, max_seq_len=8192),
+    "llama-7b": dict(family="llama", vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, d_ff=11008,
+                     max_seq_len=4096, tie_embeddings=False),
+    "llama-8b": dict(family="llama", vocab_size=128256, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+                     d_ff=14336, max_seq_len=8192, tie_embeddings=False),
+    "llama-70b": dict(family="llama", vocab_size=128256, d_model=8192, n_layers=80, n_heads=64, n_kv_heads=8,
+                      d_ff=28672, max_seq_len=8192, tie_embeddings=False),
+}
+
+
+def preset(name: str, **overrides):
+    """A jaxlm ModelConfig of a well-known shape (`gpt2-124m`, `llama-8b`, ...)."""
+    from jaxlm.config import ModelConfig
+
+    if name not in PRESETS:
+        raise PlanError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}")
+    return ModelConfig(**{**PRESETS[name], **overrides})

@@ -1,0 +1,126 @@
+"""Where metrics go: metrics.jsonl, TensorBoard event files, optionally W&B; and MFU.
+
+Only process 0 writes. MFU uses the standard count of 6·N + 12·L·H·Q·T FLOPs per token (N the
+parameters that take part in matmuls, L layers, H heads, Q head size, T sequence length).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from jaxlm.config import Config
+
+
+def flops_per_token(config: Config, param_count: int) -> float:
+    m = config.model
+    n = param_count
+    if m.family == "gpt2":
+        n -= m.max_seq_len * m.d_model  # position lookup: no matmul
+    if not m.tie_embeddings:
+        n -= m.vocab_size * m.d_model  # the input embedding is a lookup; the output one is a matmul
+    head_dim = m.head_dim or m.d_model // m.n_heads
+    return 6.0 * n + 12.0 * m.n_layers * m.n_heads * head_dim * config.data.seq_len
+
+
+# Dense bf16 peak FLOP/s per device, by the start of jax's `device_kind`.
+_PEAKS = [
+    ("TPU v6 lite", 918e12), ("TPU v6e", 918e12), ("TPU v5 lite", 197e12), ("TPU v5e", 197e12),
+    ("TPU v5p", 459e12), ("TPU v5", 459e12), ("TPU v4", 275e12),
+    ("NVIDIA H200", 989e12), ("NVIDIA H100", 989e12), ("NVIDIA A100", 312e12),
+]
+
+
+def table_peak_flops(device_kind: str) -> Optional[float]:
+    for prefix, peak in _PEAKS:
+        if device_kind.startswith(prefix):
+            return peak
+    return None
+
+
+def measure_cpu_peak_flops(dtype=jnp.float32, size: int = 1024, seconds: float = 0.5) -> float:
+    """FLOP/s of a square matmul on this host, all cores: the practical peak of a CPU 'device'."""
+    a = jnp.ones((size, size), dtype)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        matmul(a).block_until_ready()
+        reps += 1
+    return 2.0 * size ** 3 * reps / (time.perf_counter() - start)
+
+
+def peak_flops(config: Config) -> tuple[float, str]:
+    """Peak FLOP/s of all devices together, and where the figure came from."""
+    if config.train.peak_flops:
+        return config.train.peak_flops * jax.device_count(), "config"
+    kind = jax.devices()[0].device_kind
+    per_device = table_peak_flops(kind)
+    if per_device is not None:
+        return per_device * jax.device_count(), f"table ({kind})"
+    # CPU: the fake devices share the host's cores, so the probe measures the whole host.
+    return measure_cpu_peak_flops(jnp.dtype(config.model.dtype)), "cpu matmul probe"
+
+
+class MetricsWriter:
+    def __init__(self, workdir: str, config: Config, enabled: bool):
+        self.enabled = enabled
+        self._jsonl = None
+        self._tb = None
+        self._wandb = None
+        if not enabled:
+            return
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        if config.log.tensorboard:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+        if config.log.wandb.enabled and config.log.wandb.mode != "disabled":
+            import wandb
+            self._wandb = wandb.init(project=config.log.wandb.project, mode=config.log.wandb.mode,
+                                     dir=workdir, config=_plain(config))
+
+    def write(self, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: _number(v) for k, v in values.items()}
+        self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for key, value in clean.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(clean, step=step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        if self.enabled and self._tb is not None:
+            self._tb.add_text(tag, text, step)
+
+    def flush(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def _number(v):
+    if hasattr(v, "item"):
+        v = v.item()
+    return v
+
+
+def _plain(config: Config) -> dict:
+    import dataclasses
+    return dataclasses.asdict(config)

@@ -1,0 +1,135 @@
+"""Optax optimizers and learning-rate schedules, plus the batch-size ramp-up.
+
+Every schedule starts with a linear warm-up from 0 to the peak rate over `warmup_steps`.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxlm.config import OptimConfig, TrainConfig
+
+
+def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
+    s = cfg.schedule
+    peak, warmup = cfg.lr, s.warmup_steps
+    decay_steps = max(1, (s.decay_steps or total_steps) - warmup)
+    floor = peak * s.min_lr_ratio
+
+    if s.name == "constant":
+        after = optax.constant_schedule(peak)
+    elif s.name == "cosine":
+        after = optax.cosine_decay_schedule(peak, decay_steps, alpha=s.min_lr_ratio)
+    elif s.name == "linear":
+        after = optax.linear_schedule(peak, floor, decay_steps)
+    elif s.name == "step":
+        after = optax.exponential_decay(peak, s.step_every, s.step_factor, staircase=True)
+    elif s.name == "inverse_sqrt":
+        def after(count):  # continuous with the warm-up at its end
+            return peak * jnp.sqrt(max(warmup, 1) / (count + max(warmup, 1)))
+    elif s.name == "wsd":  # warmup-stable-decay: flat, then a linear cool-down over the last fraction
+        decay = max(1, int(decay_steps * s.wsd_decay_fraction))
+        stable = decay_steps - decay
+        after = optax.join_schedules(
+            [optax.constant_schedule(peak), optax.linear_schedule(peak, floor, decay)], [stable])
+    else:
+        raise ValueError(f"unknown schedule {s.name!r}")
+    if warmup == 0:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
+def decay_mask(axes_tree: dict) -> dict:
+    """Weight decay on matrices only: norms, biases and gains (one dim besides `layers`) are spared."""
+    return jax.tree.map(lambda axes: len([a for a in axes if a != "layers"]) >= 2,
+                        axes_tree, is_leaf=lambda x: isinstance(x, tuple))
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int, axes_tree: dict) -> optax.GradientTransformation:
+    schedule = make_schedule(cfg, total_steps)
+    mask = decay_mask(axes_tree)
+    if cfg.name == "adamw":
+        core = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=mask)
+    elif cfg.name == "lion":
+        core = optax.lion(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=mask)
+    elif cfg.name == "adafactor":
+        core = optax.chain(
+            optax.adafactor(schedule, decay_rate=cfg.b2, eps=max(cfg.eps, 1e-30),
+                            multiply_by_parameter_scale=False, clipping_threshold=None),
+            optax.masked(_scaled_decay(schedule, cfg.weight_decay), mask),
+        )
+    else:
+        raise ValueError(f"unknown optimizer {cfg.name!r}")
+    if cfg.clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), core)
+    return core
+
+
+def _scaled_decay(schedule, weight_decay: float) -> optax.GradientTransformation:
+    """Decoupled weight decay -lr(t) * wd * p, for optimizers that do not carry their own."""
+    def init(params):
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params):
+        lr = schedule(state.count)
+        updates = jax.tree.map(lambda u, p: u - lr * weight_decay * p, updates, params)
+        return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
+
+
+def penalty(params: dict, axes_tree: dict, l1: float, l2: float) -> jax.Array:
+    """Explicit L1/L2 penalty over the decayed (matrix) parameters, added to the loss."""
+    if not (l1 or l2):
+        return jnp.zeros([], jnp.float32)
+    mask = decay_mask(axes_tree)
+    leaves = [p for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m]
+    total = jnp.zeros([], jnp.float32)
+    for p in leaves:
+        p = p.astype(jnp.float32)
+        total += l1 * jnp.sum(jnp.abs(p)) + l2 * jnp.sum(jnp.square(p))
+    return total
+
+
+class BatchRamp:
+    """Sequences per step as a function of tokens seen: the practice's small-batch start.
+
+    `train.batch_ramp` lists stages {until_tokens, batch}; past the last, `train.global_batch`.
+    The number of micro-batches per step is batch / micro_batch, and every step's batch size is a
+    pure function of the step index (so a resumed run takes the same sizes).
+    """
+
+    def __init__(self, train: TrainConfig, seq_len: int):
+        self.micro = train.micro_batch or train.global_batch
+        self.seq_len = seq_len
+        self.stages = sorted(train.batch_ramp, key=lambda s: s.until_tokens)
+        self.final = train.global_batch
+        # Step index at which each stage ends, from the tokens the earlier steps consumed.
+        self._stage_end_steps: list[int] = []
+        step, tokens = 0, 0
+        for stage in self.stages:
+            if tokens < stage.until_tokens:
+                per_step = stage.batch * seq_len
+                n = -(-(stage.until_tokens - tokens) // per_step)
+                step, tokens = step + n, tokens + n * per_step
+            self._stage_end_steps.append(step)
+
+    def batch_at(self, step: int) -> int:
+        i = bisect.bisect_right(self._stage_end_steps, step)
+        return self.stages[i].batch if i < len(self.stages) else self.final
+
+    def micro_steps_at(self, step: int) -> int:
+        return self.batch_at(step) // self.micro
+
+    def tokens_before(self, step: int) -> int:
+        """Tokens consumed by steps [0, step)."""
+        tokens, prev = 0, 0
+        for end, stage in zip(self._stage_end_steps, self.stages):
+            n = max(0, min(step, end) - prev)
+            tokens += n * stage.batch * self.seq_len
+            prev = max(prev, end)
+        return tokens + max(0, step - prev) * self.final * self.seq_len

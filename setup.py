@@ -1,0 +1,30 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="jaxlm",
+    version="0.1.0",
+    description="Train large language models from scratch in JAX: raw text to an evaluated model.",
+    python_requires=">=3.10",
+    packages=find_packages(include=["jaxlm", "jaxlm.*", "data_prep", "data_prep.*"]),
+    package_data={"data_prep": ["configs/*.yaml"]},
+    install_requires=[
+        "jax>=0.7,<0.13",
+        "flax>=0.11,<0.13",
+        "optax>=0.2.4,<0.3",
+        "orbax-checkpoint>=0.11,<0.13",
+        "grain>=0.2.12,<0.3",
+        "array-record>=0.7,<0.9",
+        "sentencepiece>=0.2,<0.3",
+        "tensorboardX>=2.6,<3",
+        "absl-py>=2.1,<3",
+        "pyyaml>=6,<7",
+        "numpy>=1.26,<3",
+        "tqdm>=4.66,<5",
+    ],
+    extras_require={
+        "ray": ["ray>=2.40,<3"],
+        "hf": ["transformers>=4.45,<6", "safetensors>=0.4,<1", "torch==2.13.0"],
+        "wandb": ["wandb>=0.18,<1"],
+        "dev": ["pytest>=8,<10", "tensorboard>=2.16,<3", "nbclient>=0.10,<1", "ipykernel>=6,<8", "matplotlib>=3.8,<4"],
+    },
+)

@@ -1,0 +1,28 @@
+"""Helpers for the stage tests: run one stage spec over hand-made texts."""
+
+from data_prep.document import Document
+from data_prep.stages import StageStats, build_stage, counted
+
+
+def docs_of(*texts, source="web"):
+    return [Document(text=t, id=f"{source}/t.txt:{i}", source=source) for i, t in enumerate(texts)]
+
+
+def run_stage(spec, docs):
+    stage = build_stage(spec)
+    stats = StageStats(stage.name)
+    return list(counted(stage, docs, stats)), stats
+
+
+def kept(spec, *texts):
+    out, _ = run_stage(spec, docs_of(*texts))
+    return [d.text for d in out]
+
+
+def reason(spec, text):
+    """The removal reason for one text, or None if it is kept."""
+    out, stats = run_stage(spec, docs_of(text))
+    if out:
+        return None
+    (r,) = stats.removed
+    return r
