@@ -5,11 +5,13 @@
 Table 1 (tokenizer): MB/s of UTF-8 text per core for
   - SentencePiece's own `encode` on one core (the reference),
   - data_prep's encode stage (`RecordEncoder`: encode + EOS + uint16 record bytes) on one core,
-  - the parallel stage (`encode_batches` over a process pool) and the full stage that also writes
-    ArrayRecord shards (`write_shards`), total MB/s divided by the worker count,
+  - the parallel stage (`EncoderPool`, started and warm) and the whole stage as the pipeline runs it
+    (`write_shards`: pool start-up, encoding, ArrayRecord writing), total MB/s divided by the workers,
   - SentencePiece's own multi-threaded encode, likewise per thread,
-with the ratio to the one-core reference (target: data_prep >= 0.8). Every figure is the best of
---repeats runs, the runs interleaved so that load from other jobs hits every row alike.
+with the ratio to the one-core reference (target: data_prep >= 0.8). Per core is shown two ways:
+MB/s x cores from wall time (meaningful on an otherwise idle machine), and MB per CPU-second
+used by all processes and threads (robust to other jobs on a shared machine). Every figure is the
+best of --repeats runs, interleaved so that load from other jobs hits every row alike.
 Table 2 (loader): `loader_throughput` below, filled by the loader's benchmark.
 
 Text: the demo corpus (pydoc topics and standard-library source), repeated up to --mb MB.
@@ -19,7 +21,9 @@ Tokenizer: --tokenizer, else a BPE model (--vocab-size) trained on that text her
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -63,18 +67,29 @@ def tokenizer_model(args, texts: list[str], work: str) -> bytes:
         return f.read()
 
 
-def _best_seconds(fn, repeats: int) -> list[float]:
-    return [_timed(fn) for _ in range(repeats)]
+def _cpu_seconds() -> float:
+    """CPU time of this process and its threads, its finished children, and its running children (Linux)."""
+    me, done = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = me.ru_utime + me.ru_stime + done.ru_utime + done.ru_stime
+    for child in multiprocessing.active_children():
+        try:
+            with open(f"/proc/{child.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+        except OSError:
+            pass
+    return total
 
 
-def _timed(fn) -> float:
-    t = time.perf_counter()
+def _timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds used by this process, its threads and its worker processes)."""
+    wall, used = time.perf_counter(), _cpu_seconds()
     fn()
-    return time.perf_counter() - t
+    return time.perf_counter() - wall, _cpu_seconds() - used
 
 
-def tokenizer_throughput(args, texts: list[str], model_proto: bytes, work: str) -> list[tuple[str, int, float]]:
-    """Rows of (what, cores, MB/s per core)."""
+def tokenizer_throughput(args, texts: list[str], model_proto: bytes, work: str) -> list[tuple[str, int, float, float]]:
+    """Rows of (what, cores, MB/s per core by wall time, MB per CPU second)."""
     mb = sum(len(t.encode("utf-8")) for t in texts) / 1e6
     batches = [texts for _, texts in shards.batched((None, t) for t in texts)]  # the pipeline's batches
     sp = spm.SentencePieceProcessor(model_proto=model_proto)
@@ -90,8 +105,12 @@ def tokenizer_throughput(args, texts: list[str], model_proto: bytes, work: str) 
         for b in batches:
             encoder(b)
 
-    def data_prep_parallel():
-        for _ in shards.encode_batches(((None, b) for b in batches), model_proto, False, n):
+    pool = shards.EncoderPool(model_proto, False, n)
+    for _ in pool.map((None, b) for b in batches[:n]):  # started and warm before timing
+        pass
+
+    def data_prep_parallel():  # steady state: the pool's start-up is timed separately below
+        for _ in pool.map((None, b) for b in batches):
             pass
 
     def data_prep_with_shards():
@@ -112,29 +131,36 @@ def tokenizer_throughput(args, texts: list[str], model_proto: bytes, work: str) 
     rows = [("SentencePiece encode (reference)", 1, sentencepiece_one_core),
             ("data_prep encode stage", 1, data_prep_one_core),
             ("data_prep encode stage, process pool", n, data_prep_parallel),
-            ("  + writing ArrayRecord shards", n, data_prep_with_shards),
+            ("data_prep stage + pool start + shards", n, data_prep_with_shards),
             (f"SentencePiece encode, {n} threads", n, sentencepiece_threads)]
     times = {name: [] for name, _, _ in rows}
     for _ in range(args.repeats):  # interleaved: load from other jobs hits every row alike
         for name, _, fn in rows:
             times[name].append(_timed(fn))
-    return [(name, cores, mb / min(times[name]) / cores) for name, cores, _ in rows]
+    pool.close()
+    # per core two ways: wall time x cores (what a dedicated machine shows), and CPU time actually
+    # used (processes + threads + the pool's start-up), which other jobs on a shared machine cannot inflate
+    return [(name, cores, mb / min(w for w, _ in times[name]) / cores, mb / min(c for _, c in times[name]))
+            for name, cores, _ in rows]
 
 
-def loader_throughput(args) -> list[tuple[str, int, float]] | None:
-    """SLOT for the loader benchmark (jaxlm.data): rows of (what, cores, value) for the second table.
+def loader_throughput(args) -> list[tuple] | None:
+    """SLOT for the loader benchmark (jaxlm.data): rows of (what, cores, value, ...) for a second table.
 
     Owned by the loader's author; returns None until filled.
     """
     return None
 
 
-def print_table(title: str, unit: str, rows: list[tuple[str, int, float]], reference: float | None = None) -> None:
+def print_table(title: str, units: list[str], rows: list[tuple], reference: tuple | None = None) -> None:
     print(f"\n{title}")
-    print(f"{'':<42}{'cores':>6}{unit:>16}{'ratio':>8}")
-    for name, cores, value in rows:
-        ratio = f"{value / reference:>8.2f}" if reference else ""
-        print(f"{name:<42}{cores:>6}{value:>16.2f}{ratio}")
+    header = "".join(f"{u:>14}" + (f"{'ratio':>7}" if reference else "") for u in units)
+    print(f"{'':<40}{'cores':>6}{header}")
+    for name, cores, *values in rows:
+        cells = ""
+        for i, v in enumerate(values):
+            cells += f"{v:>14.2f}" + (f"{v / reference[i]:>7.2f}" if reference else "")
+        print(f"{name:<40}{cores:>6}{cells}")
 
 
 def main(argv=None) -> None:
@@ -150,14 +176,18 @@ def main(argv=None) -> None:
         model_proto = tokenizer_model(args, texts, work)
         vocab = spm.SentencePieceProcessor(model_proto=model_proto).vocab_size()
         print(f"text: {sum(len(t.encode()) for t in texts) / 1e6:.1f} MB in {len(texts)} documents; "
-              f"tokenizer: {vocab} pieces; {os.cpu_count()} CPUs visible, best of {args.repeats}")
+              f"tokenizer: {vocab} pieces; {os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.1f}; "
+              f"best of {args.repeats}")
         rows = tokenizer_throughput(args, texts, model_proto, work)
-    print_table("tokenizer encode throughput (MB of text per second per core)", "MB/s/core", rows, reference=rows[0][2])
-    print(f"data_prep / SentencePiece per core: one core {rows[1][2] / rows[0][2]:.2f}, "
-          f"process pool {rows[2][2] / rows[0][2]:.2f}, with shard writing {rows[3][2] / rows[0][2]:.2f} (target >= 0.80)")
+    print_table("tokenizer encode throughput per core (MB of UTF-8 text)", ["MB/s x cores", "MB/CPU-s"], rows,
+                reference=tuple(rows[0][2:]))
+    for i, how in enumerate(("wall", "CPU")):
+        print(f"data_prep / SentencePiece per core ({how} time): one core {rows[1][2 + i] / rows[0][2 + i]:.2f}, "
+              f"process pool {rows[2][2 + i] / rows[0][2 + i]:.2f}, with shards {rows[3][2 + i] / rows[0][2 + i]:.2f}"
+              " (target >= 0.80)")
     loader_rows = loader_throughput(args)
     if loader_rows:
-        print_table("loader throughput", "value", loader_rows)
+        print_table("loader throughput", [f"value {i}" for i in range(len(loader_rows[0]) - 2)], loader_rows)
 
 
 if __name__ == "__main__":

@@ -247,6 +247,11 @@ def _build(tp, value: Any, key: str):
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"{shown!r} must be one of {_type_name(tp)}, got {value!r}{hint}")
         return value
+    if tp is float and isinstance(value, str):
+        try:  # PyYAML (YAML 1.1) reads 1e-3 as a string
+            value = float(value)
+        except ValueError:
+            pass
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),

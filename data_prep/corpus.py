@@ -40,8 +40,9 @@ def stdlib_files(max_files: int | None = None, max_bytes: int | None = None) -> 
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIPPED_DIRS)
         for name in filenames:
-            if name.endswith(".py"):
-                found.append(os.path.relpath(os.path.join(dirpath, name), root))
+            path = os.path.join(dirpath, name)
+            if name.endswith(".py") and os.path.getsize(path) > 0:  # empty __init__.py files are no documents
+                found.append(os.path.relpath(path, root))
     if not found:
         raise SourceError(f"no standard-library .py files under {root} (a stripped Python?); use another source type")
     if max_files is None and max_bytes is None:

@@ -1,12 +1,14 @@
 """The data_prep pipeline: stages over a stream of Documents, then tokenizer, encoding, shards, manifest.
 
-    read sources -> [document stages: clean, filter, dedup, ...] -> split -> spool (disk)
+    read sources -> [document stages: clean, filter, dedup, ...] -> split -> spool (disk)   (`documents`)
       -> tokenizer: train on a sample of the train split, or install an existing model
       -> encode on every core -> ArrayRecord shards -> manifest.json (last, atomically)
 
 A stage is any object with a `name` and `__call__(docs, report) -> docs` (see `Stage`); it counts
-what it drops or changes in its StageReport. The stream is read once; the spool (JSONL, deleted at
-the end) lets the tokenizer see the train split before anything is encoded.
+what it drops (`report.skip(reason, where)` or `report.remove(doc, rule)`) and what it changes
+(`report.repair(reason, where, n)`); the pipeline counts what it passes on. The stream is read
+once; the spool (JSONL, deleted at the end) lets the tokenizer see the train split before
+anything is encoded.
 """
 
 from __future__ import annotations
@@ -47,15 +49,34 @@ def document_stages(cfg: Config) -> list[Stage]:
     return []
 
 
+def documents(cfg: Config, files: dict[str, list[str]], reports: list[StageReport]) -> Iterator[Document]:
+    """The document stream before the split: every source read, then the document stages.
+
+    Appends one StageReport per stage to `reports`. A task-sharded runner can take this place:
+    task `rank` of `world` reads `sources.read_source(src, files[src.name][rank::world], report)`.
+    """
+    reports.append(StageReport("read"))
+    docs = _read(cfg, files, reports[-1])
+    for stage in document_stages(cfg):
+        reports.append(StageReport(stage.name))
+        docs = _counted(stage(docs, reports[-1]), reports[-1])
+    return docs
+
+
 def prepare(cfg: Config, overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Runs the whole pipeline for `cfg` and returns the manifest it wrote to `cfg.output`."""
+    """Runs the whole pipeline for `cfg` and returns the manifest it wrote to `cfg.output`.
+
+    A folder that already holds a dataset made with the same config is left as it is (pass
+    overwrite=True to rebuild). Encoding spawns worker processes: scripts calling this must guard
+    their entry point with `if __name__ == "__main__":`.
+    """
     start = time.perf_counter()
     out = cfg.output
+    files = {src.name: sources.resolve_files(src) for src in cfg.sources}  # missing paths fail here, before work
     finished = _prepare_output(cfg, overwrite)
     if finished is not None:
         log(f"{out} is up to date (same config); pass --overwrite to rebuild it")
         return finished
-    files = {src.name: sources.resolve_files(src) for src in cfg.sources}  # missing paths fail here, before work
     work = os.path.join(out, WORK_DIR)
     os.makedirs(work)
     try:
@@ -69,11 +90,11 @@ def prepare(cfg: Config, overwrite: bool = False, log: Callable[[str], None] = p
 
 def _run(cfg: Config, files: dict[str, list[str]], work: str, log: Callable[[str], None]) -> dict[str, Any]:
     out, tok = cfg.output, cfg.tokenizer
-    reports = [StageReport("read")]
-    docs = _read(cfg, files, reports[0])
-    for stage in [*document_stages(cfg), SplitStage(cfg)]:
-        reports.append(StageReport(stage.name))
-        docs = _counted(stage(docs, reports[-1]), reports[-1])
+    reports: list[StageReport] = []
+    docs = documents(cfg, files, reports)
+    split = SplitStage(cfg)
+    reports.append(StageReport(split.name))
+    docs = _counted(split(docs, reports[-1]), reports[-1])
 
     # pass 1: spool every document by (split, source); sample the train split for the tokenizer
     t = time.perf_counter()
@@ -115,6 +136,11 @@ def _run(cfg: Config, files: dict[str, list[str]], work: str, log: Callable[[str
     log(f"encoded {encoded.report.documents:,} documents into {encoded.report.extra['tokens']:,} tokens "
         f"on {encoded.report.extra['workers']} process(es) in {time.perf_counter() - t:.1f} s")
     return _manifest(cfg, files, tok_info, training, reports, encoded)
+
+
+def _cores() -> int:
+    """Cores this process may use (its CPU affinity where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _counted(docs: Iterable[Document], report: StageReport) -> Iterator[Document]:
@@ -234,7 +260,7 @@ def _encode_and_write(cfg: Config, spool: Spool, model_path: str, tok_info: dict
     stats = EncodeStats(cfg, spm.SentencePieceProcessor(model_proto=model_proto), dtype)
     order = [s.name for s in cfg.sources]
     plan = shards.plan_shards(spool.groups, order, cfg.shards.target_mb)
-    workers = cfg.workers or len(os.sched_getaffinity(0))
+    workers = cfg.workers or _cores()
     stats.report.extra["workers"] = workers
     written = shards.write_shards(plan, spool.read, cfg.output, dtype, model_proto, cfg.tokenizer.add_bos, workers, stats.add)
     for split, entries in written.items():

@@ -42,11 +42,7 @@ class RecordEncoder:
         """(record bytes, number of unk tokens) per text."""
         # num_threads=1: the parallelism is the process pool, one core per worker
         ids = self.sp.encode(texts, add_bos=self.add_bos, add_eos=True, num_threads=1)
-        out = []
-        for row in ids:
-            tokens = np.array(row, dtype=self.dtype)
-            out.append((tokens.tobytes(), int(np.count_nonzero(tokens == self.unk_id))))
-        return out
+        return [(format.encode_record(row, self.dtype), row.count(self.unk_id)) for row in ids]
 
 
 _worker_encoder: RecordEncoder | None = None
@@ -61,30 +57,51 @@ def _encode_in_worker(texts: list[str]) -> list[tuple[bytes, int]]:
     return _worker_encoder(texts)
 
 
-def encode_batches(
-    batches: Iterable[tuple[Meta, list[str]]], model_proto: bytes, add_bos: bool, workers: int
-) -> Iterator[tuple[Meta, list[tuple[bytes, int]]]]:
-    """Encodes batches of texts on `workers` processes; yields results in input order.
+class EncoderPool:
+    """`workers` processes, each holding the model once; `map` encodes batches, results in input order.
 
-    At most 2 * workers batches are in flight, so memory stays bounded however large the input.
+    Workers are spawned (not forked: they start clean, without inherited threads or locks), so a
+    script that uses this must guard its entry point with `if __name__ == "__main__":`.
+    With workers <= 1 everything runs in this process.
     """
-    if workers <= 1:
-        encoder = RecordEncoder(model_proto, add_bos)
-        for meta, texts in batches:
-            yield meta, encoder(texts)
-        return
-    # spawn: workers start clean (no inherited threads or locks), load the model once each
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, initializer=_init_worker, initargs=(model_proto, add_bos)) as pool:
+
+    def __init__(self, model_proto: bytes, add_bos: bool, workers: int):
+        self.workers = workers
+        self._local = RecordEncoder(model_proto, add_bos) if workers <= 1 else None
+        self._pool = None
+        if workers > 1:
+            context = multiprocessing.get_context("spawn")
+            self._pool = context.Pool(workers, initializer=_init_worker, initargs=(model_proto, add_bos))
+
+    def map(self, batches: Iterable[tuple[Meta, list[str]]]) -> Iterator[tuple[Meta, list[tuple[bytes, int]]]]:
+        """At most 2 * workers batches are in flight, so memory stays bounded however large the input."""
+        if self._pool is None:
+            for meta, texts in batches:
+                yield meta, self._local(texts)
+            return
         pending: collections.deque = collections.deque()
         for meta, texts in batches:
-            pending.append((meta, pool.apply_async(_encode_in_worker, (texts,))))
-            if len(pending) >= 2 * workers:
+            pending.append((meta, self._pool.apply_async(_encode_in_worker, (texts,))))
+            if len(pending) >= 2 * self.workers:
                 meta_done, result = pending.popleft()
                 yield meta_done, result.get()
         while pending:
             meta_done, result = pending.popleft()
             yield meta_done, result.get()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool.join()
+            self._pool = None
+
+    def __enter__(self) -> "EncoderPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None and exc[0] is not None:
+            self._pool.terminate()  # an error: do not wait for queued work
+        self.close()
 
 
 def batched(items: Iterable[tuple[Any, str]], max_bytes: int = BATCH_BYTES, max_items: int = 4096) -> Iterator[tuple[list[Any], list[str]]]:
@@ -181,14 +198,15 @@ def write_shards(
 
     written: dict[str, list[dict[str, Any]]] = {split: [] for split in format.SPLITS}
     writer, current = None, None
-    for metas, results in encode_batches(batched(items()), model_proto, add_bos, workers):
-        for (group, doc_id, text), (record, unk) in zip(metas, results):
-            if group != current:
-                if writer is not None:
-                    written[current.split] += writer.close()
-                writer, current = ShardGroupWriter(dataset_dir, group, dtype), group
-            writer.write(record)
-            on_record(group.split, group.source, doc_id, text, record, unk)
+    with EncoderPool(model_proto, add_bos, workers) as pool:
+        for metas, results in pool.map(batched(items())):
+            for (group, doc_id, text), (record, unk) in zip(metas, results):
+                if group != current:
+                    if writer is not None:
+                        written[current.split] += writer.close()
+                    writer, current = ShardGroupWriter(dataset_dir, group, dtype), group
+                writer.write(record)
+                on_record(group.split, group.source, doc_id, text, record, unk)
     if writer is not None:
         written[current.split] += writer.close()
     return written

@@ -100,7 +100,8 @@ def trainer_options(cfg: TokenizerConfig, characters: set[str] | None = None) ->
     sample or SentencePiece's line handling (it drops trailing CRs) would miss some.
     """
     char = cfg.model_type == "char"
-    required = "".join(sorted((characters or set()) - {NEWLINE, " "}))  # ' ' is '▁', '\n' user-defined
+    # ' ' becomes '▁' and '\n' is user-defined: neither may be listed as a required character
+    required = "".join(sorted((characters or set()) - {NEWLINE, " "} - set(cfg.user_defined_symbols)))
     return dict(
         required_chars=required if char else "",
         model_type=cfg.model_type,
@@ -156,7 +157,10 @@ def train(cfg: TokenizerConfig, sampler: SentenceSampler, model_path: str, log_p
         hint = ""
         if m := re.search(r"value <= (\d+)", str(e)):
             hint = f" The sample supports at most tokenizer.vocab_size={m[1]}; lower it or add text."
-        raise TokenizerError(f"SentencePiece could not train the tokenizer: {e}.{hint} (log: {log_path})") from None
+        elif m := re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(e)):
+            hint = (f" The text needs {m[1]} pieces for its characters and specials; raise tokenizer.vocab_size "
+                    "above that or lower tokenizer.character_coverage.")
+        raise TokenizerError(f"SentencePiece could not train the tokenizer: {str(e).rstrip('.')}.{hint} (log: {log_path})") from None
     with open(model_path, "wb") as f:
         f.write(writer.getvalue())
     report = sampler.report()

@@ -60,6 +60,7 @@ class DataConfig:
     seq_len: int = 256
     worker_count: int = 0  # Grain worker processes (0: read in the training process)
     prefetch: int = 2
+    shuffle_rows: int = 1024  # train rows are shuffled within windows this large (0: off)
     prepare: str = ""  # data_prep config that makes the sources, named in error messages
 
 
@@ -69,6 +70,25 @@ class MeshConfig:
     fsdp: int = 1
     tensor: int = 1
     pipe: int = 1
+    auto: bool = False  # `mesh: auto`: sizes chosen from devices, model and batch (jaxlm.parallel.auto)
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    """Used when mesh.pipe > 1 (docs/parallelism.md)."""
+    schedule: str = "gpipe"  # gpipe | circular (each device holds `repeats` stages: a smaller bubble)
+    microbatches: int = 0  # micro-batches per pipeline pass; 0: all of the step's (train.micro_batch)
+    repeats: int = 1  # circular: times a micro-batch goes round the devices (gpipe: 1)
+
+
+@dataclasses.dataclass
+class DiLoCoConfig:
+    """Local SGD: replicas along mesh.data take `inner_steps` optimizer steps apart, then average."""
+    enabled: bool = False
+    inner_steps: int = 50  # H: steps between synchronisations
+    outer_lr: float = 0.7
+    outer_momentum: float = 0.9
+    nesterov: bool = True
 
 
 @dataclasses.dataclass
@@ -131,6 +151,51 @@ class LogConfig:
 
 
 @dataclasses.dataclass
+class SpikesConfig:
+    """Loss-spike handling (docs/loss_spikes.md): skip flagged steps in the step, roll back when flags persist."""
+    enabled: bool = True  # flag and skip anomalous steps inside the compiled step
+    warmup_steps: int = 100  # clean steps seen before any z-score decision (NaN/Inf always flag)
+    ema_decay: float = 0.99  # running mean/variance of loss and log(grad_norm); horizon ~1/(1-decay) steps
+    loss_z: float = 6.0  # flag a step whose loss is this many spreads above the running mean
+    grad_z: float = 8.0  # same for log(grad_norm) before clipping (heavier-tailed than the loss)
+    loss_spread_floor: float = 0.01  # the loss spread is taken as at least this fraction of its mean
+    grad_spread_floor: float = 0.1  # spread of log(grad_norm) at least this (a ~10% change)
+    rollback: bool = True  # restore a checkpoint from before the onset when flags persist
+    window: int = 20  # w: roll back when max_flags of the last `window` steps were flagged
+    max_flags: int = 5  # k
+    sustain_z: float = 3.0  # ... or when the loss z-score stays above this
+    sustain_steps: int = 50  # ... for this many consecutive steps (0: off)
+    skip_margin: int = 10  # steps of data skipped beyond the spike, on top of those from the checkpoint to it
+    lr_factor: float = 0.5  # lr_scale after a rollback (1: unchanged) ...
+    lr_steps: int = 200  # ... for this many steps, then back to 1
+    max_rollbacks: int = 3  # R: one more persistent spike stops the run
+
+
+@dataclasses.dataclass
+class FaultConfig:
+    """One injected fault, for tests and drills (docs/loss_spikes.md)."""
+    kind: str = "lr"  # lr: multiply the learning rate by `factor` | garbage: random tokens | nan: NaN gradients
+    step: int = 0  # first step it hits
+    steps: int = 1  # consecutive steps it lasts
+    factor: float = 100.0  # learning-rate multiplier (kind lr)
+    persistent: bool = False  # hit again every time training passes `step` after a rollback
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    """Orbax checkpoints in <workdir>/checkpoints (docs/checkpointing.md); a run with checkpoints resumes by itself."""
+    enabled: bool = True
+    every_steps: int = 1000  # save when step % every_steps == 0 (0: not by step count)
+    every_minutes: float = 30.0  # ... and when this long has passed since the last save (0: not by time)
+    keep_last: int = 3  # the newest K checkpoints are kept ...
+    keep_every_steps: int = 0  # ... and, for good, those at multiples of M steps (0: none)
+    async_save: bool = True  # write in the background while training goes on
+    restore_from: str = ""  # a workdir (or its checkpoints/<step>) to start from while this workdir has none
+    agree_every_steps: int = 10  # several processes: how often they agree on time/signal-triggered saves
+    handle_signals: bool = True  # SIGTERM/SIGINT: save, then exit with 128+signum (docs/checkpointing.md)
+
+
+@dataclasses.dataclass
 class Config:
     workdir: str = "runs/default"
     seed: int = 0
@@ -140,6 +205,11 @@ class Config:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
+    pipeline: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
+    diloco: DiLoCoConfig = dataclasses.field(default_factory=DiLoCoConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    spikes: SpikesConfig = dataclasses.field(default_factory=SpikesConfig)
+    faults: list[FaultConfig] = dataclasses.field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,6 +245,8 @@ def _convert(hint, value, path: str):
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _convert(inner, value, path)
+    if hint is MeshConfig and value == "auto":
+        value = {"auto": True}
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, path)
     if origin is list:
@@ -262,6 +334,7 @@ _CHOICES = {
     "optim.name": ("adamw", "adafactor", "lion"),
     "optim.schedule.name": ("constant", "cosine", "linear", "step", "inverse_sqrt", "wsd"),
     "log.wandb.mode": ("offline", "online", "disabled"),
+    "pipeline.schedule": ("gpipe", "circular"),
 }
 
 
@@ -308,3 +381,59 @@ def validate(config: Config) -> None:
     for i, s in enumerate(config.data.sources):
         if s.weight <= 0:
             raise ConfigError(f"data.sources[{i}].weight must be positive, got {s.weight}")
+    _validate_spikes_and_faults(config)
+    _validate_parallel(config)
+    _validate_checkpoint(config)
+
+
+def _validate_spikes_and_faults(config: Config) -> None:
+    sp = config.spikes
+    for key in ("warmup_steps", "window", "max_flags", "sustain_steps", "skip_margin", "lr_steps", "max_rollbacks"):
+        if getattr(sp, key) < 0:
+            raise ConfigError(f"spikes.{key} must be >= 0, got {getattr(sp, key)}")
+    for key in ("loss_z", "grad_z", "sustain_z"):
+        if getattr(sp, key) <= 0:
+            raise ConfigError(f"spikes.{key} must be positive, got {getattr(sp, key)}")
+    if not 0.0 < sp.ema_decay < 1.0:
+        raise ConfigError(f"spikes.ema_decay must be in (0, 1), got {sp.ema_decay}")
+    if sp.loss_spread_floor <= 0 or sp.grad_spread_floor <= 0:
+        raise ConfigError("spikes.loss_spread_floor and spikes.grad_spread_floor must be positive "
+                          "(a zero spread would flag the first rounding difference)")
+    if not 0.0 < sp.lr_factor <= 1.0:
+        raise ConfigError(f"spikes.lr_factor must be in (0, 1], got {sp.lr_factor}")
+    if sp.max_flags > sp.window:
+        raise ConfigError(f"spikes.max_flags ({sp.max_flags}) cannot exceed spikes.window ({sp.window})")
+    for i, f in enumerate(config.faults):
+        if f.kind not in ("lr", "garbage", "nan"):
+            raise ConfigError(f"faults[{i}].kind is {f.kind!r}; choose one of lr, garbage, nan")
+        if f.step < 0 or f.steps < 1:
+            raise ConfigError(f"faults[{i}] needs step >= 0 and steps >= 1, got step={f.step}, steps={f.steps}")
+        if f.kind == "lr" and f.factor <= 0:
+            raise ConfigError(f"faults[{i}].factor must be positive, got {f.factor}")
+
+
+def _validate_checkpoint(config: Config) -> None:
+    ck = config.checkpoint
+    for key in ("every_steps", "every_minutes", "keep_every_steps"):
+        if getattr(ck, key) < 0:
+            raise ConfigError(f"checkpoint.{key} must be >= 0 (0 turns it off), got {getattr(ck, key)}")
+    if ck.keep_last < 1:
+        raise ConfigError(f"checkpoint.keep_last must be at least 1, got {ck.keep_last}")
+    if ck.agree_every_steps < 1:
+        raise ConfigError(f"checkpoint.agree_every_steps must be at least 1, got {ck.agree_every_steps}")
+
+
+def _validate_parallel(config: Config) -> None:
+    """Checks of the pipeline and DiLoCo sections alone; those against the mesh live in jaxlm.parallel."""
+    p, d = config.pipeline, config.diloco
+    if p.microbatches < 0:
+        raise ConfigError(f"pipeline.microbatches must be >= 0 (0: all of the step's), got {p.microbatches}")
+    if p.schedule == "gpipe" and p.repeats != 1:
+        raise ConfigError(f"pipeline.repeats ({p.repeats}) > 1 needs pipeline.schedule=circular")
+    if p.schedule == "circular" and p.repeats < 2:
+        raise ConfigError(f"pipeline.schedule=circular needs pipeline.repeats >= 2, got {p.repeats}")
+    if d.inner_steps < 1:
+        raise ConfigError(f"diloco.inner_steps must be at least 1, got {d.inner_steps}")
+    if d.outer_lr <= 0 or not 0.0 <= d.outer_momentum < 1.0:
+        raise ConfigError(f"diloco needs outer_lr > 0 and 0 <= outer_momentum < 1, got "
+                          f"{d.outer_lr} and {d.outer_momentum}")

@@ -26,3 +26,13 @@ def reason(spec, text):
         return None
     (r,) = stats.removed
     return r
+
+
+def slow_jsonl_input(paths, delay, rank, world_size, stats):
+    """A `read_input` that dawdles per task, so a test can kill a run part-way through."""
+    import time
+
+    from data_prep.stages.runner import read_jsonl_shards
+
+    time.sleep(delay)
+    yield from read_jsonl_shards(paths, rank, world_size, stats)

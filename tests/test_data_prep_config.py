@@ -24,6 +24,7 @@ def test_defaults_and_types():
     assert cfg.sources[1].weight == 0.5 and cfg.sources[0].split is None
     assert cfg.split_for(cfg.sources[0]) is cfg.split
     assert isinstance(config_from_dict({**base(), "shards": {"target_mb": 2}}).shards.target_mb, float)
+    assert config_from_dict(base(), ["shards.target_mb=1e-3"]).shards.target_mb == 0.001  # YAML 1.1 says str
 
 
 def test_overrides_by_path_index_and_name():

@@ -71,8 +71,9 @@ def shard_records(manifest, out, split, source):
     return [shards[i % len(shards)][i // len(shards)] for i in range(n)]
 
 
-def test_round_trip_is_exact_through_shards(tmp_path):
-    cfg = make_cfg(tmp_path)
+@pytest.mark.parametrize("model_type", ["bpe", "unigram"])
+def test_round_trip_is_exact_through_shards(tmp_path, model_type):
+    cfg = make_cfg(tmp_path, overrides=[f"tokenizer.model_type={model_type}"])
     manifest = prepare(cfg, log=quiet)
     out = cfg.output
     sp = spm.SentencePieceProcessor(model_file=os.path.join(out, "tokenizer.model"))
@@ -100,9 +101,11 @@ def test_round_trip_is_exact_through_shards(tmp_path):
 
 
 def test_manifest_fields_counts_and_hashes(tmp_path):
-    cfg = make_cfg(tmp_path, overrides=["tokenizer.add_bos=true"])
+    cfg = make_cfg(tmp_path, overrides=["tokenizer.add_bos=true", "tokenizer.user_defined_symbols=[<|tool|>]"])
     m = prepare(cfg, log=quiet)
     out = cfg.output
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(out, "tokenizer.model"))
+    assert sp.encode_as_pieces("a <|tool|>\n2024") == ["a", "▁", "<|tool|>", "\n", "2", "0", "2", "4"]  # digits split
     assert sorted(os.listdir(out)) == ["manifest.json", "shards", "tokenizer.log", "tokenizer.model"]
     on_disk = json.load(open(os.path.join(out, "manifest.json")))
     assert on_disk == json.loads(json.dumps(m)) and format.read_manifest(out)["format_version"] == format.FORMAT_VERSION
@@ -210,3 +213,20 @@ def test_reruns_failures_and_empty_sources(tmp_path):
     with pytest.raises(SourceError, match="source 'docs' produced no documents .*malformed_json"):
         prepare(bad, overwrite=True, log=quiet)
     assert sorted(os.listdir(cfg.output)) == ["shards"] and os.listdir(os.path.join(cfg.output, "shards")) == []
+
+
+def test_cli_success_and_tokenizer_errors(tmp_path, capsys):
+    from data_prep.__main__ import main
+
+    write_jsonl(tmp_path / "docs.jsonl", SPECIAL_DOCS)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"output: {tmp_path / 'cli'}\nworkers: 1\nsources:\n  - {{name: docs, type: jsonl, paths: [{tmp_path / 'docs.jsonl'}]}}\n"
+                      "split: {val_fraction: 0.4}\ntokenizer: {vocab_size: 1000}\n")
+    assert main(["--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "docs" in out and "train: " in out and f"wrote {tmp_path / 'cli'}" in out
+    assert main(["--config", str(config), "tokenizer.vocab_size=100000", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("data_prep: error: SentencePiece could not train the tokenizer") and "at most tokenizer.vocab_size=" in err
+    assert main(["--config", str(config), "tokenizer.vocab_size=300", "--overwrite"]) == 2
+    assert "raise tokenizer.vocab_size above that" in capsys.readouterr().err

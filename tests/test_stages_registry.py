@@ -91,3 +91,12 @@ def test_examples_are_capped():
     for i in range(20):
         stats.remove(Document("t", f"id{i}", "web"), "rule")
     assert stats.removed == {"s:rule": 20} and len(stats.examples["s:rule"]) == 5
+
+
+def test_documents_round_trip_through_jsonl_even_with_lone_surrogates(tmp_path):
+    from data_prep.stages.files import read_documents, write_documents
+
+    docs = [Document("caf\u00e9 \U0001f600", "a:1", "web", {"k": [1, 2]}), Document("bad \udcff byte", "a:2", "web")]
+    assert write_documents(tmp_path / "d.jsonl", docs) == 2
+    (tmp_path / "d.jsonl").read_bytes().decode("utf-8")  # valid UTF-8 throughout
+    assert list(read_documents(tmp_path / "d.jsonl")) == docs

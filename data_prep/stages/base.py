@@ -41,15 +41,37 @@ class StageStats:
     removed_bytes: dict[str, int] = dataclasses.field(default_factory=dict)  # reason -> bytes
     examples: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # reason -> doc ids
     counters: dict[str, int] = dataclasses.field(default_factory=dict)  # stage-specific, additive
+    # Every removal as (doc id, reason) when a task keeps a full log; not part of the JSON.
+    log: list[tuple[str, str]] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def remove(self, doc: Document, rule: str) -> None:
         """Record that `doc` was dropped by `rule`; the reason is "<stage>:<rule>"."""
         reason = f"{self.stage}:{rule}"
+        if self.log is not None:
+            self.log.append((doc.id, reason))
         self.removed[reason] = self.removed.get(reason, 0) + 1
         self.removed_bytes[reason] = self.removed_bytes.get(reason, 0) + text_bytes(doc.text)
         ids = self.examples.setdefault(reason, [])
         if len(ids) < MAX_EXAMPLES:
             ids.append(doc.id)
+
+    def skip(self, rule: str, where: str, count: int = 1) -> None:
+        """Record `count` inputs dropped at `where` ("file" or "file:line") that never became
+        Documents: malformed lines, unreadable files (what readers report)."""
+        reason = f"{self.stage}:{rule}"
+        self.removed[reason] = self.removed.get(reason, 0) + count
+        ids = self.examples.setdefault(reason, [])
+        if len(ids) < MAX_EXAMPLES:
+            ids.append(where)
+        if self.log is not None:
+            self.log.append((where, reason))
+
+    def repair(self, rule: str, where: str, count: int = 1) -> None:
+        """Record `count` repairs inside the input at `where` (e.g. invalid UTF-8 replaced)."""
+        self.count(f"repaired:{rule}", count)
+        ids = self.examples.setdefault(f"{self.stage}:repaired:{rule}", [])
+        if len(ids) < MAX_EXAMPLES:
+            ids.append(where)
 
     def count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
@@ -76,7 +98,7 @@ class StageStats:
         return sum(self.removed.values())
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "log"}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "StageStats":

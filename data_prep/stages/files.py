@@ -47,9 +47,9 @@ def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
-def doc_to_json(doc: Document) -> str:
+def doc_to_json(doc: Document, ascii_only: bool = False) -> str:
     return json.dumps({"id": doc.id, "source": doc.source, "text": doc.text, "meta": doc.meta},
-                      ensure_ascii=False, sort_keys=False)
+                      ensure_ascii=ascii_only)
 
 
 def write_documents(path: str | os.PathLike, docs: Iterable[Document]) -> int:
@@ -58,10 +58,12 @@ def write_documents(path: str | os.PathLike, docs: Iterable[Document]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     count = 0
-    with open(tmp, "w", encoding="utf-8", errors="surrogatepass") as f:
+    with open(tmp, "w", encoding="utf-8") as f:
         for doc in docs:
-            f.write(doc_to_json(doc))
-            f.write("\n")
+            try:
+                f.write(doc_to_json(doc) + "\n")
+            except UnicodeEncodeError:  # lone surrogates (undecodable input): escape them, stay valid UTF-8
+                f.write(doc_to_json(doc, ascii_only=True) + "\n")
             count += 1
         f.flush()
         os.fsync(f.fileno())
@@ -71,7 +73,7 @@ def write_documents(path: str | os.PathLike, docs: Iterable[Document]) -> int:
 
 def read_documents(path: str | os.PathLike) -> Iterator[Document]:
     """Documents from a JSONL file written by `write_documents`."""
-    with open(path, encoding="utf-8", errors="surrogatepass") as f:
+    with open(path, encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
             yield Document(text=row["text"], id=row["id"], source=row["source"], meta=row.get("meta", {}))

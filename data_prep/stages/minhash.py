@@ -155,8 +155,8 @@ def candidate_edges(keys: np.ndarray, active: np.ndarray | None = None) -> tuple
     `keys` is (N, columns); rows where `active` is False take part in no edge.
     """
     idx = np.arange(len(keys)) if active is None else np.flatnonzero(active)
-    us, vs = [], []
-    for col in range(keys.shape[1]):
+    us, vs = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for col in range(keys.shape[1] if len(idx) else 0):
         k = keys[idx, col]
         order = np.argsort(k, kind="stable")
         ks = k[order]
@@ -165,8 +165,6 @@ def candidate_edges(keys: np.ndarray, active: np.ndarray | None = None) -> tuple
         member = ~new_run
         us.append(idx[order[member]])
         vs.append(idx[order[run_first[member]]])
-    if not us:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     return np.concatenate(us), np.concatenate(vs)
 
 
@@ -214,3 +212,4 @@ def exact_jaccard(a: str, b: str, n: int = 5) -> float:
     (ha, hb), _ = zip(*(shingle_hashes([t], n) for t in (a, b)))
     sa, sb = set(ha.tolist()), set(hb.tolist())
     return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
+

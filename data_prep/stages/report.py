@@ -67,7 +67,9 @@ def render_report(stats: list[StageStats], reports: dict[str, dict[str, Any]], t
             lines += [f"## {s.stage}: duplicate clusters", "",
                       f"{report['removed']:,} of {report['documents']:,} documents removed in "
                       f"{report['clusters']:,} clusters (the smallest id of each cluster is kept).", ""]
-            lines += _table(["cluster size", "clusters"], [list(b) for b in histogram_buckets(report["cluster_sizes"])])
+            if report["cluster_sizes"]:
+                lines += _table(["cluster size", "clusters"],
+                                [list(b) for b in histogram_buckets(report["cluster_sizes"])])
             if "s_curve" in report:
                 lines += ["```", report["s_curve"], "```", ""]
         if "indexed_ngrams" in (report or {}):

@@ -8,32 +8,45 @@ the first group), and the global stage's map runs fused at the end of the group 
 
 Layout under `work_dir`:
     group-<g>/docs-<rank>.jsonl   documents after group g (the last group's are the output)
+    group-<g>/removed-<rank>.jsonl  every document the group removed: {"id", "reason"} per line
     group-<g>/done-<rank>.json    completion marker: that task's per-stage StageStats
     state/<stage>/...             global stages' map and reduce state; reduce.json = its report
     stats.json                    merged StageStats of every stage and every reduce report
+    plan.json                     the specs and world size; a rerun with others is refused
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import pathlib
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from data_prep.document import Document
 from data_prep.executors import Executor, LocalExecutor, run_tasks
-from data_prep.stages.base import GlobalStage, Stage, StageStats, counted
-from data_prep.stages.files import atomic_write_json, read_documents, read_json, write_documents
-from data_prep.stages.registry import build_stages
+from data_prep.stages.base import GlobalStage, Stage, StageStats, counted, text_bytes
+from data_prep.stages.files import (atomic_write_bytes, atomic_write_json, read_documents, read_json,
+                                    write_documents)
+from data_prep.stages.registry import StageConfigError, build_stages
 
-ReadInput = Callable[[int, int], Iterable[Document]]
+# read_input(rank, world_size, stats) -> rank's documents; the reader records what it drops or
+# repairs on `stats` (a StageStats named "read"): stats.skip(rule, "file:line"), stats.repair(...).
+ReadInput = Callable[[int, int, StageStats], Iterable[Document]]
+READ = "read"
 
 
 @dataclasses.dataclass
 class RunResult:
     outputs: list[pathlib.Path]  # final documents, one JSONL file per rank
-    stats: list[StageStats]  # merged over tasks, in pipeline order
+    read: StageStats  # what the reader passed on, dropped ("read:<rule>") and repaired
+    stats: list[StageStats]  # every stage's, merged over tasks, in pipeline order
     reports: dict[str, dict[str, Any]]  # reduce report per global stage name
+
+    @property
+    def all_stats(self) -> list[StageStats]:
+        """Reading then every stage: what the manifest and report.md show."""
+        return [self.read, *self.stats]
 
 
 def plan_groups(stages: list[Stage]) -> list[list[int]]:
@@ -71,22 +84,35 @@ class GroupTask:
     def __call__(self, rank: int) -> dict[str, Any]:
         work_dir = pathlib.Path(self.work_dir)
         stages = build_stages(self.specs)
+        stats, removals = [], []
         if self.read_input is not None:
-            docs = iter(self.read_input(rank, self.world_size))
+            stats.append(StageStats(READ, log=removals))
+            docs = _counted_out(self.read_input(rank, self.world_size, stats[0]), stats[0])
         else:
             docs = read_documents(group_output(work_dir, self.group - 1, rank))
-        stats = []
         for i in self.members:
             stage = stages[i]
             if isinstance(stage, GlobalStage):
                 stage.load(_state_dir(work_dir, stage), rank)
-            stats.append(StageStats(stage.name))
+            stats.append(StageStats(stage.name, log=removals))
             docs = counted(stage, docs, stats[-1])
         if self.next_map is not None:
             stage = stages[self.next_map]
             docs = stage.map_task(docs, rank, _state_dir(work_dir, stage))
         written = write_documents(group_output(work_dir, self.group, rank), docs)
+        if self.read_input is not None:  # the reader's input is what it passed on plus what it dropped
+            stats[0].docs_in, stats[0].bytes_in = stats[0].docs_out + stats[0].docs_removed, stats[0].bytes_out
+        removed = "".join(json.dumps({"id": i, "reason": r}, ensure_ascii=False) + "\n" for i, r in removals)
+        atomic_write_bytes(group_output(work_dir, self.group, rank).with_name(f"removed-{rank:05d}.jsonl"),
+                           removed.encode("utf-8", "backslashreplace"))
         return {"documents": written, "stats": [s.to_json() for s in stats]}
+
+
+def _counted_out(docs: Iterable[Document], stats: StageStats) -> Iterator[Document]:
+    for doc in docs:
+        stats.docs_out += 1
+        stats.bytes_out += text_bytes(doc.text)
+        yield doc
 
 
 def _reduce(stage: GlobalStage, work_dir: pathlib.Path, world_size: int) -> dict[str, Any]:
@@ -97,18 +123,39 @@ def _reduce(stage: GlobalStage, work_dir: pathlib.Path, world_size: int) -> dict
     return read_json(marker)
 
 
+class WorkDirError(ValueError):
+    """The work directory holds another run's state."""
+
+
+def _claim(work_dir: pathlib.Path, specs: list[dict[str, Any]], world_size: int) -> None:
+    """Record what this work directory is for; a rerun must be the same run, or markers would lie."""
+    plan = {"specs": specs, "world_size": world_size}
+    path = work_dir / "plan.json"
+    if path.exists():
+        if read_json(path) != json.loads(json.dumps(plan)):
+            raise WorkDirError(
+                f"{work_dir} holds a run with other stages or world size; resuming it would mix "
+                f"results. Use a new work directory, or delete this one to start over.")
+    else:
+        atomic_write_json(path, plan)
+
+
 def run_stages(specs: list[dict[str, Any]], read_input: ReadInput, world_size: int,
                work_dir: str | pathlib.Path, executor: Executor | None = None) -> RunResult:
     """Run `specs` over `world_size` tasks; finished tasks and reduces are skipped on a rerun.
 
-    `read_input(rank, world_size)` yields rank's input documents; it must be picklable (a
-    module-level function or a functools.partial of one) and deterministic.
+    `read_input(rank, world_size, stats)` yields rank's input documents and records what it
+    drops on `stats` (see ReadInput); it must be picklable (a module-level function or a
+    functools.partial of one) and deterministic, as must the specs' files.
     """
     stages = build_stages(specs)  # fails fast on a bad spec, before any work
+    if any(s.name == READ for s in stages):
+        raise StageConfigError(f"a stage may not be named {READ!r} (reading is reported under that name)")
     if executor is None:
         with LocalExecutor() as local:
             return run_stages(specs, read_input, world_size, work_dir, local)
     work_dir = pathlib.Path(work_dir)
+    _claim(work_dir, specs, world_size)
     groups = plan_groups(stages)
     reports: dict[str, dict[str, Any]] = {}
     for stage in stages:  # global stages without a map (decontamination) reduce up front
@@ -126,14 +173,16 @@ def run_stages(specs: list[dict[str, Any]], read_input: ReadInput, world_size: i
         if next_map is not None:
             stage = stages[next_map]
             reports[stage.name] = _reduce(stage, work_dir, world_size)
-    stats = [merged.get(s.name, StageStats(s.name)) for s in stages]
-    atomic_write_json(work_dir / "stats.json", {"stages": [s.to_json() for s in stats], "reports": reports})
-    outputs = [group_output(work_dir, len(groups) - 1, r) for r in range(world_size)]
-    return RunResult(outputs, stats, reports)
+    result = RunResult(outputs=[group_output(work_dir, len(groups) - 1, r) for r in range(world_size)],
+                       read=merged.get(READ, StageStats(READ)),
+                       stats=[merged.get(s.name, StageStats(s.name)) for s in stages], reports=reports)
+    atomic_write_json(work_dir / "stats.json", {"stages": [s.to_json() for s in result.all_stats],
+                                                "reports": reports})
+    return result
 
 
-def read_jsonl_shards(paths: list[str], rank: int, world_size: int) -> Iterable[Document]:
-    """A `read_input` over JSONL document files: rank r reads files r, r+W, r+2W, ..."""
+def read_jsonl_shards(paths: list[str], rank: int, world_size: int, stats: StageStats) -> Iterable[Document]:
+    """A `read_input` over JSONL files of `write_documents`: rank r reads files r, r+W, r+2W, ..."""
     for path in paths[rank::world_size]:
         yield from read_documents(path)
 

@@ -99,6 +99,7 @@ def build_loader(
     prefetch: int = 2,
     model_vocab_size: int | None = None,
     verify: bool = False,
+    shuffle_rows: int = 0,
 ) -> Loader:
     """Batches of `batch_rows` packed rows of `seq_len` tokens for this process.
 
@@ -110,6 +111,9 @@ def build_loader(
     model_vocab_size: if set, every dataset's vocabulary must fit in it, else DataFormatError naming
       the dataset. Mixed datasets must always share one tokenizer (same sha256).
     verify: check every shard's sha256 before starting (slow for large datasets).
+    shuffle_rows: if > 0, packed rows are shuffled within windows of this many rows before batching,
+      so a batch does not hold consecutive pieces of one long document (a single-file corpus
+      such as Tiny Shakespeare is one document). Restoring re-reads the current window only.
     """
     _check_args(sources, split, seq_len, batch_rows, seed, process_index, process_count, num_epochs, worker_count, prefetch)
     infos = [open_dataset(path, model_vocab_size, verify=verify) for path, _ in sources]
@@ -134,7 +138,13 @@ def build_loader(
         streams.append(docs[process_index::process_count])
     docs = streams[0] if len(streams) == 1 else MixedDocuments(streams, [w for _, w in sources])
 
-    batches = PackedBatchDataset(docs, seq_len=seq_len, rows=batch_rows, open_reader=_DocumentReader(worker_count))
+    if shuffle_rows > 0:
+        rows = PackedBatchDataset(docs, seq_len=seq_len, rows=1, open_reader=_DocumentReader(worker_count))
+        rows = rows.map(_first_row)
+        rows = grain.experimental.WindowShuffleIterDataset(rows, window_size=shuffle_rows, seed=_source_seed(seed, 10**6) % 2**31)
+        batches = rows.batch(batch_rows, drop_remainder=False)
+    else:
+        batches = PackedBatchDataset(docs, seq_len=seq_len, rows=batch_rows, open_reader=_DocumentReader(worker_count))
     if prefetch:
         batches = grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=prefetch)
     fingerprint = {
@@ -147,8 +157,13 @@ def build_loader(
         "process_count": int(process_count),
         "num_epochs": None if num_epochs is None else int(num_epochs),
         "shuffle": bool(shuffle),
+        "shuffle_rows": int(shuffle_rows),
     }
     return Loader(batches, json.loads(json.dumps(fingerprint)))  # the form a restored state compares equal to
+
+
+def _first_row(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {key: value[0] for key, value in batch.items()}
 
 
 class _DocumentReader:

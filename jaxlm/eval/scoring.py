@@ -92,26 +92,28 @@ class Scorer:
         return results  # type: ignore[return-value]
 
     def rolling(self, tokens: Sequence[int], stride: int | None = None) -> tuple[float, int]:
-        """(sum of log p, tokens scored) of a whole token sequence through sliding windows.
-
-        Each window holds up to `window` inputs and scores only tokens no earlier window scored,
-        so with stride s every token after the first window is predicted from at least
-        window - s tokens of context. The first token is context only (put BOS first to score a
-        text's first token).
-        """
-        stride = stride or self.window
-        if not 0 < stride <= self.window:
-            raise ValueError(f"stride must be in [1, {self.window}], got {stride}")
-        tokens = list(tokens)
-        requests = []
-        scored_until = 1  # targets [1, scored_until) are done
-        while scored_until < len(tokens):
-            end = min(len(tokens), scored_until + stride if scored_until > 1 else self.window + 1)
-            ctx_start = max(0, end - self.window - 1)
-            requests.append((tokens[ctx_start:scored_until], tokens[scored_until:end]))
-            scored_until = end
+        """(sum of log p, tokens scored) of a whole sequence; see `rolling_windows`."""
         total, count = 0.0, 0
-        for s in self.score(requests):
+        for s in self.score(rolling_windows(tokens, self.window, stride or self.window)):
             total += s.logprob
             count += s.tokens
         return total, count
+
+
+def rolling_windows(tokens: Sequence[int], window: int, stride: int) -> list[tuple[list[int], list[int]]]:
+    """(context, continuation) requests that score tokens[1:] of a long sequence, each once.
+
+    The first window scores tokens 1..window; each later one scores the next `stride` tokens with
+    the window - stride + 1 tokens before them as context, so every token after the first window
+    is predicted from at least window - stride tokens. The first token is context only (put BOS
+    first to score a text's first token).
+    """
+    if not 0 < stride <= window:
+        raise ValueError(f"stride must be in [1, {window}], got {stride}")
+    tokens = list(tokens)
+    out, done = [], 1  # targets [1, done) are scored
+    while done < len(tokens):
+        end = min(len(tokens), done + stride if done > 1 else window + 1)
+        out.append((tokens[max(0, end - window - 1):done], tokens[done:end]))
+        done = end
+    return out

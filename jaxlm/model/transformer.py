@@ -108,8 +108,8 @@ class Transformer(nnx.Module):
         w = self.embed[...].T if self.unembed is None else self.unembed[...]
         return w.astype(self.dtype)
 
-    def hidden(self, tokens_BT, positions_BT, segment_ids_BT, dropout_key=None, cache=None):
-        """Final-normed hidden states (B, T, D); with a KV cache also returns the updated cache."""
+    def embed_inputs(self, tokens_BT, positions_BT, dropout_key=None):
+        """The first layer's input (B, T, D) and one dropout key per layer (None without dropout)."""
         x = jnp.take(self.embed[...], tokens_BT, axis=0).astype(self.dtype)
         if self.pos_embed is not None:
             x = x + jnp.take(self.pos_embed[...], positions_BT, axis=0).astype(self.dtype)
@@ -119,28 +119,40 @@ class Transformer(nnx.Module):
             dropout_key, k_embed = jax.random.split(dropout_key)
             x = self.embed_dropout(x, k_embed)
             keys = jax.random.split(dropout_key, self.cfg.n_layers)
+        return x, keys
 
+    def layer_fn(self):
+        """(stacked layer state, each leaf with a leading `layers` dim; layer(x, layer_state, positions,
+        segment_ids, key, cache)): one block as a pure function, rematerialised as configured.
+        `hidden` scans it over the layers; jaxlm.parallel.pipeline runs it in pipeline stages."""
         graphdef, stacked = nnx.split(self.blocks)
 
-        def layer(x, layer_state, key, layer_cache):
+        def layer(x, layer_state, positions_BT, segment_ids_BT, key, layer_cache):
             block = nnx.merge(graphdef, layer_state)
             return block(x, positions_BT, segment_ids_BT, key, layer_cache)
 
         if self.cfg.remat != "none":
             layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[self.cfg.remat])
+        return stacked, layer
+
+    def hidden(self, tokens_BT, positions_BT, segment_ids_BT, dropout_key=None, cache=None):
+        """Final-normed hidden states (B, T, D); with a KV cache also returns the updated cache."""
+        x, keys = self.embed_inputs(tokens_BT, positions_BT, dropout_key)
+        stacked, layer = self.layer_fn()
+        pos, seg = positions_BT, segment_ids_BT
 
         if cache is None and self.cfg.scan_layers:
             def body(x, xs):
                 layer_state, key = xs
-                return layer(x, layer_state, key, None), None
+                return layer(x, layer_state, pos, seg, key, None), None
             x, _ = jax.lax.scan(body, x, (stacked, keys))
         elif cache is None:
             for i in range(self.cfg.n_layers):
-                x = layer(x, jax.tree.map(lambda a: a[i], stacked), None if keys is None else keys[i], None)
+                x = layer(x, jax.tree.map(lambda a: a[i], stacked), pos, seg, None if keys is None else keys[i], None)
         else:
             def body(x, xs):
                 layer_state, layer_cache = xs
-                return layer(x, layer_state, None, layer_cache)
+                return layer(x, layer_state, pos, seg, None, layer_cache)
             x, cache = jax.lax.scan(body, x, (stacked, cache))
         x = self.final_norm(x)
         return x if cache is None else (x, cache)

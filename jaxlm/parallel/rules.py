@@ -2,8 +2,9 @@
 
 Parameters are split for memory (FSDP shards `embed`, tensor parallelism shards heads and MLP
 columns/rows, Megatron style: q/k/v and up/gate by output columns, o and down by input rows, so a
-block needs one reduction per sublayer). Activations are split for compute (batch over the data
-axes, heads/MLP over `tensor`).
+block needs one reduction per sublayer; pipeline parallelism gives each `pipe` device a contiguous
+run of `layers`). Activations are split for compute (batch over the data axes, heads/MLP over
+`tensor`); the pipeline's stage dim goes over `pipe` (jaxlm.parallel.pipeline).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ PARAM_RULES: dict[str, Any] = {
     "mlp": "tensor",
     "heads": "tensor",
     "kv": None,
-    "layers": None,
+    "layers": "pipe",
     "length": None,
 }
 
@@ -40,10 +41,11 @@ class ShardingRuleError(ValueError):
     pass
 
 
-def spec_for(axes: tuple, shape: tuple, mesh: Mesh, rules: dict[str, Any]) -> PartitionSpec:
+def spec_for(axes: tuple, shape: tuple, mesh: Mesh, rules: dict[str, Any], reserved: tuple = ()) -> PartitionSpec:
     """Maps each dim's logical name through `rules`. A dim is left whole when its mesh axes are
-    already used by an earlier dim or do not divide it (e.g. a 65-symbol vocabulary on tensor=2)."""
-    used: set[str] = set()
+    already used by an earlier dim, are `reserved` (taken by an enclosing vmap, e.g. DiLoCo's
+    replicas on `data`) or do not divide it (e.g. a 65-symbol vocabulary on tensor=2)."""
+    used: set[str] = set(reserved)
     out = []
     for name, dim in zip(axes, shape):
         if name not in rules:
@@ -80,10 +82,10 @@ def param_shardings(axes_tree: dict, shapes_tree: dict, mesh: Mesh) -> dict:
         axes_tree, shapes_tree, is_leaf=lambda x: isinstance(x, tuple))
 
 
-def activation_constraint(mesh: Mesh):
+def activation_constraint(mesh: Mesh, reserved: tuple = ()):
     """The function `jaxlm.model.layers.set_activation_constraint` takes, for this mesh."""
     def constrain(x: jax.Array, axes: tuple) -> jax.Array:
-        spec = spec_for(axes, x.shape, mesh, ACTIVATION_RULES)
+        spec = spec_for(axes, x.shape, mesh, ACTIVATION_RULES, reserved)
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
     return constrain
 

@@ -6,7 +6,7 @@ with L-BFGS from the best points of a grid of starting values (the objective is 
 has many poor local minima). Uncertainty comes from a bootstrap over the runs.
 
 Runs are workdirs of `python -m jaxlm.main`: `run.json` holds `"model_params"`, `metrics.jsonl`
-one JSON object per logged step with cumulative `tokens` and `loss`, and `val_loss` at eval steps.
+one JSON object per logged step with cumulative `tokens_seen` and `loss`, and `val_loss` at eval steps.
 """
 
 from __future__ import annotations
@@ -83,11 +83,11 @@ def load_run(workdir: str, which: str = "final", metric: str = "val_loss") -> li
         raise PlanError(f"{run_json} has no positive \"model_params\" (got {params!r})")
     points = []
     for row in _read_jsonl(metrics):
-        loss, tokens = row.get(metric), row.get("tokens")
+        loss, tokens = row.get(metric), row.get("tokens_seen")
         if _finite(loss) and loss > 0 and _finite(tokens) and tokens > 0:
             points.append(Point(workdir, float(params), float(tokens), float(loss)))
     if not points:
-        raise PlanError(f"{metrics} has no line with both a positive {metric!r} and cumulative \"tokens\"")
+        raise PlanError(f"{metrics} has no line with both a positive {metric!r} and cumulative \"tokens_seen\"")
     points.sort(key=lambda p: p.tokens)
     return points[-1:] if which == "final" else points
 

@@ -213,6 +213,7 @@ class MemoryEstimate:
     weights_compute: float  # compute-dtype copies of the weights and their gradients (remat none)
     activations: float  # saved for the backward pass, all layers on this device
     working: float  # max(logits + their gradient, one layer's backward working set)
+    logits_dominate: bool = False  # the loss's (tokens, vocab) buffers are the larger working set
 
     @property
     def total(self) -> float:
@@ -318,7 +319,7 @@ def estimate_memory(model, work: Workload, mesh: MeshShape) -> MemoryEstimate:
     if mesh.fsdp > 1:  # the unembedding is gathered whole for the loss, its gradient made whole
         loss_working += unembed * (cbytes + 4)
     return MemoryEstimate(params, optimizer, grads, weights_compute, activations,
-                          max(loss_working, layer_working))
+                          max(loss_working, layer_working), loss_working > layer_working)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -24,8 +25,12 @@ from jaxlm.data import format as data_format
 from jaxlm.model import layers
 from jaxlm.parallel import rules
 from jaxlm.parallel.mesh import BATCH_AXES, build_mesh
+from jaxlm.train import checkpoint, resume
+from jaxlm.train import faults as faults_lib, spikes
 from jaxlm.train import metrics as metrics_lib
+from jaxlm.train.incidents import Incidents
 from jaxlm.train.optimizer import BatchRamp
+from jaxlm.train.preemption import Preempted
 from jaxlm.train.state import build_optimizer, init_state, model_spec, state_shardings
 from jaxlm.train.step import BATCH_KEYS, make_eval_step, make_train_step
 
@@ -49,6 +54,9 @@ class Trainer:
         self.ramp = BatchRamp(config.train, config.data.seq_len)
         self.writer = metrics_lib.MetricsWriter(self.workdir, config, enabled=self.is_main)
         self._write_run_files()
+        self.incidents = Incidents(self.workdir, enabled=self.is_main, writer=self.writer)
+        self.checkpoints = checkpoint.CheckpointManager(self.workdir, config, is_main=self.is_main,
+                                                        incidents=self.incidents)
 
         layers.set_activation_constraint(rules.activation_constraint(self.mesh))
         batch_shardings = {k: self.batch_sharding for k in BATCH_KEYS}
@@ -59,8 +67,14 @@ class Trainer:
         micro_sharding = rules.batch_sharding(self.mesh, ndim=2)
         self.eval_step = jax.jit(make_eval_step(config, self.spec),
                                  in_shardings=(self.shardings["params"], {k: micro_sharding for k in BATCH_KEYS}))
-        self.state = init_state(config, self.spec, self.optimizer, self.shardings)
+        self.state = self._restore_or_init()  # auto-resume: the latest good checkpoint, else a fresh state
         self.loader = self._loader("train")
+        self.resumed_extra = self._resume_data(self._restored)  # the checkpoint's `extra` ({} on a fresh start)
+        self.spikes = spikes.SpikeMonitor(  # loss-spike handling, host side (spikes.py)
+            config.spikes, self.incidents, faults=faults_lib.make_injector(config),
+            rollbacks=int(self.state["spike"]["rollbacks"]), saved=self.resumed_extra.get("spikes"))
+        if self._restored is not None:
+            self.spikes.checkpoint_saved(self._restored.step)  # known good once the next step is clean
         self.flops_per_token = metrics_lib.flops_per_token(config, self.spec.param_count)
         self.peak_flops, self.peak_source = metrics_lib.peak_flops(config)
 
@@ -102,7 +116,8 @@ class Trainer:
             process_index=jax.process_index(), process_count=jax.process_count(),
             num_epochs=epochs, shuffle=split == "train",
             worker_count=c.data.worker_count if split == "train" else 0,
-            prefetch=c.data.prefetch, model_vocab_size=c.model.vocab_size)
+            prefetch=c.data.prefetch, model_vocab_size=c.model.vocab_size,
+            shuffle_rows=c.data.shuffle_rows if split == "train" else 0)
 
     def _write_run_files(self) -> None:
         if not self.is_main:
@@ -182,6 +197,15 @@ class Trainer:
                 compile_start = time.perf_counter()
             self.state, metrics = self.train_step(self.state, batch)
             step += 1
+            trigger = self.spikes.push(step, metrics, final=step >= t.steps)  # judges the step before
+            if trigger is not None:  # flags persist: back to the last good checkpoint, past the spike's data
+                shown = step - 1  # the progress bar has not counted this step yet
+                step = self._roll_back(trigger)  # raises spikes.TrainingHalted when it cannot
+                progress.update(step - shown)
+                batch = self.next_batch(step)
+                window_start, window_tokens = time.perf_counter(), 0.0
+                continue
+            data_state = self.loader.get_state()  # the data position after this step: saved with its checkpoint
             if step < t.steps:
                 batch = self.next_batch(step)  # read the next batch while the step runs
             if first_of_shape:
@@ -206,8 +230,9 @@ class Trainer:
                 val = self.evaluate()
                 summary["val_loss"] = val
                 if self.is_main:
-                    self.writer.write(step, {"val_loss": val})
+                    self.writer.write(step, {"val_loss": val, "tokens_seen": float(self.ramp.tokens_before(step))})
                 window_start += time.perf_counter() - eval_start  # eval time is not training time
+            self._checkpoint(step, data_state)  # when due; raises Preempted after a signal-triggered save
             if logged:
                 summary.update(logged)
             progress.update(1)
@@ -229,8 +254,93 @@ class Trainer:
             self.writer.write(step, values)
         return values
 
+    # ------------------------------------------------------------------------------------------
+    # Checkpoints (jaxlm/train/checkpoint.py; docs/checkpointing.md)
+
+    def _restore_or_init(self) -> dict:
+        abstract = checkpoint.abstract_state(self.config, self.spec, self.optimizer, self.shardings)
+        fresh_opt_state = jax.jit(self.optimizer.init, out_shardings=self.shardings["opt_state"])
+        try:
+            self._restored = self.checkpoints.restore_latest(abstract, fresh_opt_state)
+        except BaseException:
+            self.checkpoints.close()  # e.g. a config that cannot resume: give the signal handlers back
+            raise
+        if self._restored is None:
+            return init_state(self.config, self.spec, self.optimizer, self.shardings)
+        return self._restored.state
+
+    def _resume_data(self, restored: Optional[checkpoint.Restored]) -> dict:
+        """Puts the train loader where `restored` left it (or where a changed data setup derives)."""
+        if restored is None:
+            return {}
+        state, derived = resume.loader_state_for(restored.loader_state, self.loader.get_state(),
+                                                 jax.process_index(), jax.process_count())
+        self.loader.set_state(state)
+        if derived:
+            self.incidents.record("data_setup_changed", restored.step, **derived)
+        return restored.extra
+
+    def restore_checkpoint(self, step: int) -> dict:
+        """Rolls the run back to checkpoint `step` (state and data position); returns its `extra`."""
+        abstract = checkpoint.abstract_state(self.config, self.spec, self.optimizer, self.shardings)
+        self.state = None  # frees the current state's memory before the old one is read
+        restored = self.checkpoints.restore_step(step, abstract)
+        self.state = restored.state
+        return self._resume_data(restored)
+
+    def checkpoint_extra(self) -> dict:
+        """Host-side JSON state saved with every checkpoint (the loss-spike handling adds its own)."""
+        return {"spikes": self.spikes.state_dict()}
+
+    def _roll_back(self, trigger: spikes.Trigger) -> int:
+        """Restores the last good checkpoint before `trigger`'s onset, skips the data from there
+        through the spike (plus spikes.skip_margin steps), lowers lr_scale; returns the new step."""
+        self.checkpoints.wait()
+        self.spikes.drain()  # the step in flight is abandoned, but its skip (if any) is recorded like the others
+        now = jax.device_get({"skips": self.state["spike"]["skips"], "lr_scale": self.state["lr_scale"]})
+        while True:
+            try:
+                plan = self.spikes.plan_rollback(trigger, self.checkpoints.all_steps(), float(now["lr_scale"]),
+                                                 where=self.checkpoints.directory)
+            except spikes.TrainingHalted as halted:
+                if halted.last_good is not None:  # an automatic resume must start from the good one
+                    self.checkpoints.discard_after(halted.last_good, reason="halted")
+                raise
+            try:
+                self.restore_checkpoint(plan.to_step)
+                break
+            except checkpoint.CheckpointError as e:
+                self.spikes.forget_checkpoint(plan.to_step, str(e))
+        self.checkpoints.discard_after(plan.to_step)
+        first, last = plan.data_steps  # skip the batches of steps first..last (BatchRamp counts from 0)
+        skipped = sum(self.ramp.micro_steps_at(s - 1) for s in range(first, last + 1))
+        for _ in range(skipped):
+            next(self.loader)
+        self.state = spikes.rolled_back_state(self.state, plan, int(now["skips"]))
+        self.spikes.rolled_back(plan, skipped)
+        return plan.to_step
+
+    def _checkpoint(self, step: int, data_state: dict) -> None:
+        reason = self.checkpoints.save_due(step)
+        if reason is None:
+            return
+        if reason in ("interval", "time") and not self.spikes.safe_to_save():
+            return  # flags in the recent window: keep the last good checkpoint, save when they are over
+        self.checkpoints.save(step, self.state, data_state, self.checkpoint_extra(), reason=reason)
+        self.spikes.checkpoint_saved(step)
+        if reason == "preemption":
+            self.checkpoints.wait()
+            signum = self.checkpoints.signals.signum
+            self.incidents.record("preemption", step, signal=signal.Signals(signum).name)
+            if self.is_main:
+                print(f"\n{signal.Signals(signum).name}: checkpoint of step {step} saved in "
+                      f"{self.checkpoints.directory}; run the same command to resume", file=sys.stderr, flush=True)
+            raise Preempted(signum, step)
+
     def close(self) -> None:
+        self.checkpoints.close()  # waits for a background save to commit
         layers.set_activation_constraint(None)
+        self.loader.close()
         self.writer.close()
 
 

@@ -1,7 +1,8 @@
 """The train state — parameters, optimizer state, step, learning-rate scale — created sharded.
 
 The state is a plain dict of arrays, so Orbax saves it and optax updates it without wrappers:
-    {"params": <pure dict>, "opt_state": <optax state>, "step": int32, "lr_scale": float32}
+    {"params": <pure dict>, "opt_state": <optax state>, "step": int32, "lr_scale": float32,
+     "spike": {replicated scalars, see spikes.init_stats}}
 `lr_scale` multiplies every update; loss-spike recovery lowers it for a while.
 """
 
@@ -19,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxlm.config import Config
 from jaxlm.model import Transformer
 from jaxlm.parallel import rules
+from jaxlm.train import spikes
 from jaxlm.train.optimizer import make_optimizer
 
 
@@ -68,7 +70,8 @@ def state_shardings(spec: ModelSpec, optimizer: optax.GradientTransformation, me
         return replicated
 
     opt = jax.tree_util.tree_map_with_path(place, abstract_opt)
-    return {"params": params, "opt_state": opt, "step": replicated, "lr_scale": replicated}
+    spike = jax.tree.map(lambda _: replicated, jax.eval_shape(spikes.init_stats))
+    return {"params": params, "opt_state": opt, "step": replicated, "lr_scale": replicated, "spike": spike}
 
 
 def _path_key(path) -> tuple:
@@ -80,7 +83,8 @@ def init_state(config: Config, spec: ModelSpec, optimizer, shardings: dict) -> d
     opt_state = jax.jit(optimizer.init, out_shardings=shardings["opt_state"])(params)
     step = jax.device_put(jnp.zeros([], jnp.int32), shardings["step"])
     lr_scale = jax.device_put(jnp.ones([], jnp.float32), shardings["lr_scale"])
-    return {"params": params, "opt_state": opt_state, "step": step, "lr_scale": lr_scale}
+    spike = jax.device_put(spikes.init_stats(), shardings["spike"])  # loss-spike statistics and counters
+    return {"params": params, "opt_state": opt_state, "step": step, "lr_scale": lr_scale, "spike": spike}
 
 
 def build_optimizer(config: Config, spec: ModelSpec) -> optax.GradientTransformation:

@@ -16,6 +16,8 @@ import optax
 from flax import nnx
 
 from jaxlm.config import Config
+from jaxlm.parallel import pipeline
+from jaxlm.train import faults as faults_lib, spikes
 from jaxlm.train.loss import cross_entropy_sums
 from jaxlm.train.optimizer import make_schedule, penalty
 from jaxlm.train.state import ModelSpec
@@ -46,14 +48,22 @@ def make_loss_fn(config: Config, spec: ModelSpec, *, train: bool) -> Callable:
     return loss_fn
 
 
-def make_train_step(config: Config, spec: ModelSpec, optimizer: optax.GradientTransformation) -> Callable:
+def make_train_step(config: Config, spec: ModelSpec, optimizer: optax.GradientTransformation,
+                    mesh=None) -> Callable:
+    """mesh: the step's mesh (default: the one built from config.mesh); with pipe > 1 the
+    micro-batches go through the pipeline (jaxlm.parallel.pipeline) instead of one by one."""
     loss_fn = make_loss_fn(config, spec, train=True)
+    pipelined = pipeline.make_pipelined_grads(config, spec, mesh)  # None without a pipe axis
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     schedule = make_schedule(config.optim, config.train.steps)
     l1, l2 = config.optim.l1, config.optim.l2
     base_key = jax.random.key(config.seed + 1)
+    spike_guard = spikes.make_guard(config.spikes)
+    injector = faults_lib.make_injector(config)  # None unless config.faults (drills and tests)
 
     def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
+        if injector:
+            batch = injector.corrupt_batch(batch, state)
         params = state["params"]
         step_key = jax.random.fold_in(base_key, state["step"])
         n_micro = batch["inputs"].shape[0]
@@ -67,7 +77,9 @@ def make_train_step(config: Config, spec: ModelSpec, optimizer: optax.GradientTr
             return (grads, nll + micro_nll), None
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-        if n_micro == 1:
+        if pipelined is not None:
+            grads, nll = pipelined(params, batch, step_key)
+        elif n_micro == 1:
             (grads, nll), _ = micro_step((zeros, 0.0), (jax.tree.map(lambda x: x[0], batch), 0))
         else:
             (grads, nll), _ = jax.lax.scan(micro_step, (zeros, jnp.zeros([], jnp.float32)),
@@ -79,9 +91,13 @@ def make_train_step(config: Config, spec: ModelSpec, optimizer: optax.GradientTr
             grads = jax.tree.map(jnp.add, grads, pen_grads)
         else:
             pen = 0.0
+        if injector:
+            grads = injector.corrupt_grads(grads, state)
         grad_norm = optax.global_norm(grads)  # before clipping: what spike detection watches
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
         updates = jax.tree.map(lambda u: u * state["lr_scale"], updates)
+        if injector:
+            updates = injector.scale_updates(updates, state)
         new_state = {
             "params": optax.apply_updates(params, updates),
             "opt_state": opt_state,
@@ -95,14 +111,21 @@ def make_train_step(config: Config, spec: ModelSpec, optimizer: optax.GradientTr
             "lr": schedule(state["step"]) * state["lr_scale"],
             "tokens": tokens,
         }
+        # A flagged step (loss or grad norm far above their running statistics, or not finite)
+        # keeps the old params and opt_state; decided here, with no host round trip.
+        new_state, spike_metrics = spike_guard(state, new_state, metrics["loss"], grad_norm)
+        metrics.update(spike_metrics)
         return new_state, metrics
 
     return train_step
 
 
-def make_eval_step(config: Config, spec: ModelSpec) -> Callable:
+def make_eval_step(config: Config, spec: ModelSpec, mesh=None) -> Callable:
     """eval_step(params, micro_batch) -> (nll_sum, token_count)."""
     loss_fn = make_loss_fn(config, spec, train=False)
+    pipelined = pipeline.make_pipelined_eval(config, spec, mesh)  # None without a pipe axis
+    if pipelined is not None:
+        return pipelined
 
     def eval_step(params, micro):
         _, (nll_sum, count) = loss_fn(params, micro, None)
@@ -128,6 +151,7 @@ def compile_for_analysis(config: Config, n_micro: int = 1):
         "opt_state": jax.eval_shape(optimizer.init, spec.shapes),
         "step": jax.ShapeDtypeStruct([], jnp.int32),
         "lr_scale": jax.ShapeDtypeStruct([], jnp.float32),
+        "spike": jax.eval_shape(spikes.init_stats),
     }
     rows = (config.train.micro_batch or config.train.global_batch)
     shape = (n_micro, rows, config.data.seq_len)
@@ -135,7 +159,7 @@ def compile_for_analysis(config: Config, n_micro: int = 1):
     batch_sharding = rules.batch_sharding(mesh, ndim=2, leading=1)
     layers.set_activation_constraint(rules.activation_constraint(mesh))
     try:
-        step = jax.jit(make_train_step(config, spec, optimizer),
+        step = jax.jit(make_train_step(config, spec, optimizer, mesh),
                        in_shardings=(shardings, {k: batch_sharding for k in BATCH_KEYS}),
                        out_shardings=(shardings, None), donate_argnums=0)
         return step.lower(abstract_state, batch).compile()

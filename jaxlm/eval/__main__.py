@@ -1,0 +1,119 @@
+"""Evaluate a model: perplexity / bits per byte, or n-shot benchmarks.
+
+  python -m jaxlm.eval --workdir W --text FILE [--stride N]
+  python -m jaxlm.eval --workdir W --val [--dataset DIR] [--max-documents N]
+  python -m jaxlm.eval --workdir W --tasks hellaswag,piqa --shots 0 [--limit N] [--output results.json]
+  python -m jaxlm.eval --hf DIR ...            (a transformers checkpoint folder instead of a run)
+  python -m jaxlm.eval --list-tasks
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jaxlm.eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--workdir", help="training run folder (latest valid checkpoint, its tokenizer)")
+    src.add_argument("--hf", help="transformers checkpoint folder (with tokenizer.model, as jaxlm.export writes)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--text", help="UTF-8 text file: perplexity and bits per byte")
+    what.add_argument("--val", action="store_true", help="the validation split of --dataset (default: the run's first source)")
+    what.add_argument("--tasks", help="comma-separated task names or task spec .yaml files")
+    what.add_argument("--list-tasks", action="store_true", help="print the built-in tasks and exit")
+    p.add_argument("--dataset", help="data_prep folder for --val")
+    p.add_argument("--max-documents", type=int, help="--val: only the first N documents")
+    p.add_argument("--stride", type=int, help="sliding-window stride in tokens (default: half the context)")
+    p.add_argument("--context", type=int, help="evaluate with this many tokens of context (default: the trained length)")
+    p.add_argument("--shots", type=int, default=0, help="demonstrations per prompt (default 0)")
+    p.add_argument("--limit", type=int, help="only the first N items of each task")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the demonstration draw")
+    p.add_argument("--data-root", help="folder the task specs' data paths are relative to (default ../shared/data)")
+    p.add_argument("--task-file", action="append", default=[], metavar="TASK=PATH", help="use this data file for a task")
+    p.add_argument("--contamination", metavar="INDEX.npz", help="training n-gram index (python -m jaxlm.eval.contamination)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--output", help="write the results as JSON here")
+    p.add_argument("--log-samples", action="store_true", help="include every item's prediction in the JSON")
+    return p
+
+
+def run(args) -> int:
+    from jaxlm.eval import harness, perplexity
+    from jaxlm.eval.contamination import NgramIndex
+    from jaxlm.eval.errors import EvalError
+    from jaxlm.eval.loading import load_hf_dir, load_workdir
+    from jaxlm.eval.tasks import builtin_tasks, load_task
+
+    if args.list_tasks:
+        for name in builtin_tasks():
+            task = load_task(name)
+            print(f"{name:16s} {task.kind:16s} {task.path}")
+        return 0
+    if not (args.workdir or args.hf):
+        raise EvalError("give the model: --workdir RUN_DIR or --hf CHECKPOINT_DIR")
+    if not (args.text or args.val or args.tasks):
+        raise EvalError("say what to evaluate: --text FILE, --val or --tasks NAMES")
+    task_files = {}
+    for spec in args.task_file:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise EvalError(f"--task-file {spec!r} must look like TASK=PATH")
+        task_files[name] = path
+    if args.tasks:  # unknown names fail before the model loads
+        names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        for name in names:
+            load_task(name)
+    index = NgramIndex.load(args.contamination) if args.contamination else None
+    em = load_workdir(args.workdir, args.context) if args.workdir else load_hf_dir(args.hf, args.context)
+
+    if args.text:
+        try:
+            with open(args.text, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise EvalError(f"cannot read {args.text!r} as UTF-8 text ({e})") from None
+        result = perplexity.text_perplexity(em, text, stride=args.stride, source=args.text, batch_size=args.batch_size)
+        print(_kv(result))
+    elif args.val:
+        dataset = args.dataset or (em.config.data.sources[0].path if em.config and em.config.data.sources else None)
+        if dataset is None:
+            raise EvalError("--val needs --dataset DIR (a data_prep output folder)")
+        result = perplexity.dataset_perplexity(em, dataset, stride=args.stride, max_documents=args.max_documents,
+                                               batch_size=args.batch_size)
+        print(_kv(result))
+    else:
+        result = harness.evaluate_tasks(em, names, task_files=task_files, shots=args.shots, limit=args.limit,
+                                        seed=args.seed, data_root=args.data_root, batch_size=args.batch_size,
+                                        contamination=index, log_samples=args.log_samples)
+        print(harness.format_table(result))
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _kv(result: dict) -> str:
+    return "\n".join(f"{k:15s} {v:.6g}" if isinstance(v, float) else f"{k:15s} {v}" for k, v in result.items())
+
+
+def main(argv=None) -> int:
+    from jaxlm.config import ConfigError
+    from jaxlm.data.format import DataFormatError
+    from jaxlm.eval.errors import EvalError
+    from jaxlm.interop.hf import InteropError
+
+    args = _parser().parse_args(argv)
+    try:
+        return run(args)
+    except (EvalError, ConfigError, DataFormatError, InteropError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Hyper-parameter sweeps and ablations over jaxlm training runs: `python -m jaxlm.sweep --help`."""

@@ -1,0 +1,144 @@
+"""Test helper (no tests here): tiny training runs in subprocesses, killed and resumed for real.
+
+Runs go through `python -m jaxlm.main` exactly as a user starts them. They share a persistent JAX
+compilation cache (one per test session), so only the first run of a config pays for compiling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import yaml
+
+from test_data_loader_util import random_docs, write_dataset
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOCAB = 96
+
+
+def make_dataset(root, seed: int = 0, docs: int = 300) -> str:
+    return write_dataset(root, {"train": random_docs(docs, seed=seed, high=VOCAB, max_len=60),
+                                "val": random_docs(20, seed=seed + 1, high=VOCAB, max_len=60)}, vocab_size=VOCAB)
+
+
+def tiny_config(workdir, dataset, *, steps: int = 24, every: int = 4, **sections) -> dict:
+    """A run of a ~30k-parameter llama on 8 CPU devices (data=4, fsdp=2): seconds per run."""
+    config = {
+        "workdir": str(workdir),
+        "data": {"sources": [{"path": str(dataset)}], "seq_len": 16},
+        "model": {"vocab_size": VOCAB, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
+                  "max_seq_len": 32},
+        "mesh": {"data": 4, "fsdp": 2},
+        "train": {"steps": steps, "global_batch": 8, "log_every": 1, "eval_every": 6, "eval_batches": 2,
+                  "peak_flops": 1e9},
+        "optim": {"lr": 1e-2, "schedule": {"warmup_steps": 2}},
+        "log": {"progress": False, "tensorboard": False},
+        "checkpoint": {"every_steps": every, "keep_last": 4, "every_minutes": 0},
+    }
+    for section, values in sections.items():
+        config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
+    return config
+
+
+def write_config(path, config: dict) -> str:
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(config, f)
+    return str(path)
+
+
+def env(cache_dir, devices: int = 8) -> dict:
+    e = dict(os.environ)
+    e.update({
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+        "PYTHONPATH": REPO + os.pathsep + e.get("PYTHONPATH", ""),
+    })
+    return e
+
+
+def start(config_path, cache_dir, *args: str, devices: int = 8) -> subprocess.Popen:
+    """`python -m jaxlm.main --config C args...`; its output goes to `proc.log_path`."""
+    log_path = f"{config_path}.{time.monotonic_ns()}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "jaxlm.main", "--config", str(config_path), *args],
+                                cwd=REPO, env=env(cache_dir, devices), stdout=log, stderr=subprocess.STDOUT)
+    proc.log_path = log_path
+    return proc
+
+
+def run(config_path, cache_dir, *args: str, expect: int = 0, devices: int = 8) -> None:
+    proc = start(config_path, cache_dir, *args, devices=devices)
+    code = proc.wait(600)
+    if code != expect:
+        raise AssertionError(f"exit status {code}, expected {expect}:\n{tail_log(proc)}")
+
+
+def tail_log(proc: subprocess.Popen, chars: int = 4000) -> str:
+    with open(proc.log_path) as f:
+        return f.read()[-chars:]
+
+
+def metrics(workdir) -> list[dict]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        lines = f.read().split("\n")
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by the kill
+            pass
+    return out
+
+
+def losses(workdir) -> dict:
+    """{step: loss} and {("val", step): val_loss}; a step logged twice (before a kill and after the
+    resume) keeps its last value."""
+    out = {}
+    for m in metrics(workdir):
+        if "loss" in m:
+            out[m["step"]] = m["loss"]
+        if "val_loss" in m:
+            out[("val", m["step"])] = m["val_loss"]
+    return out
+
+
+def last_step(workdir) -> int:
+    return max([m["step"] for m in metrics(workdir) if "loss" in m], default=0)
+
+
+def finished_checkpoints(workdir) -> list[int]:
+    d = os.path.join(workdir, "checkpoints")
+    return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
+def wait_until(predicate, proc: subprocess.Popen, timeout: float = 300, poll: float = 0.01) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (status {proc.returncode}) before the moment to kill it:\n"
+                                 f"{tail_log(proc)}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("timed out waiting for the run")
+        time.sleep(poll)
+
+
+def kill(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
+    proc.send_signal(sig)
+    proc.wait(60)
+
+
+def incidents(workdir) -> list[dict]:
+    from jaxlm.train.incidents import read_incidents
+    return read_incidents(str(workdir))

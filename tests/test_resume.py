@@ -1,0 +1,138 @@
+"""Kill a real training process (`python -m jaxlm.main`) and start it again: the resumed run's loss
+at every step, and its eval losses, must equal the uninterrupted run's bit for bit (8 CPU devices,
+fixed seeds). Also: a kill in the middle of a checkpoint write, corrupt checkpoints, SIGTERM."""
+
+import os
+import random
+import shutil
+import signal
+
+import pytest
+
+from test_checkpoint_util import (finished_checkpoints, incidents, kill, last_step, losses, make_dataset, run,
+                                  start, tiny_config, wait_until, write_config)
+
+EVERY = 4  # checkpoint.every_steps
+STEPS = 24
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("jax_cache")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, dataset, cache):
+    """The uninterrupted run: its workdir and {step: loss, ("val", step): val_loss}."""
+    root = tmp_path_factory.mktemp("reference")
+    config = write_config(root / "config.yaml", tiny_config(root / "run", dataset, steps=STEPS, every=EVERY))
+    run(config, cache)
+    result = losses(root / "run")
+    assert sorted(k for k in result if isinstance(k, int)) == list(range(1, STEPS + 1))
+    assert [k for k in result if not isinstance(k, int)] == [("val", s) for s in (6, 12, 18, 24)]
+    return root / "run", result
+
+
+def config_for(tmp_path, dataset, **sections):
+    return write_config(tmp_path / "config.yaml", tiny_config(tmp_path / "run", dataset, steps=STEPS, every=EVERY,
+                                                              **sections))
+
+
+def test_sigkill_at_a_random_step_then_resume_is_bitwise_exact(tmp_path, dataset, cache, reference):
+    kill_after = random.randint(EVERY + 1, STEPS - 3)
+    config = config_for(tmp_path, dataset)
+    workdir = tmp_path / "run"
+    proc = start(config, cache)
+    wait_until(lambda: last_step(workdir) >= kill_after, proc)
+    kill(proc)
+    killed_at, saved = last_step(workdir), finished_checkpoints(workdir)
+    assert saved and killed_at < STEPS, (killed_at, saved)
+
+    run(config, cache)
+    restores = [i["step"] for i in incidents(workdir) if i["kind"] == "restore"]
+    assert restores == [saved[-1]], f"killed after step {killed_at} with checkpoints {saved}"
+    assert losses(workdir) == reference[1], f"killed after step {killed_at}, resumed from {saved[-1]}"
+    assert not [n for n in os.listdir(workdir / "checkpoints") if "tmp" in n]
+
+
+def test_sigkill_during_a_checkpoint_write_uses_the_previous_one(tmp_path, dataset, cache, reference):
+    for attempt in range(3):  # the write lasts ~0.1 s: in the rare case the kill lands after it, go again
+        workdir = tmp_path / f"run{attempt}"
+        config = write_config(tmp_path / f"config{attempt}.yaml",
+                              tiny_config(workdir, dataset, steps=STEPS, every=EVERY))
+        proc = start(config, cache)
+        ckpt_dir = workdir / "checkpoints"
+
+        def writing_a_second_checkpoint():
+            names = os.listdir(ckpt_dir) if ckpt_dir.is_dir() else []
+            return any(n.endswith(".orbax-checkpoint-tmp") for n in names) and any(n.isdigit() for n in names)
+
+        wait_until(writing_a_second_checkpoint, proc, poll=0.001)
+        kill(proc)
+        unfinished = [n for n in os.listdir(ckpt_dir) if n.endswith(".orbax-checkpoint-tmp")]
+        if unfinished:
+            break
+    assert unfinished, "three kills all landed after the write had finished"
+    saved = finished_checkpoints(workdir)
+    assert int(unfinished[0].split(".")[0]) > saved[-1]
+
+    run(config, cache)
+    restores = [i["step"] for i in incidents(workdir) if i["kind"] == "restore"]
+    assert restores == [saved[-1]]  # the previous, finished checkpoint: nothing lost
+    assert losses(workdir) == reference[1]
+    assert not [n for n in os.listdir(ckpt_dir) if "tmp" in n]
+
+
+def _corrupt(checkpoint, how: str) -> None:
+    data = sorted(p for p in (checkpoint / "state").rglob("*") if p.is_file() and p.parent.name == "d")
+    if how == "truncate":
+        for p in data:
+            with open(p, "r+b") as f:
+                f.truncate(os.path.getsize(p) // 3)
+    elif how == "flip":  # one byte in the middle of the largest array file
+        p = max(data, key=os.path.getsize)
+        with open(p, "r+b") as f:
+            f.seek(os.path.getsize(p) // 2)
+            b = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([b[0] ^ 0x10]))
+    elif how == "missing item":
+        shutil.rmtree(checkpoint / "meta")
+
+
+def test_corrupt_latest_checkpoints_fall_back_to_the_last_good_one(tmp_path, dataset, cache, reference):
+    workdir = tmp_path / "run"
+    shutil.copytree(reference[0] / "checkpoints", workdir / "checkpoints")
+    assert finished_checkpoints(workdir) == [12, 16, 20, 24]
+    for step, how in [(24, "truncate"), (20, "flip"), (16, "missing item")]:
+        _corrupt(workdir / "checkpoints" / str(step), how)
+
+    run(config_for(tmp_path, dataset), cache)
+    found = incidents(workdir)
+    assert [(i["kind"], i["step"]) for i in found if i["kind"] in ("checkpoint_corrupt", "restore")] == [
+        ("checkpoint_corrupt", 24), ("checkpoint_corrupt", 20), ("checkpoint_corrupt", 16), ("restore", 12)]
+    assert sorted(os.listdir(workdir / "checkpoints.corrupt")) == ["16", "20", "24"]
+    resumed = losses(workdir)
+    assert sorted(k for k in resumed if isinstance(k, int)) == list(range(13, STEPS + 1))
+    assert resumed == {k: v for k, v in reference[1].items() if (k if isinstance(k, int) else k[1]) > 12}
+
+
+def test_sigterm_saves_exits_143_and_resumes_exactly(tmp_path, dataset, cache, reference):
+    config = config_for(tmp_path, dataset, checkpoint={"every_steps": 10, "keep_last": 4, "every_minutes": 0})
+    workdir = tmp_path / "run"
+    proc = start(config, cache)
+    wait_until(lambda: last_step(workdir) >= 5, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(120) == 128 + signal.SIGTERM
+    stopped = [i for i in incidents(workdir) if i["kind"] == "preemption"]
+    assert len(stopped) == 1 and stopped[0]["signal"] == "SIGTERM"
+    assert finished_checkpoints(workdir)[-1] == stopped[0]["step"] == last_step(workdir)
+
+    run(config, cache)
+    assert [i["step"] for i in incidents(workdir) if i["kind"] == "restore"] == [stopped[0]["step"]]
+    assert losses(workdir) == reference[1]
