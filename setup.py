@@ -20,11 +20,21 @@ setup(
         "pyyaml>=6,<7",
         "numpy>=1.26,<3",
         "tqdm>=4.66,<5",
+        "scipy>=1.11,<2",
+        "protobuf>=4,<8",
+        # data_prep: cleaning, language id, parquet sources
+        "trafilatura>=2.0,<3",
+        "ftfy>=6.2,<7",
+        "emoji>=2.12,<3",
+        "py3langid>=0.3,<1",
+        "pyarrow>=15,<30",
     ],
     extras_require={
         "ray": ["ray>=2.40,<3"],
         "hf": ["transformers>=4.45,<6", "safetensors>=0.4,<1", "torch==2.13.0"],
         "wandb": ["wandb>=0.18,<1"],
-        "dev": ["pytest>=8,<10", "tensorboard>=2.16,<3", "nbclient>=0.10,<1", "ipykernel>=6,<8", "matplotlib>=3.8,<4"],
+        "plan": ["matplotlib>=3.8,<4"],
+        "dev": ["pytest>=8,<10", "tensorboard>=2.16,<3", "nbclient>=0.10,<1", "nbformat>=5.9,<6", "ipykernel>=6,<8",
+                "matplotlib>=3.8,<4", "resiliparse>=0.14,<3", "datasketch>=1.6,<3"],
     },
 )

@@ -12,7 +12,7 @@ with the ratio to the one-core reference (target: data_prep >= 0.8). Per core is
 MB/s x cores from wall time (meaningful on an otherwise idle machine), and MB per CPU-second
 used by all processes and threads (robust to other jobs on a shared machine). Every figure is the
 best of --repeats runs, interleaved so that load from other jobs hits every row alike.
-Table 2 (loader): `loader_throughput` below, filled by the loader's benchmark.
+Table 2 (loader): benchmarks/loader_throughput.py at the demo's sequence length and batch.
 
 Text: the demo corpus (pydoc topics and standard-library source), repeated up to --mb MB.
 Tokenizer: --tokenizer, else a BPE model (--vocab-size) trained on that text here.
@@ -144,14 +144,6 @@ def tokenizer_throughput(args, texts: list[str], model_proto: bytes, work: str) 
             for name, cores, _ in rows]
 
 
-def loader_throughput(args) -> list[tuple] | None:
-    """SLOT for the loader benchmark (jaxlm.data): rows of (what, cores, value, ...) for a second table.
-
-    Owned by the loader's author; returns None until filled.
-    """
-    return None
-
-
 def print_table(title: str, units: list[str], rows: list[tuple], reference: tuple | None = None) -> None:
     print(f"\n{title}")
     header = "".join(f"{u:>14}" + (f"{'ratio':>7}" if reference else "") for u in units)
@@ -170,6 +162,10 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tokenizer", help="an existing SentencePiece model (default: train a BPE model here)")
     parser.add_argument("--vocab-size", type=int, default=8192)
+    parser.add_argument("--seq-len", type=int, default=128, help="loader rows (configs/demo.yaml: 128)")
+    parser.add_argument("--batch-rows", type=int, default=16, help="loader batch (configs/demo.yaml: 16)")
+    parser.add_argument("--demand", type=float, default=10000.0,
+                        help="tokens/s the demo trainer consumes (measured: see docs/benchmarks.md)")
     args = parser.parse_args(argv)
     texts = demo_texts(args.mb)
     with tempfile.TemporaryDirectory() as work:
@@ -185,9 +181,11 @@ def main(argv=None) -> None:
         print(f"data_prep / SentencePiece per core ({how} time): one core {rows[1][2 + i] / rows[0][2 + i]:.2f}, "
               f"process pool {rows[2][2 + i] / rows[0][2 + i]:.2f}, with shards {rows[3][2 + i] / rows[0][2 + i]:.2f}"
               " (target >= 0.80)")
-    loader_rows = loader_throughput(args)
-    if loader_rows:
-        print_table("loader throughput", [f"value {i}" for i in range(len(loader_rows[0]) - 2)], loader_rows)
+    # Table 2: the loader at the demo's sequence length and batch, against what the demo trainer eats.
+    from loader_throughput import loader_throughput, print_table as print_loader_table
+    print()
+    print_loader_table(loader_throughput(seq_len=args.seq_len, batch_rows=args.batch_rows,
+                                         demand_tokens_per_s=args.demand))
 
 
 if __name__ == "__main__":

@@ -7,14 +7,16 @@ import sys
 
 from data_prep.config import load_config
 from data_prep.errors import DataPrepError
-from data_prep.pipeline import prepare, summary
+from data_prep.manifest import summary
+from data_prep.pipeline import prepare
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m data_prep",
-        description="Prepare a dataset: read sources, train or install a SentencePiece tokenizer, "
-        "encode on every core, write ArrayRecord shards and manifest.json.",
+        description="Prepare a dataset: read sources, run the document stages (clean, filter, dedup, "
+        "decontaminate, mix), train or install a SentencePiece tokenizer, encode on every core, write "
+        "ArrayRecord shards, manifest.json and report.md. Rerun a killed run to resume it.",
     )
     parser.add_argument("--config", required=True, help="YAML config, e.g. data_prep/configs/demo.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="e.g. tokenizer.vocab_size=8192")

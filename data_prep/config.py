@@ -5,7 +5,10 @@
 Overrides are `key.path=value`; the value is parsed as YAML (`8` is an int, `true` a bool,
 `[a, b]` a list). A list of sources is addressed by index or by name (`sources.0.weight`,
 `sources.stdlib.weight`). Unknown keys fail naming the closest valid key; wrong types fail naming
-the key. Relative paths (output, source paths) are resolved against the working directory.
+the key. Relative paths (output, source paths, files named in stages) are resolved against the
+working directory. `stages` is a list of stage specs (data_prep/stages/registry.py), checked here
+too; overrides address one by index or by its name (its type when it has none), e.g.
+`stages.minhash_dedup.bands=20`.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ import yaml
 
 from data_prep.errors import ConfigError
 
-SOURCE_TYPES = ("txt", "jsonl", "parquet", "pydoc_topics", "python_stdlib")
-FILE_SOURCE_TYPES = ("txt", "jsonl", "parquet")
+SOURCE_TYPES = ("txt", "jsonl", "parquet", "html", "pydoc_topics", "python_stdlib")
+FILE_SOURCE_TYPES = ("txt", "jsonl", "parquet", "html")
+RESERVED_STAGE_NAMES = ("read", "split", "encode")  # the pipeline's own steps, reported beside the stages
 
 
 @dataclasses.dataclass
@@ -41,10 +45,11 @@ class SplitConfig:
 @dataclasses.dataclass
 class SourceConfig:
     name: str
-    type: Literal["txt", "jsonl", "parquet", "pydoc_topics", "python_stdlib"]
-    paths: list[str] = dataclasses.field(default_factory=list)  # files or globs (txt, jsonl, parquet)
+    # html: every file is one page, its text extracted by an `html_extract` stage
+    type: Literal["txt", "jsonl", "parquet", "html", "pydoc_topics", "python_stdlib"]
+    paths: list[str] = dataclasses.field(default_factory=list)  # files or globs (txt, jsonl, parquet, html)
     text_field: str = "text"  # jsonl key / parquet column holding the document
-    weight: float = 1.0  # sampling weight at load time; recorded in the manifest
+    weight: float = 1.0  # target share for a `mix` stage that sets no weights; else only recorded
     # txt only: null = the whole file is one document; "blank_line" = paragraphs; "line" = every line
     doc_separator: Optional[Literal["blank_line", "line"]] = None
     max_files: Optional[int] = None  # python_stdlib: cap on files (chosen by a stable hash of the path)
@@ -87,14 +92,34 @@ class ShardConfig:
 
 
 @dataclasses.dataclass
+class ExecutorConfig:
+    """Where the stages' tasks run; every choice writes the same bytes.
+
+    local: a pool of `workers` processes on this machine (1 = in this process).
+    ray:   Ray tasks; address null starts Ray here with `workers` CPUs, "auto" or
+           "ray://host:port" joins a cluster (the output folder and inputs must then be on
+           storage every node sees).
+    """
+
+    kind: Literal["local", "ray"] = "local"
+    address: Optional[str] = None
+
+
+@dataclasses.dataclass
 class Config:
     output: str
     sources: list[SourceConfig]
     seed: int = 0
+    # document stages between reading and the split, in order: [{type: ..., option: value}, ...]
+    stages: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # file-sharded tasks the sources are read and the stages run as (rank r reads every
+    # tasks-th file of each source); 0 = one per worker. The output does not depend on it.
+    tasks: int = 0
+    executor: ExecutorConfig = dataclasses.field(default_factory=ExecutorConfig)
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
     shards: ShardConfig = dataclasses.field(default_factory=ShardConfig)
-    workers: int = 0  # encoding processes; 0 = every core
+    workers: int = 0  # processes on this machine (stage tasks, encoding); 0 = every core
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -132,6 +157,9 @@ def config_from_dict(raw: dict[str, Any], overrides: list[str] = ()) -> Config:
             parsed = value
         _set_path(raw, Config, key.split("."), parsed, key)
     cfg = _build(Config, raw, "")
+    for spec in cfg.stages:  # a mix without weights mixes by the sources' weights
+        if isinstance(spec, dict) and spec.get("type") == "mix" and "weights" not in spec:
+            spec["weights"] = {src.name: src.weight for src in cfg.sources}
     validate(cfg)
     return cfg
 
@@ -178,22 +206,30 @@ def _set_path(node: dict, cls, parts: list[str], value: Any, full_key: str) -> N
         if not isinstance(node.get(name), dict):
             node[name] = {}
         _set_path(node[name], tp, parts[1:], value, full_key)
-    elif typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+    elif typing.get_origin(tp) is list:
         items = node.get(name)
         if not isinstance(items, list):
             raise ConfigError(f"cannot override {full_key!r}: {prefix + name!r} is not a list in the config")
         item = _find_item(items, parts[1], prefix + name)
         if len(parts) == 2:
             raise ConfigError(f"override {full_key!r} names a whole list entry; set one of its keys, e.g. {full_key}.weight=2")
-        _set_path(item, typing.get_args(tp)[0], parts[2:], value, full_key)
+        item_tp = typing.get_args(tp)[0]
+        if dataclasses.is_dataclass(item_tp):
+            _set_path(item, item_tp, parts[2:], value, full_key)
+        else:  # a stage spec: its keys are checked when the stages are built
+            for part in parts[2:-1]:
+                item = item.setdefault(part, {})
+                if not isinstance(item, dict):
+                    raise ConfigError(f"cannot override {full_key!r}: {part!r} is not a mapping in the config")
+            item[parts[-1]] = value
     else:
         raise ConfigError(f"{prefix + name!r} has no sub-keys, so {full_key!r} is not a valid override")
 
 
 def _find_item(items: list, ref: str, where: str) -> dict:
-    names = [it.get("name") for it in items if isinstance(it, dict)]
+    names = [it.get("name", it.get("type")) for it in items if isinstance(it, dict)]  # a stage's name defaults to its type
     for i, it in enumerate(items):
-        if isinstance(it, dict) and (it.get("name") == ref or str(i) == ref):
+        if isinstance(it, dict) and (it.get("name", it.get("type")) == ref or str(i) == ref):
             return it
     raise ConfigError(f"{where} has no entry {ref!r}; use an index 0..{len(items) - 1} or a name: {', '.join(map(str, names))}")
 
@@ -235,6 +271,10 @@ def _build(tp, value: Any, key: str):
             raise ConfigError(f"{prefix + missing[0]!r} is required but missing")
         return tp(**{k: _build(fields[k], v, prefix + k) for k, v in value.items()})
     origin = typing.get_origin(tp)
+    if origin is dict:  # a stage spec: its keys are checked by the stage registry in validate()
+        if not isinstance(value, dict):
+            raise ConfigError(f"{shown!r} must be a mapping, e.g. {{type: gopher_quality}}, got {type(value).__name__} {value!r}")
+        return value
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{shown!r} must be {_a(tp)}, got {type(value).__name__}")
@@ -275,6 +315,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("'sources' is empty; list at least one source (see data_prep/configs/demo.yaml)")
     if cfg.workers < 0:
         raise ConfigError(f"'workers' must be >= 0 (0 = every core), got {cfg.workers}")
+    if cfg.tasks < 0:
+        raise ConfigError(f"'tasks' must be >= 0 (0 = one per worker), got {cfg.tasks}")
     if not cfg.shards.target_mb > 0:
         raise ConfigError(f"'shards.target_mb' must be > 0, got {cfg.shards.target_mb}")
     _validate_split(cfg.split, "split")
@@ -301,6 +343,33 @@ def validate(cfg: Config) -> None:
         if src.split is not None:
             _validate_split(src.split, f"{key}.split")
     _validate_tokenizer(cfg.tokenizer)
+    _validate_stages(cfg)
+
+
+def _validate_stages(cfg: Config) -> None:
+    """Builds every stage (unknown types, keys and values fail here, before any work) and checks
+    that the source names they use exist."""
+    from data_prep.stages import build_stages  # the stage modules are only needed from here on
+
+    stages = build_stages(cfg.stages)
+    names = [src.name for src in cfg.sources]
+    for i, (spec, stage) in enumerate(zip(cfg.stages, stages)):
+        if stage.name in RESERVED_STAGE_NAMES:
+            raise ConfigError(f"stages.{i}: the name {stage.name!r} is the pipeline's own step; give the stage another 'name'")
+        used = list(spec.get("sources", [])) + (list(spec["weights"]) if spec["type"] == "mix" else [])
+        unknown = [s for s in used if s not in names]
+        if unknown:
+            raise ConfigError(f"stages.{stage.name} names source(s) {unknown} that the config does not have; "
+                              f"sources are: {', '.join(names)}")
+        unweighted = [s for s in names if spec["type"] == "mix" and s not in spec["weights"]]
+        if unweighted:
+            raise ConfigError(f"stages.{stage.name}.weights has no weight for source(s) {unweighted}; "
+                              "give each source a target share (0 drops it), or leave out 'weights' to use the sources' weights")
+    for src in cfg.sources:
+        if src.type == "html" and not any(spec["type"] == "html_extract" and stage.applies_to_source(src.name)
+                                          for spec, stage in zip(cfg.stages, stages)):
+            raise ConfigError(f"source {src.name!r} is html but no html_extract stage applies to it; "
+                              f"add {{type: html_extract}} to 'stages' (before the filters)")
 
 
 def _validate_split(split: SplitConfig, key: str) -> None:

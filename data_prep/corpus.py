@@ -25,6 +25,10 @@ def pydoc_topics() -> list[tuple[str, str]]:
     return sorted(topics.items())
 
 
+def pydoc_topic(name: str) -> str:
+    return dict(pydoc_topics())[name]
+
+
 def stdlib_dir() -> str:
     return sysconfig.get_paths()["stdlib"]
 

@@ -16,13 +16,19 @@ import os
 import pathlib
 from typing import Any, Callable, Protocol, Sequence
 
+from data_prep.errors import DataPrepError
 from data_prep.stages.files import atomic_write_json, read_json
 
 Task = Callable[[int], dict]
 
 
-class ExecutorError(RuntimeError):
+class ExecutorError(DataPrepError, RuntimeError):
     """The executor could not run (e.g. Ray missing or unreachable); the message says what to do."""
+
+
+def cores() -> int:
+    """Cores this process may use (its CPU affinity where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class Executor(Protocol):
@@ -42,7 +48,7 @@ class LocalExecutor:
     """
 
     def __init__(self, workers: int | None = None):
-        self.workers = workers or os.cpu_count() or 1
+        self.workers = workers or cores()
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
 
     def map(self, fn, items):
@@ -97,7 +103,12 @@ class RayExecutor:
 
     def map(self, fn, items):
         fn_ref = self._ray.put(fn)
-        return self._ray.get([self._remote.remote(fn_ref, i) for i in items])
+        try:
+            return self._ray.get([self._remote.remote(fn_ref, i) for i in items])
+        except self._ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, DataPrepError):  # a user's error: its message, not a remote traceback
+                raise e.cause from None
+            raise
 
     def close(self) -> None:
         """Leaves Ray running (other code may share it); ray.shutdown() stops it."""

@@ -1,74 +1,18 @@
-"""Stage reports (what each stage kept, skipped and repaired) and the atomic manifest write."""
+"""manifest.json (the dataset contract of jaxlm/data/format.py, plus how it was made) and its summary."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
-import os
+import platform
 from typing import Any
 
-MAX_EXAMPLES = 10  # per reason: enough to find the bad files, small enough for the manifest
+import numpy as np
+import sentencepiece as spm
 
-
-@dataclasses.dataclass
-class Tally:
-    """How often something happened, with the first few places it happened ("file:line")."""
-
-    count: int = 0
-    examples: list[str] = dataclasses.field(default_factory=list)
-
-    def add(self, where: str, count: int = 1) -> None:
-        self.count += count
-        if len(self.examples) < MAX_EXAMPLES:
-            self.examples.append(where if count == 1 else f"{where} ({count})")
-
-
-@dataclasses.dataclass
-class StageReport:
-    """Counts of one stage: documents and UTF-8 bytes it passed on, and why anything was lost or changed.
-
-    Stages call `skip(reason, where)` for every document (or file) they drop and
-    `repair(reason, where, count)` for every change they make inside a document, so nothing is
-    lost silently. `documents`/`bytes` are filled by the pipeline from what the stage yields.
-    """
-
-    name: str
-    documents: int = 0
-    bytes: int = 0
-    skipped: dict[str, Tally] = dataclasses.field(default_factory=dict)
-    repaired: dict[str, Tally] = dataclasses.field(default_factory=dict)
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # stage-specific numbers
-
-    def skip(self, reason: str, where: str, count: int = 1) -> None:
-        self.skipped.setdefault(reason, Tally()).add(where, count)
-
-    def repair(self, reason: str, where: str, count: int) -> None:
-        self.repaired.setdefault(reason, Tally()).add(where, count)
-
-    # the calls document stages (data_prep/stages) make on their stats object, so they run here too
-    def remove(self, doc, rule: str) -> None:
-        self.skip(rule, doc.id)
-
-    def count(self, key: str, n: int = 1) -> None:
-        self.extra[key] = self.extra.get(key, 0) + n
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "documents": self.documents,
-            "bytes": self.bytes,
-            "skipped": {k: dataclasses.asdict(v) for k, v in sorted(self.skipped.items())},
-            "repaired": {k: dataclasses.asdict(v) for k, v in sorted(self.repaired.items())},
-            **self.extra,
-        }
-
-    def warnings(self) -> list[str]:
-        lines = []
-        for kind, tallies in (("skipped", self.skipped), ("repaired", self.repaired)):
-            for reason, t in sorted(tallies.items()):
-                lines.append(f"{self.name}: {kind} {t.count} x {reason} (e.g. {', '.join(t.examples[:3])})")
-        return lines
+from data_prep.config import Config
+from data_prep.stages.report import manifest_stages
+from data_prep.stats import StageStats
+from jaxlm.data import format
 
 
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:
@@ -79,16 +23,51 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Writes to a temporary file beside `path`, syncs it and renames it into place.
+def build_manifest(cfg: Config, files: dict[str, list[str]], tok_info: dict, training: dict, encoded,
+                   stats: list[StageStats], stage_reports: dict[str, dict]) -> dict[str, Any]:
+    """`encoded` is the pipeline's EncodeStats; `stats` every step's StageStats, reading to encoding;
+    `stage_reports` the global stages' reduce reports (dedup clusters, contamination, mix shares)."""
+    specials = 1 + int(cfg.tokenizer.add_bos)  # tokens per record that are not text
 
-    A reader sees either no file or the whole file; for manifest.json that is what marks a
-    dataset as finished.
-    """
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    def bytes_per_token(counts) -> float | None:
+        text_tokens = counts["tokens"] - specials * counts["documents"]
+        return round(counts["bytes"] / text_tokens, 4) if text_tokens > 0 else None
+
+    source_entries = [{"name": s.name, "type": s.type, "weight": s.weight, "files": len(files[s.name]),
+                       **encoded.per_source[s.name]} for s in cfg.sources]
+    total = {"documents": encoded.stats.docs_out, "bytes": encoded.stats.bytes_out,
+             "tokens": encoded.stats.counters.get("tokens", 0)}
+    return {
+        "format_version": format.FORMAT_VERSION,
+        "dtype": encoded.dtype.name,
+        "tokenizer": {**tok_info, "add_bos": cfg.tokenizer.add_bos},
+        "sources": source_entries,
+        "splits": encoded.splits,
+        "stages": manifest_stages(stats),
+        "stage_reports": stage_reports,
+        "encode": {"workers": encoded.workers, "roundtrip_check": encoded.checks},
+        "compression": {
+            "unit": "UTF-8 bytes per token, BOS/EOS not counted",
+            "bytes_per_token": bytes_per_token(total),
+            "per_source": {s["name"]: bytes_per_token(s) for s in source_entries},
+        },
+        "tokenizer_training": training,
+        "config": cfg.to_dict(),
+        "versions": {"python": platform.python_version(), "sentencepiece": spm.__version__, "numpy": np.__version__},
+    }
+
+
+def summary(manifest: dict[str, Any]) -> str:
+    """A short table of what was prepared: per source documents, tokens, bytes per token."""
+    rows = [f"{'source':<16}{'weight':>8}{'documents':>12}{'MB':>10}{'tokens':>14}{'bytes/token':>13}"]
+    for s in manifest["sources"]:
+        bpt = manifest["compression"]["per_source"][s["name"]]
+        rows.append(f"{s['name']:<16}{s['weight']:>8g}{s['documents']:>12,}{s['bytes'] / 1e6:>10.2f}{s['tokens']:>14,}"
+                    f"{(bpt or 0):>13.3f}")
+    for split in format.SPLITS:
+        sp_ = manifest["splits"][split]
+        rows.append(f"{split}: {sp_['documents']:,} documents, {sp_['tokens']:,} tokens in {len(sp_['shards'])} shard(s)")
+    tok = manifest["tokenizer"]
+    rows.append(f"tokenizer: {tok['model_type']} {tok['vocab_size']:,} pieces; dtype {manifest['dtype']}; "
+                f"{manifest['compression']['bytes_per_token']} bytes/token overall; {manifest.get('elapsed_seconds', 0):.1f} s")
+    return "\n".join(rows)

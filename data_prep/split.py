@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 
 from data_prep.config import Config
 from data_prep.document import Document
-from data_prep.manifest import StageReport
+from data_prep.stats import StageStats
 
 
 def hash_fraction(seed: int, doc_id: str) -> float:
@@ -25,6 +25,8 @@ class SplitStage:
     """by: hash -> whole documents go to val with probability val_fraction (by their id);
     by: position -> each document is cut in two, its last val_fraction (in characters) to val.
     Cut parts get ids `<id>[:cut]` and `<id>[cut:]`; an empty document stays whole (in train).
+    Copies a `mix` stage made (meta["repeat"], id "<id>#rep<k>") go where their original goes,
+    so no val document is repeated in train.
     """
 
     name = "split"
@@ -33,12 +35,12 @@ class SplitStage:
         self.seed = cfg.seed
         self.rules = {src.name: cfg.split_for(src) for src in cfg.sources}
 
-    def __call__(self, docs: Iterable[Document], report: StageReport) -> Iterator[Document]:
-        counts = {"train": 0, "val": 0}
+    def __call__(self, docs: Iterable[Document], stats: StageStats) -> Iterator[Document]:
         for doc in docs:
             rule = self.rules[doc.source]
             if rule.by == "hash":
-                parts = [(doc, "val" if hash_fraction(self.seed, doc.id) < rule.val_fraction else "train")]
+                key = doc.id.rsplit("#rep", 1)[0] if doc.meta.get("repeat") else doc.id
+                parts = [(doc, "val" if hash_fraction(self.seed, key) < rule.val_fraction else "train")]
             else:
                 cut = position_cut(len(doc.text), rule.val_fraction)
                 if 0 < cut < len(doc.text):
@@ -48,6 +50,5 @@ class SplitStage:
                     parts = [(doc, "val" if cut == 0 and doc.text else "train")]
             for part, split in parts:
                 part.meta["split"] = split
-                counts[split] += 1
+                stats.count(f"documents:{split}")
                 yield part
-        report.extra["split_documents"] = counts

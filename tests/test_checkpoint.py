@@ -239,3 +239,16 @@ def test_second_signal_exits_at_once():
     assert out.returncode == 128 + signal.SIGTERM, out.stderr
     assert "first signal noted" in out.stdout and "not reached" not in out.stdout
     assert "SIGTERM again: exiting now" in out.stderr
+
+
+def test_discard_after_a_rollback_moves_newer_checkpoints_aside(tmp_path, base):
+    config = small_config(tmp_path, keep_last=3)
+    spec, optimizer, shardings, state = base
+    manager = ckpt.CheckpointManager(str(tmp_path), config, incidents=Incidents(str(tmp_path)))
+    for step in (3, 6, 9):
+        manager.save(step, state, loader_state(step))
+    assert manager.discard_after(3) == [6, 9]
+    assert manager.all_steps() == [3] and manager.save(6, state, loader_state(6))  # the step can be redone
+    manager.close()
+    assert sorted(os.listdir(tmp_path / "checkpoints.rolled_back")) == ["6", "9"]
+    assert [i["step"] for i in read_incidents(str(tmp_path)) if i["kind"] == "checkpoint_discarded"] == [6, 9]

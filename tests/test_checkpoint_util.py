@@ -13,17 +13,29 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import yaml
 
-from test_data_loader_util import random_docs, write_dataset
+from test_data_loader_util import write_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 96
 
 
+def learnable_docs(n: int, seed: int) -> list:
+    """Documents a tiny model learns within a few steps: each token is the previous one plus 7."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    for length in rng.integers(8, 60, n):
+        doc = 3 + (rng.integers(0, VOCAB - 3) + 7 * np.arange(length)) % (VOCAB - 3)
+        doc[-1] = 2  # EOS
+        docs.append(doc)
+    return docs
+
+
 def make_dataset(root, seed: int = 0, docs: int = 300) -> str:
-    return write_dataset(root, {"train": random_docs(docs, seed=seed, high=VOCAB, max_len=60),
-                                "val": random_docs(20, seed=seed + 1, high=VOCAB, max_len=60)}, vocab_size=VOCAB)
+    return write_dataset(root, {"train": learnable_docs(docs, seed), "val": learnable_docs(20, seed + 1)},
+                         vocab_size=VOCAB)
 
 
 def tiny_config(workdir, dataset, *, steps: int = 24, every: int = 4, **sections) -> dict:
@@ -142,3 +154,24 @@ def kill(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
 def incidents(workdir) -> list[dict]:
     from jaxlm.train.incidents import read_incidents
     return read_incidents(str(workdir))
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def start_processes(config_path, cache_dir, count: int = 2, devices: int = 4) -> list[subprocess.Popen]:
+    """`count` processes of one run on localhost (jax.distributed, gloo), `devices` CPU devices each."""
+    coordinator = f"localhost:{free_port()}"
+    return [start(config_path, cache_dir, "--coordinator", coordinator, "--num_processes", str(count),
+                  "--process_id", str(i), devices=devices) for i in range(count)]
+
+
+def run_processes(config_path, cache_dir, count: int = 2, devices: int = 4) -> None:
+    procs = start_processes(config_path, cache_dir, count, devices)
+    codes = [p.wait(600) for p in procs]
+    if codes != [0] * count:
+        raise AssertionError(f"exit statuses {codes}:\n" + "\n".join(tail_log(p) for p in procs))

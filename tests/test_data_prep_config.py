@@ -89,3 +89,11 @@ def test_shipped_configs_load():
     for name in ("demo", "shakespeare_char"):
         cfg = load_config(os.path.join(REPO, "data_prep", "configs", f"{name}.yaml"))
         assert cfg.output == f"data/{name}"
+
+
+def test_web_example_config_builds_its_stages(shared_data, monkeypatch):
+    monkeypatch.chdir(REPO)  # its paths are relative to the repository root, like ../shared/data/...
+    cfg = load_config(os.path.join("data_prep", "configs", "web_example.yaml"))
+    assert [s.type for s in cfg.sources] == ["html", "txt", "python_stdlib"]
+    assert [s["type"] for s in cfg.stages][-1] == "mix"
+    assert cfg.stages[-1]["weights"] == {"web": 0.6, "wiki": 0.3, "code": 0.1}  # from the sources' weights

@@ -95,8 +95,9 @@ def test_round_trip_is_exact_through_shards(tmp_path, model_type):
     empty = [r for r in shard_records(manifest, out, "train", "docs") + shard_records(manifest, out, "val", "docs") if len(r) == 1]
     assert [r.tolist() for r in empty] == [[eos]]  # the empty document: a record holding only EOS
     encode = manifest["stages"][-1]
-    assert encode["empty_documents"] == 1 and encode["repaired"] == {}
-    assert all(c["mismatched"] == 0 for c in encode["roundtrip_check"].values())
+    assert encode["stage"] == "encode" and encode["counters"]["empty_documents"] == 1
+    assert not any(k.startswith("repaired:") for k in encode["counters"])
+    assert all(c["mismatched"] == 0 for c in manifest["encode"]["roundtrip_check"].values())
     assert manifest["sources"][1]["unk_tokens"] == 0
 
 
@@ -106,7 +107,7 @@ def test_manifest_fields_counts_and_hashes(tmp_path):
     out = cfg.output
     sp = spm.SentencePieceProcessor(model_file=os.path.join(out, "tokenizer.model"))
     assert sp.encode_as_pieces("a <|tool|>\n2024") == ["a", "▁", "<|tool|>", "\n", "2", "0", "2", "4"]  # digits split
-    assert sorted(os.listdir(out)) == ["manifest.json", "shards", "tokenizer.log", "tokenizer.model"]
+    assert sorted(os.listdir(out)) == ["manifest.json", "removed.jsonl.gz", "report.md", "shards", "tokenizer.log", "tokenizer.model"]
     on_disk = json.load(open(os.path.join(out, "manifest.json")))
     assert on_disk == json.loads(json.dumps(m)) and format.read_manifest(out)["format_version"] == format.FORMAT_VERSION
     assert m["dtype"] == "uint16"
@@ -136,8 +137,11 @@ def test_manifest_fields_counts_and_hashes(tmp_path):
     assert sum(s["tokens"] for s in m["sources"]) == m["splits"]["train"]["tokens"] + m["splits"]["val"]["tokens"]
     for name, s in sources.items():
         assert m["compression"]["per_source"][name] == round(s["bytes"] / (s["tokens"] - 2 * s["documents"]), 4)
-    assert [st["name"] for st in m["stages"]] == ["read", "split", "encode"]
-    assert m["stages"][0]["sources"]["docs"] == {"files": 1, "documents": len(SPECIAL_DOCS), "bytes": sources["docs"]["bytes"]}
+    assert [st["stage"] for st in m["stages"]] == ["read", "split", "encode"]  # no document stages configured
+    read = m["stages"][0]["counters"]
+    assert (read["documents:docs"], read["bytes:docs"]) == (len(SPECIAL_DOCS), sources["docs"]["bytes"])
+    assert all(st["documents_in"] == st["documents_out"] == m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"]
+               for st in m["stages"])
     training = m["tokenizer_training"]
     assert training["sentences_sampled"] == training["trainer_log"]["sentences_loaded"]
     assert m["config"] == cfg.to_dict()
@@ -207,12 +211,17 @@ def test_reruns_failures_and_empty_sources(tmp_path):
     assert os.path.getmtime(os.path.join(cfg.output, "manifest.json")) == mtime
     with pytest.raises(DataPrepError, match="already holds a dataset prepared with another config; pass --overwrite"):
         prepare(make_cfg(tmp_path, overrides=["seed=5"]), log=quiet)
-    # a failed run leaves no manifest (the folder is unfinished) and no scratch files
+    # a failed run leaves no manifest (the folder is unfinished); only the stage work it may resume
     (tmp_path / "junk.jsonl").write_text("{broken\n")
     bad = make_cfg(tmp_path, overrides=[f"sources.docs.paths=[{tmp_path / 'junk.jsonl'}]"])
-    with pytest.raises(SourceError, match="source 'docs' produced no documents .*malformed_json"):
+    with pytest.raises(SourceError, match="source 'docs' produced no documents .*read:malformed_json: skipped 1 \\(e.g. docs/junk.jsonl:1\\)"):
         prepare(bad, overwrite=True, log=quiet)
-    assert sorted(os.listdir(cfg.output)) == ["shards"] and os.listdir(os.path.join(cfg.output, "shards")) == []
+    assert sorted(os.listdir(cfg.output)) == [".work", "shards"] and os.listdir(os.path.join(cfg.output, "shards")) == []
+    assert os.listdir(os.path.join(cfg.output, ".work")) == ["stages"]
+    # how the work is run does not change the bytes, so it is no other dataset
+    assert prepare(make_cfg(tmp_path, overrides=["workers=2", "tasks=3"]), overwrite=True, log=quiet)["splits"] == first["splits"]
+    assert prepare(make_cfg(tmp_path, overrides=["workers=1", "executor.kind=local"]), log=messages.append)["splits"] == first["splits"]
+    assert "up to date" in messages[-1] and not os.path.exists(os.path.join(cfg.output, ".work"))
 
 
 def test_cli_success_and_tokenizer_errors(tmp_path, capsys):

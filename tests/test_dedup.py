@@ -127,7 +127,7 @@ def dedup_output(tmp_path, docs, spec, shards, world_size):
 def test_exact_dedup_keeps_smallest_id_whatever_the_layout(tmp_path):
     texts = ["Hello world, again.", "hello   WORLD again", "Something else.", "something else!", "unique"]
     docs = [Document(t, f"src/f:{9 - i}", "web") for i, t in enumerate(texts)]
-    for shards, world in ((1, 1), (3, 3), (5, 2)):
+    for shards, world in ((1, 1), (3, 3), (5, 2), (2, 4)):  # (2, 4): two tasks read nothing
         out, result = dedup_output(tmp_path, docs, {"type": "exact_dedup"}, shards, world)
         assert sorted(d.id for d in out) == ["src/f:5", "src/f:6", "src/f:8"]
         assert result.stats[0].removed == {"exact_dedup:exact_duplicate": 2}
@@ -167,6 +167,6 @@ def test_near_dedup_verification_trims_the_soft_tail(tmp_path):
         docs.append(Document(" ".join(words), f"b/{i:03d}", "web"))
     plain, _ = dedup_output(tmp_path, docs, {"type": "minhash_dedup"}, 2, 2)
     strict, _ = dedup_output(tmp_path, docs, {"type": "minhash_dedup", "verify_threshold": 0.95,
-                                              "name": "strict"}, 2, 2)
+                                              "name": "strict"}, 2, 3)  # the third task is empty
     assert len(plain) < 50  # most ~0.8 pairs are candidates (P = 0.92 each)
     assert len(strict) == 80  # none agrees on 95% of its hashes

@@ -78,6 +78,7 @@ def test_process_pool_gives_the_same_bytes(corpus, reference, tmp_path):
     assert [s.to_json() for s in result.stats] == [s.to_json() for s in reference.stats]
 
 
+@pytest.mark.slow  # ~20 s; the default suite runs Ray end to end in test_data_prep_stages_pipeline.py
 def test_ray_gives_the_same_bytes(corpus, reference, tmp_path):
     ray = pytest.importorskip("ray")
     from data_prep.executors import RayExecutor

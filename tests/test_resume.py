@@ -136,3 +136,77 @@ def test_sigterm_saves_exits_143_and_resumes_exactly(tmp_path, dataset, cache, r
     run(config, cache)
     assert [i["step"] for i in incidents(workdir) if i["kind"] == "restore"] == [stopped[0]["step"]]
     assert losses(workdir) == reference[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Hot swap: resuming with changed settings (here from another run's checkpoint, checkpoint.restore_from)
+
+
+def _trainer(tmp_path, name, dataset, reference, **sections):
+    from jaxlm.config import config_from_dict
+    from jaxlm.train.loop import Trainer
+    raw = tiny_config(tmp_path / name, dataset, steps=STEPS, every=EVERY, **sections)
+    raw["checkpoint"]["restore_from"] = str(reference[0] / "checkpoints" / "12")
+    return Trainer(config_from_dict(raw))
+
+
+def test_batch_size_change_continues_the_data_stream_exactly(tmp_path, dataset, reference):
+    import numpy as np
+    same = _trainer(tmp_path, "same", dataset, reference)
+    bigger = _trainer(tmp_path, "bigger", dataset, reference, train={"global_batch": 16})
+    try:
+        first, second = next(same.loader), next(same.loader)  # 8 rows each, as the saved run would go on
+        merged = next(bigger.loader)  # 16 rows
+        for key in first:
+            np.testing.assert_array_equal(merged[key], np.concatenate([first[key], second[key]]))
+        assert int(bigger.state["step"]) == 12
+    finally:
+        same.close()
+        bigger.close()
+    swapped = incidents(tmp_path / "bigger")
+    assert [i["how"].split(":")[0] for i in swapped if i["kind"] == "data_setup_changed"] == ["exact"]
+    assert {c["key"] for i in swapped if i["kind"] == "config_changed" for c in i["changes"]} == {"train.global_batch"}
+
+
+@pytest.mark.parametrize("key, value", [("d_model", 64), ("vocab_size", 128)])
+def test_model_shape_change_on_resume_stops_naming_the_field(tmp_path, dataset, reference, key, value):
+    from jaxlm.config import ConfigError
+    with pytest.raises(ConfigError, match=rf"model\.{key} is \d+ there and {value} here"):
+        _trainer(tmp_path, "changed", dataset, reference, model={key: value})
+
+
+def test_model_shape_change_on_the_command_line_is_one_clear_error(tmp_path, dataset, cache, reference):
+    config = config_for(tmp_path, dataset)
+    shutil.copytree(reference[0] / "checkpoints", tmp_path / "run" / "checkpoints")
+    proc = start(config, cache, "model.n_layers=3")
+    assert proc.wait(300) == 2
+    with open(proc.log_path) as f:
+        out = f.read()
+    assert "error: the checkpoint" in out and "model.n_layers is 2 there and 3 here" in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_resume_with_many_settings_changed_trains_on(tmp_path, dataset, cache, reference):
+    """lr, schedule, optimizer hyper-parameters and type, dropout, batch size and data mixture at once."""
+    second = make_dataset(tmp_path / "second", seed=5, docs=100)
+    raw = tiny_config(tmp_path / "run", dataset, steps=STEPS, every=EVERY)
+    raw["checkpoint"]["restore_from"] = str(reference[0])  # its newest checkpoint: 24
+    raw["train"]["steps"] = 30
+    raw["optim"] = {"name": "lion", "lr": 1e-3, "b2": 0.98, "schedule": {"name": "linear", "warmup_steps": 0}}
+    raw["model"]["resid_dropout"] = 0.1
+    raw["train"]["global_batch"] = 16
+    raw["data"]["sources"] = [{"path": str(dataset), "weight": 1.0}, {"path": str(second), "weight": 0.5}]
+    run(write_config(tmp_path / "config.yaml", raw), cache)
+
+    found = {i["kind"]: i for i in incidents(tmp_path / "run")}
+    assert found["restore"]["step"] == 24
+    assert found["optimizer_reset"]["saved"] == "adamw" and found["optimizer_reset"]["now"] == "lion"
+    assert {c["key"] for c in found["config_changed"]["changes"]} >= {
+        "optim.name", "optim.lr", "optim.b2", "optim.schedule.name", "model.resid_dropout", "train.global_batch",
+        "train.steps", "data.sources"}
+    assert found["data_setup_changed"]["how"].startswith("derived")
+    resumed = losses(tmp_path / "run")
+    assert sorted(k for k in resumed if isinstance(k, int)) == list(range(25, 31))
+    # Training goes on from the checkpoint's level (~2.0), not from scratch (ln 96 = 4.56 at step 1).
+    assert reference[1][24] < 2.2 and max(resumed[s] for s in range(25, 31)) < 3.0, resumed

@@ -25,7 +25,9 @@ def test_manifest_stages():
     stats, _ = sample_stats()
     first = manifest_stages(stats)[0]
     assert first == {"stage": "gopher_quality", "documents_in": 10, "documents_out": 7, "bytes_in": 1000,
-                     "bytes_out": 800, "removed": {"gopher_quality:word_count": 3}, "counters": {}}
+                     "bytes_out": 800, "removed": {"gopher_quality:word_count": 3},
+                     "examples": {"gopher_quality:word_count": ["web/a.jsonl:0", "web/a.jsonl:1", "web/a.jsonl:2"]},
+                     "counters": {}}
 
 
 def test_report_markdown(tmp_path):

@@ -61,17 +61,16 @@ class _KeyDedup(GlobalStage):
             parts.append(self.keys(batch))
             ids.extend(d.id for d in batch)
             yield from batch
-        keys = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, self.columns), np.uint64)
-        active = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, bool)
-        extra = {k: np.concatenate([p[2][k] for p in parts]) for k in (parts[0][2] if parts else {})}
-        atomic_save_npz(pathlib.Path(state_dir) / f"map-{rank:05d}.npz", keys=keys, active=active,
-                        ids=np.array(ids, dtype=str), **extra)
+        parts = parts or [self.keys([])]  # an empty task still stores arrays of the right shapes
+        atomic_save_npz(pathlib.Path(state_dir) / f"map-{rank:05d}.npz",
+                        keys=np.concatenate([p[0] for p in parts]), active=np.concatenate([p[1] for p in parts]),
+                        ids=np.array(ids, dtype=str), **{k: np.concatenate([p[2][k] for p in parts]) for k in parts[0][2]})
 
     def reduce(self, state_dir, world_size) -> dict[str, Any]:
         state_dir = pathlib.Path(state_dir)
         parts = [load_npz(state_dir / f"map-{r:05d}.npz") for r in range(world_size)]
         counts = [len(p["active"]) for p in parts]
-        ids = np.concatenate([p["ids"] for p in parts]) if parts else np.zeros(0, str)
+        ids = np.concatenate([p["ids"] for p in parts])
         keys = np.concatenate([p["keys"] for p in parts])
         active = np.concatenate([p["active"] for p in parts])
         extra = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k not in ("keys", "active", "ids")}

@@ -28,8 +28,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False).encode())
+def atomic_write_json(path: str | os.PathLike, obj: Any, sort_keys: bool = True) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=sort_keys, ensure_ascii=False) + "\n").encode())
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -13,13 +13,14 @@ import types
 import typing
 from typing import Any, Callable, TypeVar
 
+from data_prep.errors import ConfigError
 from data_prep.stages.base import Stage
 
 STAGES: dict[str, type[Stage]] = {}
 S = TypeVar("S", bound=type)
 
 
-class StageConfigError(ValueError):
+class StageConfigError(ConfigError, ValueError):
     """A stage spec is wrong; the message says what and how to fix it."""
 
 

@@ -11,10 +11,12 @@ from data_prep.stages.mixing import shares
 
 
 def manifest_stages(stats: list[StageStats]) -> list[dict[str, Any]]:
-    """Per stage: documents and bytes in and out and removals per rule (manifest.json "stages")."""
+    """Per stage: documents and bytes in and out, removals per rule with their first places
+    ("file:line" or document id; removals and repairs) and counters (manifest.json "stages")."""
     return [{"stage": s.stage, "documents_in": s.docs_in, "documents_out": s.docs_out,
              "bytes_in": s.bytes_in, "bytes_out": s.bytes_out, "removed": dict(sorted(s.removed.items())),
-             "counters": dict(sorted(s.counters.items()))} for s in stats]
+             "examples": dict(sorted(s.examples.items())), "counters": dict(sorted(s.counters.items()))}
+            for s in stats]
 
 
 def histogram_buckets(sizes: dict[int | str, int]) -> list[tuple[str, int]]:

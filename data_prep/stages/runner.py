@@ -24,6 +24,7 @@ import pathlib
 from typing import Any, Callable, Iterable, Iterator
 
 from data_prep.document import Document
+from data_prep.errors import DataPrepError
 from data_prep.executors import Executor, LocalExecutor, run_tasks
 from data_prep.stages.base import GlobalStage, Stage, StageStats, counted, text_bytes
 from data_prep.stages.files import (atomic_write_bytes, atomic_write_json, read_documents, read_json,
@@ -123,7 +124,7 @@ def _reduce(stage: GlobalStage, work_dir: pathlib.Path, world_size: int) -> dict
     return read_json(marker)
 
 
-class WorkDirError(ValueError):
+class WorkDirError(DataPrepError, ValueError):
     """The work directory holds another run's state."""
 
 

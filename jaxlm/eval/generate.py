@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.eval.errors import EvalError
+from jaxlm.eval.scoring import compiled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +86,7 @@ def _stop_matches(recent_BL: jax.Array, stops_KL: jax.Array) -> jax.Array:
 
 
 def _decode(graphdef, params, prompt_BP, lengths_B, key, temperature, top_k, top_p, stops_KL, eos_id,
-            *, max_new: int, use_cache: bool):
+            vocab_limit, *, max_new: int, use_cache: bool):
     """Generated ids (B, max_new) (-1 after a row stops) and finish codes (B,): 0 length, 1 eos, 2 stop."""
     b, p = prompt_BP.shape
     pad_B = p - lengths_B
@@ -95,8 +96,9 @@ def _decode(graphdef, params, prompt_BP, lengths_B, key, temperature, top_k, top
     model = nnx.merge(graphdef, params)
     w_DV = model.unembedding()
 
-    def logits_of(h_BD):
-        return jnp.einsum("bd,dv->bv", h_BD, w_DV, preferred_element_type=jnp.float32)
+    def logits_of(h_BD):  # ids the tokenizer lacks (a model may pad its vocabulary up) are never drawn
+        logits = jnp.einsum("bd,dv->bv", h_BD, w_DV, preferred_element_type=jnp.float32)
+        return jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
 
     if use_cache:
         cache = model.init_cache(b, p + max_new)
@@ -160,13 +162,10 @@ class Generator:
         self.tokenizer = tokenizer
         self.eos_id = eos_id if eos_id is not None else (tokenizer.eos_id if tokenizer is not None else None)
         self.batch_size = batch_size
-        self._fns: dict = {}
 
     def _compiled(self, max_new: int, use_cache: bool):
-        key = (max_new, use_cache)
-        if key not in self._fns:
-            self._fns[key] = jax.jit(functools.partial(_decode, self.graphdef, max_new=max_new, use_cache=use_cache))
-        return self._fns[key]
+        return compiled(f"decode/{max_new}/{use_cache}", self.graphdef, lambda: jax.jit(
+            functools.partial(_decode, self.graphdef, max_new=max_new, use_cache=use_cache)))
 
     def _stop_ids(self, stop: Sequence[str]) -> np.ndarray:
         seqs = [self.tokenizer.encode(s) for s in stop if s] if stop else []
@@ -192,6 +191,7 @@ class Generator:
         kept = [list(p)[-room:] for p in prompts]
         stops = self._stop_ids(cfg.stop)
         eos = -1 if self.eos_id is None else self.eos_id
+        vocab = self.tokenizer.vocab_size if self.tokenizer is not None else np.iinfo(np.int32).max
         fn = self._compiled(cfg.max_new_tokens, use_cache)
         key = jax.random.key(cfg.seed)
         results: list[Generation] = []
@@ -205,7 +205,7 @@ class Generator:
                 lengths[r] = len(ids)
             out, finish = jax.device_get(fn(self.params, tokens, lengths, jax.random.fold_in(key, start),
                                             jnp.float32(cfg.temperature), jnp.int32(cfg.top_k),
-                                            jnp.float32(cfg.top_p), stops, jnp.int32(eos)))
+                                            jnp.float32(cfg.top_p), stops, jnp.int32(eos), jnp.int32(vocab)))
             for r, ids in enumerate(batch):
                 row = [int(t) for t in out[r] if t >= 0]
                 reason = ("length", "eos", "stop")[int(finish[r])]

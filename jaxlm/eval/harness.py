@@ -40,6 +40,8 @@ PRIMARY = {"multiple_choice": "acc", "schema": "acc", "cloze": "acc", "generate"
 
 def encode_pair(tok: Tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids) whose concatenation is the encoding of the whole text."""
+    if not continuation:
+        raise ValueError(f"the continuation after {context[-40:]!r} is empty; there is nothing to score")
     spaces = len(context) - len(context.rstrip(" "))
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation

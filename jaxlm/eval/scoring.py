@@ -27,6 +27,21 @@ class Score:
     truncated: bool  # context (or continuation) tokens were dropped to fit the window
 
 
+_COMPILED: dict = {}
+
+
+def compiled(kind: str, graphdef: Any, build):
+    """One jitted function per (kind, model structure), shared by every Scorer/Generator of that
+    model, so the trainer's periodic evaluation compiles once. GraphDefs hold the (unhashable)
+    config, so the key is their text, which names every module and setting."""
+    key = (kind, repr(graphdef))
+    if key not in _COMPILED:
+        if len(_COMPILED) >= 32:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        _COMPILED[key] = build()
+    return _COMPILED[key]
+
+
 def _bucket(n: int, cap: int) -> int:
     """n rounded up to a power of two (at least 16), at most cap."""
     return min(cap, max(16, 1 << (n - 1).bit_length()))
@@ -41,7 +56,6 @@ class Scorer:
         self.window = window
         self.batch_size = batch_size
 
-        @jax.jit
         def token_logprobs(params, inputs_BT, targets_BT, segment_ids_BT):
             model = nnx.merge(graphdef, params)
             positions = jnp.broadcast_to(jnp.arange(inputs_BT.shape[1]), inputs_BT.shape)
@@ -50,7 +64,7 @@ class Scorer:
             target_logp = jnp.take_along_axis(logp, targets_BT[..., None], axis=-1)[..., 0]
             return target_logp, jnp.argmax(logits, axis=-1) == targets_BT
 
-        self._token_logprobs = token_logprobs
+        self._token_logprobs = compiled("score", graphdef, lambda: jax.jit(token_logprobs))
 
     def _fit(self, context: Sequence[int], continuation: Sequence[int]) -> tuple[list[int], int, bool]:
         """(sequence, continuation length kept, truncated): keeps the rightmost window+1 tokens."""

@@ -273,6 +273,12 @@ def _task_from_dict(raw: Any, source: str) -> Task:
     kind = LOADERS[raw["format"]][0]
     if raw.get("kind", kind) != kind:
         raise EvalError(f"{source}: format {raw['format']} makes {kind} items, not {raw['kind']}")
+    types = dict(stop=list, max_new_tokens=int, numeric=bool, fewshot_separator=str, description=str)
+    for key, kind_ in types.items():
+        if key in raw and not isinstance(raw[key], kind_):
+            raise EvalError(f"{source}: {key!r} must be a {kind_.__name__}, got {raw[key]!r}")
+    if not all(isinstance(x, str) for x in raw.get("stop", [])):
+        raise EvalError(f"{source}: 'stop' must be a list of strings")
     task = Task(**{**raw, "kind": kind}, source=source)
     if task.extract is not None:
         try:

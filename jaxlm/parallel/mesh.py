@@ -1,4 +1,8 @@
-"""The device mesh over axes (data, fsdp, tensor, pipe), built from config and checked first."""
+"""The device mesh over axes (data, fsdp, tensor, pipe), built from config and checked first.
+
+`build_mesh(config)` with the whole config also resolves `mesh: auto` (jaxlm.parallel.auto) and
+checks, before anything compiles, that the batch and the pipeline fit the mesh.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxlm.config import ConfigError, MeshConfig
+from jaxlm.config import Config, ConfigError, MeshConfig
 
 AXES = ("data", "fsdp", "tensor", "pipe")
 BATCH_AXES = ("data", "fsdp")  # the batch dim is split over both: FSDP is data parallel too
@@ -37,9 +41,36 @@ def mesh_shape(cfg: MeshConfig, device_count: int) -> dict[str, int]:
     return sizes
 
 
-def build_mesh(cfg: MeshConfig, devices=None) -> Mesh:
+def check_fits(config: Config, sizes: dict[str, int]) -> None:
+    """ConfigError, naming the keys to change, when this model and batch cannot run on the mesh."""
+    micro = config.train.micro_batch or config.train.global_batch
+    shards = sizes["data"] * sizes["fsdp"]
+    if micro % shards:
+        raise ConfigError(f"train.micro_batch ({micro}) must be divisible by the mesh's batch axes "
+                          f"data*fsdp = {shards} (mesh {_shown(sizes)}); change the batch or the mesh")
+    if sizes["pipe"] > 1:
+        from jaxlm.parallel import pipeline
+        pipeline.check_config(config, sizes["pipe"])
+
+
+def _shown(sizes: dict[str, int]) -> str:
+    return ",".join(f"{a}={s}" for a, s in sizes.items())
+
+
+def build_mesh(cfg: MeshConfig | Config, devices=None) -> Mesh:
+    """cfg: the mesh section, or the whole config (needed for `mesh: auto`, and checked first)."""
     devices = list(jax.devices() if devices is None else devices)
-    sizes = mesh_shape(cfg, len(devices))
+    config = cfg if isinstance(cfg, Config) else None
+    cfg = config.mesh if config is not None else cfg
+    if cfg.auto:
+        if config is None:
+            raise ConfigError("mesh: auto needs the model and the batch: call build_mesh(config) with the whole config")
+        from jaxlm.parallel import auto
+        sizes = auto.choose_mesh(config, len(devices), auto.device_memory(devices[0]))
+    else:
+        sizes = mesh_shape(cfg, len(devices))
+    if config is not None:
+        check_fits(config, sizes)
     shape = tuple(sizes[a] for a in AXES)
     try:  # lays the axes out along the physical topology (ICI rings on TPU)
         from jax.experimental import mesh_utils

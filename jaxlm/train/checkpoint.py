@@ -1,12 +1,12 @@
 """Checkpoints of a run, with Orbax: save in the background, resume from the latest good one.
 
 `<workdir>/checkpoints/<step>/` holds two Orbax items:
-    state  the train state {"params", "opt_state", "step", "lr_scale"}; every process writes the
-           shards it owns. The dropout RNG needs no saving: the step derives it from (seed, step).
+    state  the train state {"params", "opt_state", "step", "lr_scale", ...}; every process writes
+           the shards it owns. The dropout RNG needs no saving: the step derives it from (seed, step).
     meta   JSON: every process's data-loader state (keyed by process index), the `extra` dict the
            loop passes (spike-detector state), the resolved config, and a checksum of every array.
 Orbax writes into `<step>.orbax-checkpoint-tmp` and renames it when complete, so a checkpoint cut
-short by a kill is never listed; leftovers are removed at the next start.
+short by a kill is never listed; leftovers are removed before the next save.
 
 Restoring walks from the newest checkpoint back: one whose items are missing, unreadable or whose
 arrays do not match their checksums is recorded in incidents.jsonl, moved to
@@ -16,8 +16,12 @@ shardings, so a checkpoint resumes on another mesh or device count. See docs/che
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import json
 import os
 import shutil
+import signal
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -35,6 +39,7 @@ from jaxlm.train.preemption import SignalWatcher, processes_agree
 
 CHECKPOINT_DIR = "checkpoints"
 _META_VERSION = 1
+_META_FILE = "metadata"
 
 
 class CheckpointError(ConfigError):
@@ -104,9 +109,44 @@ def _checksum_tree(tree):
 
 def checksums(tree: Any) -> dict[str, list[int]]:
     """{"params/embed/embedding": [sum, weighted sum], ...}; a collective in multi-process runs."""
-    sums = jax.device_get(_checksum_tree(tree))
+    return _fetch_checksums(_checksum_tree(tree))
+
+
+def _fetch_checksums(pending: Any) -> dict[str, list[int]]:
+    sums = jax.device_get(pending)
     flat = jax.tree_util.tree_flatten_with_path(sums, is_leaf=lambda x: isinstance(x, list))[0]
     return {_path_name(p): [int(a), int(b)] for p, (a, b) in flat}
+
+
+class _MetaHandler(ocp.JsonCheckpointHandler):
+    """The meta item: JSON that process 0 writes in the background part of the save. Its "checksums"
+    arrive as device arrays still being computed and are fetched there, so the training loop never
+    waits for them (on a CPU they take a pass over the whole state)."""
+
+    def __init__(self):
+        super().__init__(filename=_META_FILE)
+
+    async def async_save(self, directory, item=None, args=None):
+        meta = dict(args.item)
+
+        async def write() -> None:
+            if jax.process_index() == 0:
+                meta["checksums"] = await asyncio.to_thread(_fetch_checksums, meta["checksums"])
+                (directory / _META_FILE).write_text(json.dumps(meta))
+
+        return [ocp.future.CommitFutureAwaitingContractedSignals(write(), name="jaxlm_meta_save")]
+
+
+@ocp.args.register_with_handler(_MetaHandler, for_save=True)
+@dataclasses.dataclass
+class _MetaSave(ocp.args.CheckpointArgs):
+    item: dict
+
+
+@ocp.args.register_with_handler(_MetaHandler, for_restore=True)
+@dataclasses.dataclass
+class _MetaRestore(ocp.args.CheckpointArgs):
+    item: Optional[bytes] = None  # unused: the meta item is read whole
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,7 +156,6 @@ def _gather_json(obj: Any) -> list:
     """Every process's JSON-able `obj`, in process order (a collective)."""
     if jax.process_count() == 1:
         return [obj]
-    import json
     data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
     lengths = processes_agree(np.array([data.size]))[:, 0]
     padded = np.zeros(int(lengths.max()), np.uint8)
@@ -171,7 +210,7 @@ class CheckpointManager:
             enable_async_checkpointing=o.async_save, preservation_policy=policy)
         if read_only and not os.path.isdir(directory):
             raise CheckpointError(f"{directory} does not exist: no checkpoints to restore there")
-        handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": _MetaHandler()}
         return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
     # ------------------------------------------------------------------------------------------
@@ -218,14 +257,19 @@ class CheckpointManager:
             "loader": {str(i): s for i, s in enumerate(loaders)},
             "extra": extra or {},
             "config": self._config_dict,
-            "checksums": checksums(state),
+            "checksums": _checksum_tree(state),  # dispatched now, fetched by the background write
         }
-        args = ocp.args.Composite(state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta))
+        args = ocp.args.Composite(state=ocp.args.PyTreeSave(state), meta=_MetaSave(meta))
         self._mngr.save(step, args=args, force=True)
         if not self.options.async_save:
             self._mngr.wait_until_finished()
         self._last_save_time = time.monotonic()
         return True
+
+    @property
+    def preemption_signal(self) -> int:
+        """The signal that stopped this run (SIGTERM for a process that only agreed to another's)."""
+        return self.signals.signum or signal.SIGTERM
 
     def wait(self) -> None:
         """Blocks until the background write (if any) is finished and committed."""
@@ -294,7 +338,7 @@ class CheckpointManager:
 
     def read_meta(self, step: int) -> dict:
         try:
-            meta = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            meta = self._mngr.restore(step, args=ocp.args.Composite(meta=_MetaRestore()))["meta"]
         except Exception as e:  # noqa: BLE001 - any failure to read means the checkpoint is unusable
             raise _Unusable(f"its meta item cannot be read ({type(e).__name__}: {str(e)[:300]})") from None
         if not isinstance(meta, dict) or meta.get("version") != _META_VERSION or "checksums" not in meta:
@@ -421,16 +465,16 @@ def restore_params(workdir: str, step: Optional[int] = None, mesh=None) -> tuple
 
     directory, only = resolve_source(workdir)
     step = only if step is None else step
-    steps = sorted(ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True)).all_steps())
+    probe = CheckpointManager(directory, _bare_config(), directory=directory, read_only=True)
+    steps = probe.all_steps()
     candidates = [step] if step is not None else list(reversed(steps))
     if not candidates or (step is not None and step not in steps):
+        probe.close()
         raise CheckpointError(f"no finished checkpoint{'' if step is None else f' of step {step}'} in {directory} "
                               f"(there are: {steps}); train first, or point at a workdir that has one")
     problems = []
     for s in candidates:
-        probe = None
         try:
-            probe = CheckpointManager(directory, _bare_config(), directory=directory, read_only=True)
             config = config_lib.config_from_dict(probe.read_meta(s)["config"])
             spec = model_spec(config)
             if mesh is None:
@@ -440,15 +484,15 @@ def restore_params(workdir: str, step: Optional[int] = None, mesh=None) -> tuple
                                              spec.shapes, shardings)}
             reader = CheckpointManager(directory, config, directory=directory, read_only=True)
             try:
-                return config, reader.restore_step(s, target).state["params"]
+                params = reader.restore_step(s, target).state["params"]
             finally:
                 reader.close()
+            probe.close()
+            return config, params
         except (_Unusable, CheckpointError, ConfigError) as e:
             problems.append(f"step {s}: {e}")
             logging.warning("checkpoint %d in %s skipped: %s", s, directory, e)
-        finally:
-            if probe is not None:
-                probe.close()
+    probe.close()
     raise CheckpointError(f"no checkpoint in {directory} restores: " + "; ".join(problems))
 
 

@@ -200,7 +200,7 @@ class Trainer:
             trigger = self.spikes.push(step, metrics, final=step >= t.steps)  # judges the step before
             if trigger is not None:  # flags persist: back to the last good checkpoint, past the spike's data
                 shown = step - 1  # the progress bar has not counted this step yet
-                step = self._roll_back(trigger)  # raises spikes.TrainingHalted when it cannot
+                step = self._roll_back(trigger, step)  # raises spikes.TrainingHalted when it cannot
                 progress.update(step - shown)
                 batch = self.next_batch(step)
                 window_start, window_tokens = time.perf_counter(), 0.0
@@ -292,11 +292,13 @@ class Trainer:
         """Host-side JSON state saved with every checkpoint (the loss-spike handling adds its own)."""
         return {"spikes": self.spikes.state_dict()}
 
-    def _roll_back(self, trigger: spikes.Trigger) -> int:
+    def _roll_back(self, trigger: spikes.Trigger, step: int) -> int:
         """Restores the last good checkpoint before `trigger`'s onset, skips the data from there
-        through the spike (plus spikes.skip_margin steps), lowers lr_scale; returns the new step."""
+        through the spike (plus spikes.skip_margin steps), lowers lr_scale; returns the new step.
+        `step`: the last step run (the one in flight, one after the trigger)."""
         self.checkpoints.wait()
         self.spikes.drain()  # the step in flight is abandoned, but its skip (if any) is recorded like the others
+        live_data = self.loader.get_state()  # past everything read since the checkpoint, spike included
         now = jax.device_get({"skips": self.state["spike"]["skips"], "lr_scale": self.state["lr_scale"]})
         while True:
             try:
@@ -312,10 +314,14 @@ class Trainer:
             except checkpoint.CheckpointError as e:
                 self.spikes.forget_checkpoint(plan.to_step, str(e))
         self.checkpoints.discard_after(plan.to_step)
-        first, last = plan.data_steps  # skip the batches of steps first..last (BatchRamp counts from 0)
-        skipped = sum(self.ramp.micro_steps_at(s - 1) for s in range(first, last + 1))
-        for _ in range(skipped):
+        # The data goes on from where it is, not from the checkpoint's position: what was read since
+        # the checkpoint (the spike's data, and that of earlier attempts) is never trained on again.
+        self.loader.set_state(live_data)
+        first, last = plan.data_steps  # steps of this attempt whose batches are skipped (BatchRamp counts from 0)
+        margin = sum(self.ramp.micro_steps_at(s - 1) for s in range(step + 1, last + 1))
+        for _ in range(margin):
             next(self.loader)
+        skipped = sum(self.ramp.micro_steps_at(s - 1) for s in range(first, step + 1)) + margin
         self.state = spikes.rolled_back_state(self.state, plan, int(now["skips"]))
         self.spikes.rolled_back(plan, skipped)
         return plan.to_step
@@ -330,7 +336,7 @@ class Trainer:
         self.spikes.checkpoint_saved(step)
         if reason == "preemption":
             self.checkpoints.wait()
-            signum = self.checkpoints.signals.signum
+            signum = self.checkpoints.preemption_signal
             self.incidents.record("preemption", step, signal=signal.Signals(signum).name)
             if self.is_main:
                 print(f"\n{signal.Signals(signum).name}: checkpoint of step {step} saved in "

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.config import Config
+from jaxlm.plan.hardware import device_peak_flops
 
 
 def flops_per_token(config: Config, param_count: int) -> float:
@@ -27,21 +28,6 @@ def flops_per_token(config: Config, param_count: int) -> float:
         n -= m.vocab_size * m.d_model  # the input embedding is a lookup; the output one is a matmul
     head_dim = m.head_dim or m.d_model // m.n_heads
     return 6.0 * n + 12.0 * m.n_layers * m.n_heads * head_dim * config.data.seq_len
-
-
-# Dense bf16 peak FLOP/s per device, by the start of jax's `device_kind`.
-_PEAKS = [
-    ("TPU v6 lite", 918e12), ("TPU v6e", 918e12), ("TPU v5 lite", 197e12), ("TPU v5e", 197e12),
-    ("TPU v5p", 459e12), ("TPU v5", 459e12), ("TPU v4", 275e12),
-    ("NVIDIA H200", 989e12), ("NVIDIA H100", 989e12), ("NVIDIA A100", 312e12),
-]
-
-
-def table_peak_flops(device_kind: str) -> Optional[float]:
-    for prefix, peak in _PEAKS:
-        if device_kind.startswith(prefix):
-            return peak
-    return None
 
 
 def measure_cpu_peak_flops(dtype=jnp.float32, size: int = 1024, seconds: float = 0.5) -> float:
@@ -61,7 +47,7 @@ def peak_flops(config: Config) -> tuple[float, str]:
     if config.train.peak_flops:
         return config.train.peak_flops * jax.device_count(), "config"
     kind = jax.devices()[0].device_kind
-    per_device = table_peak_flops(kind)
+    per_device = device_peak_flops(kind)
     if per_device is not None:
         return per_device * jax.device_count(), f"table ({kind})"
     # CPU: the fake devices share the host's cores, so the probe measures the whole host.

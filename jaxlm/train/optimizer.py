@@ -29,8 +29,10 @@ def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     elif s.name == "step":
         after = optax.exponential_decay(peak, s.step_every, s.step_factor, staircase=True)
     elif s.name == "inverse_sqrt":
+        scale = max(warmup, 1)
+
         def after(count):  # continuous with the warm-up at its end
-            return peak * jnp.sqrt(max(warmup, 1) / (count + max(warmup, 1)))
+            return peak * jnp.sqrt(scale / jnp.maximum(jnp.asarray(count, jnp.float32) + scale, 1.0))
     elif s.name == "wsd":  # warmup-stable-decay: flat, then a linear cool-down over the last fraction
         decay = max(1, int(decay_steps * s.wsd_decay_fraction))
         stable = decay_steps - decay

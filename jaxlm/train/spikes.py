@@ -142,17 +142,13 @@ class RollbackPlan:
     number: int  # 1 for the first rollback of the run
     trigger: Trigger
     to_step: int  # the checkpoint restored
-    data_steps: tuple[int, int]  # [first, last] step whose data is skipped (the batches of steps to_step+1 .. last)
+    data_steps: tuple[int, int]  # [first, last]: the steps of this attempt whose batches are never trained on
     lr_scale: float  # lr_scale from to_step on ...
     lr_until: int  # ... until this step (-1: unchanged)
 
     @property
     def steps_lost(self) -> int:
         return self.trigger.step - self.to_step
-
-    @property
-    def skipped_steps(self) -> int:
-        return self.data_steps[1] - self.data_steps[0] + 1
 
 
 class SpikeMonitor:
@@ -180,7 +176,8 @@ class SpikeMonitor:
         """Forget the current episode (after a rollback, training goes on from a clean state)."""
         self._flags: collections.deque[int] = collections.deque()
         self._streak_start: Optional[int] = None
-        self._onset: Optional[int] = None
+        self._onset: Optional[int] = None  # first suspicious step of the current episode
+        self._last_suspicious = 0
         self._pending = None
 
     # -- feeding
@@ -188,7 +185,10 @@ class SpikeMonitor:
     def push(self, step: int, metrics: dict, final: bool = False) -> Optional[Trigger]:
         """Hands over step `step`'s metrics (device arrays, not waited for) and judges the previous
         step's, which are done by now: the device keeps working while the host reads. `final`:
-        judge this step too (the last step of training, before its checkpoint)."""
+        judge this step too (the last step of training, before its checkpoint). With spikes.enabled
+        off the host does nothing (and the step never waits)."""
+        if not self.cfg.enabled:
+            return None
         previous, self._pending = self._pending, (step, {k: metrics[k] for k in WATCHED})
         trigger = self._judge(previous) if previous else None
         if trigger is None and final:
@@ -233,10 +233,11 @@ class SpikeMonitor:
             self._streak_start = None
         elif self._streak_start is None:
             self._streak_start = step
-        if (flagged or high) and self._onset is None:
-            self._onset = step
-        if not self._flags and self._streak_start is None:
-            self._onset = None  # the episode is over
+        if flagged or high:
+            self._onset = step if self._onset is None else self._onset
+            self._last_suspicious = step
+        elif self._onset is not None and step - self._last_suspicious >= c.window:
+            self._onset = None  # a whole window without anything suspicious: the episode is over
 
         if step - 1 in self._unverified:  # checkpoint step-1 holds the parameters this step evaluated
             self._unverified.discard(step - 1)
@@ -257,7 +258,8 @@ class SpikeMonitor:
 
     @property
     def in_episode(self) -> bool:
-        """Flags in the recent window: a checkpoint now could hold damaged parameters."""
+        """A flagged or high-loss step in the last `window` steps: a checkpoint now could hold damaged
+        parameters."""
         return self._onset is not None
 
     def safe_to_save(self) -> bool:
@@ -300,11 +302,11 @@ class SpikeMonitor:
                        "save checkpoints more often (checkpoint.every_steps well below the steps between "
                        "spikes) and keep at least two (checkpoint.keep_last >= 2)")
         to_step = max(candidates)
-        last = trigger.step + c.skip_margin
+        last = trigger.step + max(c.skip_margin, 1)  # the step after the trigger has read its batch already
         lr_scale = lr_scale_now * c.lr_factor
         plan = RollbackPlan(number=self.rollbacks + 1, trigger=trigger, to_step=to_step,
                             data_steps=(to_step + 1, last), lr_scale=lr_scale,
-                            lr_until=to_step + c.lr_steps if c.lr_factor < 1.0 else -1)
+                            lr_until=to_step + c.lr_steps if lr_scale < 1.0 else -1)
         return plan
 
     def rolled_back(self, plan: RollbackPlan, skipped_batches: int) -> None:
@@ -325,7 +327,7 @@ class SpikeMonitor:
                      last_good_checkpoint=last_good)
         lines = [f"{e['kind']} at step {e['step']}: " + ", ".join(
             f"{k}={v}" for k, v in e.items() if k not in ("kind", "step", "time") and v is not None)
-            for e in self.history if e["kind"] in ("spike", "rollback", "fault", "halt")]
+            for e in self.history if e["kind"] in ("spike", "rollback", "halt")]
         raise TrainingHalted(
             f"training stopped at step {trigger.step}: {trigger.reason} since step {trigger.onset}, and {why}. "
             f"Last good checkpoint: {'none' if last_good is None else 'step ' + str(last_good)}. What to do: "

@@ -1,0 +1,70 @@
+"""End to end on a real training run: train a few steps, then evaluate, sample and export the
+workdir through the command-line entry points (slow: a training subprocess)."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from eval_helpers import CORPUS, make_tokenizer_dir
+from test_checkpoint_util import run, tiny_config, write_config
+from test_data_loader_util import write_dataset
+from jaxlm.eval.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    tok = Tokenizer.from_dataset(make_tokenizer_dir(str(root / "tok")))
+    lines = [l for l in CORPUS.split("\n") if l]
+    docs = [np.array(tok.encode(l) + [tok.eos_id]) for l in lines]
+    data = write_dataset(root / "data", {"train": docs * 4, "val": docs[:6]}, vocab_size=tok.vocab_size, shards=1)
+    shutil.copy(tok.model_file, os.path.join(data, "tokenizer.model"))
+    config = tiny_config(root / "work", data, steps=8, every=4, mesh={"data": 8, "fsdp": 1},
+                         data={"sources": [{"path": data}], "seq_len": 32}, model={"vocab_size": 384, "max_seq_len": 64})
+    run(write_config(root / "c.yaml", config), root / "cache")
+    return str(root / "work")
+
+
+@pytest.mark.slow
+def test_eval_sample_export_on_a_trained_run(workdir, tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    from jaxlm.eval.__main__ import main as eval_main
+    from jaxlm.eval.loading import load_workdir
+    from jaxlm.export import main as export_main
+    from jaxlm.sample import main as sample_main
+
+    assert eval_main(["--workdir", workdir, "--val", "--output", str(tmp_path / "val.json")]) == 0
+    val = json.loads((tmp_path / "val.json").read_text())
+    assert val["window"] == 32 and val["tokens_scored"] > 0 and 0 < val["bits_per_byte"] < 20
+
+    spec = tmp_path / "mc.yaml"
+    (tmp_path / "mc.jsonl").write_text(json.dumps({"query": "The quick brown fox", "choices": ["jumps.", "sits."], "gold": 0}) + "\n")
+    spec.write_text(f"name: mc\nformat: mosaic_mc\npath: {tmp_path / 'mc.jsonl'}\nprompt: '{{context}}'\ntarget: ' {{choice}}'\n")
+    assert eval_main(["--workdir", workdir, "--tasks", str(spec)]) == 0
+    assert "mc " in capsys.readouterr().out
+
+    assert sample_main(["--workdir", workdir, "--prompt", "def fib", "--max-new-tokens", "8", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith("--- (")
+
+    out = str(tmp_path / "hf")
+    assert export_main(["--workdir", workdir, "--out", out]) == 0
+    em = load_workdir(workdir)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    tokens = np.asarray([em.tokenizer.encode("The quick brown fox jumps over")])
+    from flax import nnx
+    import jax.numpy as jnp
+    ours = np.asarray(nnx.merge(em.graphdef, em.params)(jnp.asarray(tokens)))
+    with torch.no_grad():
+        theirs = hf(torch.tensor(tokens)).logits.numpy()
+    np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=0)
+
+
+def test_missing_workdir_is_a_clear_error(tmp_path, capsys):
+    from jaxlm.eval.__main__ import main as eval_main
+
+    assert eval_main(["--workdir", str(tmp_path / "nope"), "--val"]) == 2
+    assert "does not exist" in capsys.readouterr().err
