@@ -6,7 +6,7 @@ setup(
     description="Train large language models from scratch in JAX: raw text to an evaluated model.",
     python_requires=">=3.10",
     packages=find_packages(include=["jaxlm", "jaxlm.*", "data_prep", "data_prep.*"]),
-    package_data={"data_prep": ["configs/*.yaml"]},
+    package_data={"data_prep": ["configs/*.yaml"], "jaxlm": ["eval/templates/*.yaml"]},
     install_requires=[
         "jax>=0.7,<0.13",
         "flax>=0.11,<0.13",
@@ -31,9 +31,10 @@ setup(
     ],
     extras_require={
         "ray": ["ray>=2.40,<3"],
-        "hf": ["transformers>=4.45,<6", "safetensors>=0.4,<1", "torch==2.13.0"],
+        "hf": ["transformers>=4.45,<6", "safetensors>=0.4,<1", "torch==2.13.0", "datasets>=2.18,<6"],
         "wandb": ["wandb>=0.18,<1"],
         "plan": ["matplotlib>=3.8,<4"],
+        "lm_eval": ["lm-eval>=0.4.9,<0.5"],
         "dev": ["pytest>=8,<10", "tensorboard>=2.16,<3", "nbclient>=0.10,<1", "nbformat>=5.9,<6", "ipykernel>=6,<8",
                 "matplotlib>=3.8,<4", "resiliparse>=0.14,<3", "datasketch>=1.6,<3"],
     },

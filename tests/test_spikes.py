@@ -15,7 +15,7 @@ from jaxlm.train.faults import FaultInjector
 from jaxlm.train.state import build_optimizer, init_state, model_spec, state_shardings
 from jaxlm.train.step import BATCH_KEYS, make_train_step
 from jaxlm.parallel.mesh import build_mesh
-from train_utils import synthetic_batches, tiny_config
+from train_utils import tiny_config
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,3 +378,14 @@ def test_push_judges_one_step_late_and_final_judges_all():
                             "grad_z": 0.0, "reason": "grad-norm z 0.0 > 8"}]
     m.push(3, metrics(1), final=True)
     assert [e["step"] for e in log.entries] == [1, 3]
+
+
+def test_lowered_learning_rate_compounds_and_always_ends():
+    for factor, now, expected in [(0.5, 1.0, (0.5, 60)), (0.5, 0.5, (0.25, 60)), (1.0, 1.0, (1.0, -1)),
+                                  (1.0, 0.5, (0.5, 60))]:  # a reduction still running must still end
+        m, _ = _monitor(window=10, max_flags=1, lr_factor=factor, lr_steps=50)
+        m.checkpoint_saved(10)
+        for s in range(1, 20):
+            _clean(m, s)
+        plan = m.plan_rollback(_flag(m, 20), available=[10], lr_scale_now=now)
+        assert (plan.lr_scale, plan.lr_until) == expected

@@ -4,6 +4,7 @@ Trials run tests/fixtures/fake_train.py, a stand-in with the trainer's CLI contr
 val_loss is a known function of the overrides (so the winner is known in advance)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -107,11 +108,14 @@ def test_ablation_reports_differences(tmp_path, base):
                  "--seeds", "0,1", "--train-cmd", FAKE, "--out", str(out)]) == 0
     rows = {line.split("|")[1].strip(): line.split("|")[2:] for line in (out / "ablation.md").read_text().splitlines()
             if line.startswith("| ") and not line.startswith("| switch")}
+    # columns: runs, params (run.json's model_params), val_loss, Δ vs baseline, ...
     # baseline (lr 1e-3): 2 + 0.25 + 0.01 * seed, mean over seeds 0, 1
-    assert float(rows["baseline"][1]) == pytest.approx(2.255, abs=1e-4)
-    assert float(rows["gpt2_block"][2]) == pytest.approx(0.1, abs=1e-4)  # Δ vs baseline
-    assert float(rows["slow_lr"][2]) == pytest.approx(0.0, abs=1e-4)  # lr 1e-2 is as far from 10^-2.5
-    assert rows["gpt2_block"][0].strip() == "2"
+    assert float(rows["baseline"][2]) == pytest.approx(2.255, abs=1e-4)
+    assert float(rows["gpt2_block"][3]) == pytest.approx(0.1, abs=1e-4)  # Δ vs baseline
+    assert float(rows["slow_lr"][3]) == pytest.approx(0.0, abs=1e-4)  # lr 1e-2 is as far from 10^-2.5
+    assert rows["gpt2_block"][0].strip() == "2" and rows["gpt2_block"][1].strip() == "1.0K"
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["params"] for r in results} == {1000}
 
 
 def test_failed_trials_are_reported_and_the_sweep_goes_on(tmp_path, base):
@@ -129,11 +133,51 @@ def test_failed_trials_are_reported_and_the_sweep_goes_on(tmp_path, base):
     (["--ablate", "warp_drive"], "unknown ablation switch 'warp_drive'"),
     (["--grid", "optim.lr"], "must look like key.path="),
     (["--random", "2"], "at least one --space"),
+    (["--grid", "optim.lr=1e-3", "--set", "train.steps"], "--set 'train.steps' must look like key.path=value"),
 ])
 def test_bad_input_one_message_exit_2(base, args, message):
     proc = subprocess.run([sys.executable, "-m", "jaxlm.sweep", "--config", base, "--train-cmd", FAKE, *args],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_set_takes_several_overrides(tmp_path, base):
+    out = tmp_path / "set"
+    assert main(["--config", base, "--grid", "optim.lr=3e-3", "--set", "train.steps=5", "model.family=gpt2",
+                 "--train-cmd", FAKE, "--out", str(out)]) == 0
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["train"]["steps"] == 5 and best["model"]["family"] == "gpt2"
+    # the fake's penalty for gpt2 shows that the trainer received both overrides
+    assert json.loads((out / "results.jsonl").read_text())["metric"] == pytest.approx(2.1 + (math.log10(3e-3) + 2.5) ** 2, rel=1e-9)
+
+
+DEMO = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "demo.yaml")
+
+
+def test_every_switch_is_a_valid_trainer_config():
+    """Each built-in switch loads with jaxlm.config against the demo config (real keys, valid values)."""
+    from jaxlm.config import load_config
+    from jaxlm.sweep.__main__ import check_trial_configs
+    from jaxlm.sweep.ablation import SWITCHES, ablation_trials, parse_switches
+    from jaxlm.sweep.runner import RunSpec
+
+    trials = ablation_trials(parse_switches(list(SWITCHES), []), [0])
+    check_trial_configs(RunSpec(DEMO, "unused"), trials)
+    gpt2 = load_config(DEMO, SWITCHES["gpt2_block"]).model
+    assert gpt2.family == "gpt2" and load_config(DEMO).model.family == "llama"
+    dropout = load_config(DEMO, SWITCHES["dropout"]).model
+    assert (dropout.embed_dropout, dropout.attn_dropout, dropout.resid_dropout) == (0.1, 0.1, 0.1)
+    assert load_config(DEMO, SWITCHES["untied"]).model.tie_embeddings is False
+    assert load_config(DEMO, SWITCHES["qk_norm"]).model.qk_norm is True
+
+
+def test_a_misspelt_key_stops_the_sweep_before_any_trial(tmp_path):
+    out = tmp_path / "typo"
+    proc = subprocess.run([sys.executable, "-m", "jaxlm.sweep", "--config", DEMO, "--switch",
+                           "untied:model.tie_embedding=false", "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "trial untied" in proc.stderr and "did you mean 'tie_embeddings'" in proc.stderr
+    assert not out.exists()
 
 
 def test_help():

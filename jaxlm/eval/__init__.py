@@ -2,9 +2,17 @@
 
     from jaxlm.eval import run_tasks, scalars          # the trainer's hook
     from jaxlm.eval.generate import Generator, SamplingConfig
+
+Attributes load lazily, so `python -m jaxlm.eval.<module>` runs without importing the rest.
 """
 
 from jaxlm.eval.errors import EvalError
-from jaxlm.eval.harness import evaluate_tasks, format_table, run_tasks, scalars
 
 __all__ = ["EvalError", "evaluate_tasks", "format_table", "run_tasks", "scalars"]
+
+
+def __getattr__(name):
+    if name in ("evaluate_tasks", "format_table", "run_tasks", "scalars"):
+        from jaxlm.eval import harness
+        return getattr(harness, name)
+    raise AttributeError(f"module 'jaxlm.eval' has no attribute {name!r}")

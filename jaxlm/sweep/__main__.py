@@ -21,7 +21,7 @@ from typing import Optional
 from jaxlm.sweep.ablation import SWITCHES, ablation_table, ablation_trials, parse_switches
 from jaxlm.sweep.report import markdown_table, write_report
 from jaxlm.sweep.runner import DEFAULT_TRAIN_CMD, RunSpec, Trial, run_local, run_ray
-from jaxlm.sweep.space import SweepError, grid_trials, parse_grid, parse_space, random_trials
+from jaxlm.sweep.space import SweepError, format_value, grid_trials, parse_grid, parse_space, random_trials
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--switch", action="append", default=[], metavar="NAME:KEY=V[;KEY=V]",
                       help="your own ablation switch")
     p.add_argument("--seeds", help="ablation: comma-separated seeds, each run for every switch")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override for every trial (e.g. train.steps=200)")
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="overrides for every trial (e.g. --set train.steps=200 train.eval_every=200)")
     p.add_argument("--out", help="sweep directory (default runs/sweep-<config name>)")
     p.add_argument("--metric", default="val_loss", help="metrics.jsonl field to minimise (default val_loss)")
     p.add_argument("--train-cmd", default=DEFAULT_TRAIN_CMD,
@@ -73,15 +73,33 @@ def make_trials(args) -> tuple[str, list[Trial], Optional[dict]]:
     return "ablation", ablation_trials(switches, seeds), switches
 
 
+def check_trial_configs(spec: RunSpec, trials: list[Trial]) -> None:
+    """Loads every trial's config as jaxlm.main will, so a misspelt key or a bad value stops the
+    sweep before the first run instead of failing every trial."""
+    from jaxlm.config import ConfigError, load_config
+
+    for trial in trials:
+        overrides = list(spec.extra) + [f"{k}={format_value(v)}" for k, v in trial.overrides.items()]
+        try:
+            load_config(spec.base_config, overrides)
+        except ConfigError as e:
+            raise SweepError(f"trial {trial.name} {trial.overrides or ''}: {e}") from None
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if not os.path.isfile(args.config):
             raise SweepError(f"config {args.config!r} does not exist")
+        for item in args.set:
+            if "=" not in item or not item.partition("=")[0].strip():
+                raise SweepError(f"--set {item!r} must look like key.path=value, e.g. --set train.steps=200")
         mode, trials, _ = make_trials(args)
         out = args.out or os.path.join("runs", "sweep-" + os.path.splitext(os.path.basename(args.config))[0])
         spec = RunSpec(os.path.abspath(args.config), os.path.abspath(out), args.train_cmd, tuple(args.set),
                        args.workdir_key, args.metric, args.timeout)
+        if args.train_cmd == DEFAULT_TRAIN_CMD:
+            check_trial_configs(spec, trials)
         print(f"{mode}: {len(trials)} trials into {out}")
         results = (run_ray(trials, spec, args.ray_address) if args.ray else run_local(trials, spec))
         best = write_report(results, spec.sweep_dir, args.config, args.set, args.metric, title=f"{mode} sweep")

@@ -1,8 +1,10 @@
 """Ablations: named switches (override lists) run against the unchanged baseline.
 
-SWITCHES maps a name to the overrides that flip one component. Adjust it when the trainer's
-config grows finer switches: today `model.family` changes positions (RoPE -> learned), the MLP
-(SwiGLU -> GELU), the norm (RMSNorm -> LayerNorm) and biases together.
+SWITCHES maps a name to the overrides that flip one component; each pair (tied/untied,
+dropout/no_dropout, ...) serves baselines with the component off or on. `model.family` is one key
+for four components: positions (RoPE -> learned), the MLP (SwiGLU -> GELU), the norm
+(RMSNorm -> LayerNorm) and biases. It keeps `model.d_ff` and `model.n_kv_heads`, so with an explicit
+d_ff the GELU MLP has 2/3 of SwiGLU's weights: compare the params column too.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import statistics
 from typing import Optional
 
+from jaxlm.sweep.report import format_params
 from jaxlm.sweep.runner import Trial, TrialResult
 from jaxlm.sweep.space import SweepError, parse_value
 
@@ -18,9 +21,11 @@ SWITCHES: dict[str, list[str]] = {
     "gpt2_block": ["model.family=gpt2"],
     "llama_block": ["model.family=llama"],  # the reverse, for a gpt2 baseline
     "dropout": ["model.embed_dropout=0.1", "model.attn_dropout=0.1", "model.resid_dropout=0.1"],
+    "no_dropout": ["model.embed_dropout=0.0", "model.attn_dropout=0.0", "model.resid_dropout=0.0"],
     "untied": ["model.tie_embeddings=false"],
     "tied": ["model.tie_embeddings=true"],
     "qk_norm": ["model.qk_norm=true"],
+    "no_qk_norm": ["model.qk_norm=false"],
     "no_weight_decay": ["optim.weight_decay=0.0"],
 }
 
@@ -69,19 +74,24 @@ def ablation_table(results: list[TrialResult], metric: str) -> str:
     """Per switch: mean metric over seeds and its difference from the baseline."""
     groups: dict[str, list[float]] = {}
     failed: dict[str, int] = {}
+    params: dict[str, Optional[int]] = {}
     for r in results:
+        params[r.group] = params.get(r.group) or r.params
         if r.metric is None:
             failed[r.group] = failed.get(r.group, 0) + 1
         else:
             groups.setdefault(r.group, []).append(r.metric)
     base = groups.get("baseline")
     base_mean = statistics.fmean(base) if base else None
-    lines = [f"| switch | runs | {metric} | Δ vs baseline | Δ % | spread over seeds |", "|---|---|---|---|---|---|"]
+    with_params = any(p is not None for p in params.values())
+    lines = [f"| switch | runs |{' params |' if with_params else ''} {metric} | Δ vs baseline | Δ % "
+             "| spread over seeds |", "|---|---|" + ("---|" if with_params else "") + "---|---|---|---|"]
     order = ["baseline"] + [g for g in dict.fromkeys(r.group for r in results) if g != "baseline"]
     for group in order:
         values = groups.get(group, [])
+        size = f" {format_params(params.get(group))} |" if with_params else ""
         if not values:
-            lines.append(f"| {group} | 0 ({failed.get(group, 0)} failed) | - | - | - | - |")
+            lines.append(f"| {group} | 0 ({failed.get(group, 0)} failed) |{size} - | - | - | - |")
             continue
         mean = statistics.fmean(values)
         spread = f"{statistics.stdev(values):.4f}" if len(values) > 1 else "-"
@@ -89,5 +99,5 @@ def ablation_table(results: list[TrialResult], metric: str) -> str:
             delta = pct = "-"
         else:
             delta, pct = f"{mean - base_mean:+.4f}", f"{100 * (mean - base_mean) / base_mean:+.2f}%"
-        lines.append(f"| {group} | {len(values)} | {mean:.4f} | {delta} | {pct} | {spread} |")
+        lines.append(f"| {group} | {len(values)} |{size} {mean:.4f} | {delta} | {pct} | {spread} |")
     return "\n".join(lines)

@@ -16,6 +16,13 @@ def _fmt(x: Optional[float]) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
+def format_params(n: Optional[int]) -> str:
+    """1311872 -> '1.31M'."""
+    if n is None:
+        return "-"
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
 def ranked(results: list[TrialResult]) -> list[TrialResult]:
     """Finished trials by metric (lowest first), then the others in their order."""
     ok = sorted((r for r in results if r.metric is not None), key=lambda r: r.metric)
@@ -26,10 +33,14 @@ def markdown_table(results: list[TrialResult], metric: str) -> str:
     keys = []
     for r in results:
         keys += [k for k in r.overrides if k not in keys]
-    header = ["rank", "trial"] + keys + [metric, "train loss", "status", "seconds"]
+    with_params = any(r.params is not None for r in results)
+    header = (["rank", "trial"] + keys + (["params"] if with_params else [])
+              + [metric, "train loss", "status", "seconds"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, r in enumerate(ranked(results), 1):
         values = [format_value(r.overrides[k]) if k in r.overrides else "" for k in keys]
+        if with_params:
+            values.append(format_params(r.params))
         rank = str(i) if r.metric is not None else "-"
         lines.append("| " + " | ".join([rank, r.name] + values + [_fmt(r.metric), _fmt(r.loss), r.status,
                                                                   f"{r.seconds:.0f}"]) + " |")

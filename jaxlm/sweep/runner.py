@@ -40,6 +40,7 @@ class TrialResult:
     returncode: int
     seconds: float
     group: str = ""
+    params: Optional[int] = None  # model parameters, from the run's run.json when it has them
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -88,6 +89,16 @@ def read_metrics(workdir: str, metric: str) -> tuple[Optional[float], Optional[f
     return last_metric, last_loss
 
 
+def read_params(workdir: str) -> Optional[int]:
+    """`model_params` from the run's run.json (jaxlm.main writes it); None for other trainers."""
+    try:
+        with open(os.path.join(workdir, "run.json"), encoding="utf-8") as f:
+            params = json.load(f).get("model_params")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return params if isinstance(params, int) and not isinstance(params, bool) else None
+
+
 def run_trial(trial: Trial, spec: RunSpec) -> TrialResult:
     """Runs one trial (or returns the recorded result of a finished one)."""
     workdir = os.path.join(spec.sweep_dir, trial.name)
@@ -96,7 +107,7 @@ def run_trial(trial: Trial, spec: RunSpec) -> TrialResult:
         with open(record, encoding="utf-8") as f:
             done = json.load(f)
         if done.get("overrides") == trial.overrides and done.get("status") == "ok":
-            return TrialResult(**done)
+            return TrialResult(**{**done, "params": done.get("params") or read_params(workdir)})
     os.makedirs(workdir, exist_ok=True)
     start = time.time()
     with open(os.path.join(workdir, "train.log"), "w", encoding="utf-8") as log:
@@ -111,7 +122,7 @@ def run_trial(trial: Trial, spec: RunSpec) -> TrialResult:
     metric, loss = read_metrics(workdir, spec.metric)
     status = "failed" if returncode != 0 else ("ok" if metric is not None else "no-metric")
     result = TrialResult(trial.name, trial.overrides, status, metric, loss, returncode,
-                         round(time.time() - start, 2), trial.group)
+                         round(time.time() - start, 2), trial.group, read_params(workdir))
     with open(record, "w", encoding="utf-8") as f:
         json.dump(result.to_json(), f, indent=1)
     return result

@@ -1,9 +1,9 @@
 """incidents.jsonl: an append-only record of what happened to a run besides training.
 
-One JSON object per line: {"time", "kind", "step", ...details}. Kinds used so far: restore,
-checkpoint_corrupt, config_changed, optimizer_reset, data_position_derived, preemption,
-checkpoints_set_aside; the loss-spike handling adds its own (spike, skip, rollback). Only process 0
-writes, and every line is flushed at once so a killed run loses none.
+One JSON object per line: {"time", "kind", "step", ...details}. Checkpointing writes restore,
+checkpoint_corrupt, checkpoint_discarded, config_changed, optimizer_reset, data_setup_changed and
+preemption (docs/checkpointing.md); the loss-spike handling adds its own. Only process 0 writes,
+and every line goes to disk at once so a killed run loses none.
 """
 
 from __future__ import annotations
