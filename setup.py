@@ -24,6 +24,7 @@ setup(
         "protobuf>=4,<8",
         # data_prep: cleaning, language id, parquet sources
         "trafilatura>=2.0,<3",
+        "lxml_html_clean>=0.4,<1",  # trafilatura needs it; older pips miss lxml's [html-clean] extra
         "ftfy>=6.2,<7",
         "emoji>=2.12,<3",
         "py3langid>=0.3,<1",
@@ -34,7 +35,7 @@ setup(
         "hf": ["transformers>=4.45,<6", "safetensors>=0.4,<1", "torch==2.13.0", "datasets>=2.18,<6"],
         "wandb": ["wandb>=0.18,<1"],
         "plan": ["matplotlib>=3.8,<4"],
-        "lm_eval": ["lm-eval>=0.4.9,<0.5"],
+        "lmeval": ["lm-eval>=0.4.9,<0.5"],
         "dev": ["pytest>=8,<10", "tensorboard>=2.16,<3", "nbclient>=0.10,<1", "nbformat>=5.9,<6", "ipykernel>=6,<8",
                 "matplotlib>=3.8,<4", "resiliparse>=0.14,<3", "datasketch>=1.6,<3"],
     },

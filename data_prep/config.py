@@ -24,8 +24,10 @@ import yaml
 
 from data_prep.errors import ConfigError
 
-SOURCE_TYPES = ("txt", "jsonl", "parquet", "html", "pydoc_topics", "python_stdlib")
-FILE_SOURCE_TYPES = ("txt", "jsonl", "parquet", "html")
+SOURCE_TYPES = ("txt", "jsonl", "parquet", "html", "warc", "hf", "pydoc_topics", "python_stdlib")
+FILE_SOURCE_TYPES = ("txt", "jsonl", "parquet", "html", "warc")
+HTML_SOURCE_TYPES = ("html", "warc")  # their documents are raw HTML: an html_extract stage must apply to them
+HF_KEYS = ("dataset", "dataset_config", "dataset_split", "streaming")
 RESERVED_STAGE_NAMES = ("read", "split", "encode")  # the pipeline's own steps, reported beside the stages
 
 
@@ -45,16 +47,24 @@ class SplitConfig:
 @dataclasses.dataclass
 class SourceConfig:
     name: str
-    # html: every file is one page, its text extracted by an `html_extract` stage
-    type: Literal["txt", "jsonl", "parquet", "html", "pydoc_topics", "python_stdlib"]
-    paths: list[str] = dataclasses.field(default_factory=list)  # files or globs (txt, jsonl, parquet, html)
-    text_field: str = "text"  # jsonl key / parquet column holding the document
+    # html: every file is one page; warc: every HTML response record of a WARC file is one page;
+    # both have their text extracted by an `html_extract` stage.
+    # hf: a Hugging Face dataset, read with `datasets.load_dataset` (pip install "jaxlm[hf]")
+    type: Literal["txt", "jsonl", "parquet", "html", "warc", "hf", "pydoc_topics", "python_stdlib"]
+    # files or globs (txt, jsonl, parquet, html, warc); hf: the builder's data_files (e.g. dataset: json)
+    paths: list[str] = dataclasses.field(default_factory=list)
+    text_field: str = "text"  # jsonl key / parquet column / hf column holding the document
     weight: float = 1.0  # target share for a `mix` stage that sets no weights; else only recorded
     # txt only: null = the whole file is one document; "blank_line" = paragraphs; "line" = every line
     doc_separator: Optional[Literal["blank_line", "line"]] = None
     max_files: Optional[int] = None  # python_stdlib: cap on files (chosen by a stable hash of the path)
     max_bytes: Optional[int] = None  # python_stdlib: cap on total source bytes
     split: Optional[SplitConfig] = None  # null = the dataset's `split`
+    # hf only: load_dataset(dataset, dataset_config, split=dataset_split, streaming=streaming)
+    dataset: Optional[str] = None  # a Hub name ("HuggingFaceFW/fineweb"), a builder ("json") or a folder
+    dataset_config: Optional[str] = None
+    dataset_split: str = "train"
+    streaming: bool = True  # false downloads and prepares the whole split in the HF cache first
 
 
 @dataclasses.dataclass
@@ -331,8 +341,16 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}.weight must be > 0, got {src.weight}")
         if src.type in FILE_SOURCE_TYPES and not src.paths:
             raise ConfigError(f"{key}.paths is empty; a {src.type} source needs files or globs")
-        if src.type not in FILE_SOURCE_TYPES and src.paths:
+        if src.type not in FILE_SOURCE_TYPES + ("hf",) and src.paths:
             raise ConfigError(f"{key}.paths is set but a {src.type} source reads the running Python; remove it")
+        if src.type == "hf" and not src.dataset:
+            raise ConfigError(f"{key}.dataset is required for an hf source: a Hub name such as "
+                              "HuggingFaceFW/fineweb-edu, or a builder such as json with the files in 'paths'")
+        hf_keys_set = [f.name for f in dataclasses.fields(src) if f.name in HF_KEYS and getattr(src, f.name) != f.default]
+        if src.type != "hf" and hf_keys_set:
+            raise ConfigError(f"{key}.{hf_keys_set[0]} applies to hf sources only")
+        if src.type == "hf" and not src.dataset_split:
+            raise ConfigError(f"{key}.dataset_split must name a split of the dataset, e.g. train")
         if src.doc_separator is not None and src.type != "txt":
             raise ConfigError(f"{key}.doc_separator applies to txt sources only")
         if (src.max_files is not None or src.max_bytes is not None) and src.type != "python_stdlib":
@@ -366,9 +384,9 @@ def _validate_stages(cfg: Config) -> None:
             raise ConfigError(f"stages.{stage.name}.weights has no weight for source(s) {unweighted}; "
                               "give each source a target share (0 drops it), or leave out 'weights' to use the sources' weights")
     for src in cfg.sources:
-        if src.type == "html" and not any(spec["type"] == "html_extract" and stage.applies_to_source(src.name)
-                                          for spec, stage in zip(cfg.stages, stages)):
-            raise ConfigError(f"source {src.name!r} is html but no html_extract stage applies to it; "
+        if src.type in HTML_SOURCE_TYPES and not any(spec["type"] == "html_extract" and stage.applies_to_source(src.name)
+                                                     for spec, stage in zip(cfg.stages, stages)):
+            raise ConfigError(f"source {src.name!r} is {src.type} but no html_extract stage applies to it; "
                               f"add {{type: html_extract}} to 'stages' (before the filters)")
 
 

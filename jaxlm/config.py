@@ -137,6 +137,11 @@ class TrainConfig:
     eval_every: int = 250
     eval_batches: int = 20
     sample_every: int = 0  # 0: no samples during training
+    eval_tasks: list[str] = dataclasses.field(default_factory=list)  # n-shot tasks (names or task YAML files)
+    eval_tasks_every: int = 0  # run them every this many steps (0: never)
+    eval_tasks_limit: int = 200  # items per task, so the hook stays a small fraction of training time
+    eval_tasks_shots: int = 0
+    eval_tasks_data: str = ""  # folder holding the tasks' data files (e.g. ../shared/data/eval)
     peak_flops: Optional[float] = None  # per device, for MFU; None: table for TPU/GPU, a matmul probe on CPU
 
 

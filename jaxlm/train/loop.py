@@ -232,6 +232,8 @@ class Trainer:
                 if self.is_main:
                     self.writer.write(step, {"val_loss": val, "tokens_seen": float(self.ramp.tokens_before(step))})
                 window_start += time.perf_counter() - eval_start  # eval time is not training time
+            if t.eval_tasks and t.eval_tasks_every and (step % t.eval_tasks_every == 0 or step == t.steps):
+                window_start += self._run_eval_tasks(step)
             self._checkpoint(step, data_state)  # when due; raises Preempted after a signal-triggered save
             if logged:
                 summary.update(logged)
@@ -243,6 +245,17 @@ class Trainer:
         self.writer.flush()
         summary["step"] = step
         return summary
+
+    def _run_eval_tasks(self, step: int) -> float:
+        """The n-shot tasks of `train.eval_tasks` on the current parameters; returns the seconds taken."""
+        from jaxlm.eval import run_tasks, scalars
+        start = time.perf_counter()
+        t = self.config.train
+        result = run_tasks(self.state["params"], self.config, t.eval_tasks, shots=t.eval_tasks_shots,
+                           limit=t.eval_tasks_limit, data_root=t.eval_tasks_data or None)
+        if self.is_main:
+            self.writer.write(step, scalars(result))
+        return time.perf_counter() - start
 
     def _log(self, step: int, metrics: dict, tokens_per_sec: Optional[float]) -> dict:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
