@@ -29,6 +29,8 @@ setup(
         "emoji>=2.12,<3",
         "py3langid>=0.3,<1",
         "pyarrow>=15,<30",
+        "warcio>=1.7,<2",
+        "zstandard>=0.22,<1",
     ],
     extras_require={
         "ray": ["ray>=2.40,<3"],

@@ -4,8 +4,9 @@
 
 A tiny llama trains on a synthetic learnable dataset on 8 CPU devices (`python -m jaxlm.main`, as
 a user runs it). One uninterrupted run gives the reference losses. Each trial starts the same run
-in a fresh workdir, SIGKILLs it at a uniformly random moment between one second before its first
-step ends and the end of the run, starts it again and lets it finish. Per trial the table shows
+in a fresh workdir, SIGKILLs it at a uniformly random moment between the end of its first step
+and the end of the run (as long as training took in the reference), starts it again and lets it
+finish. Per trial the table shows
 the step the kill came after, the checkpoint the restart resumed from, the steps lost (redone)
 and whether the kill hit a checkpoint write; then the losses of every step and every evaluation
 are compared with the reference: mismatches must be 0. Steps lost are at most the save interval,
@@ -173,9 +174,12 @@ def main() -> None:
         for trial in range(args.trials):
             workdir = os.path.join(root, f"trial{trial}")
             config = write_config(os.path.join(root, f"trial{trial}.yaml"), workdir, dataset, args.steps, args.every)
-            delay = rng.uniform(first - 1.0, warm)  # mostly while training, a few during start-up
             proc = runner.start(config)
-            time.sleep(delay)
+            started = time.monotonic()
+            while last_step(workdir) < 1 and proc.poll() is None:  # start-up times vary with the load
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, warm - first))
+            delay = time.monotonic() - started
             checkpoints = os.path.join(workdir, "checkpoints")
             proc.send_signal(signal.SIGKILL)
             proc.wait()

@@ -92,7 +92,7 @@ def test_save_due_by_steps_time_and_end(tmp_path):
 def test_checksums_catch_one_flipped_bit_and_ignore_sharding(base):
     state = base[3]
     sums = ckpt.checksums(state)
-    assert set(sums) >= {"step", "lr_scale"} and all(len(v) == 2 for v in sums.values())
+    assert set(sums) >= {"step", "lr_scale"} and all(isinstance(v, int) for v in sums.values())
     params = jax.device_get(state["params"])
     assert ckpt.checksums(params) == {k[len("params/"):]: v for k, v in sums.items() if k.startswith("params/")}
     leaf = max(jax.tree.leaves(params), key=lambda x: x.size).reshape(-1)  # float32

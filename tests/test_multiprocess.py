@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from jaxlm.config import load_config
+from jaxlm.config import ConfigError, load_config
 from jaxlm.data.loader import build_loader
 from jaxlm.parallel import distributed
 from jaxlm.train.step import BATCH_KEYS
@@ -81,7 +81,6 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
 
 
 def test_explicit_flags_must_come_together():
-    from jaxlm.config import ConfigError
     with pytest.raises(ConfigError, match="--coordinator needs --num_processes and --process_id"):
         distributed.initialize("localhost:1234", num_processes=2)
     with pytest.raises(ConfigError, match=r"--process_id must be in \[0, 2\)"):
@@ -106,3 +105,22 @@ def test_multi_host_environments_are_detected(monkeypatch, env, expected):
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(distributed, "_on_tpu_vm", lambda: False)  # this machine is no TPU VM
     assert distributed.detect() == expected
+
+
+def test_a_batch_shard_spread_over_processes_is_refused():
+    """Each process loads its own rows; devices that must hold the same rows (one tensor x pipe
+    group) must be one process's. 4 processes of 2 devices, in process-major order as JAX lists them."""
+    from types import SimpleNamespace
+
+    from jaxlm.parallel import mesh as mesh_lib
+    devices = np.array([SimpleNamespace(id=i, process_index=i // 2) for i in range(8)])
+
+    def check(**sizes):
+        sizes = {"data": 1, "fsdp": 1, "tensor": 1, "pipe": 1, **sizes}
+        mesh_lib._check_processes_own_rows(devices.reshape([sizes[a] for a in mesh_lib.AXES]), sizes)
+
+    check(data=4, pipe=2)
+    check(data=2, fsdp=2, tensor=2)
+    with pytest.raises(ConfigError, match=r"a tensor x pipe group of 4 devices spans processes.*within one "
+                                          r"process's 2 devices"):
+        check(data=2, tensor=2, pipe=2)

@@ -93,6 +93,20 @@ def test_grid_sweep_end_to_end(tmp_path, base, capsys):
     assert {p: os.path.getmtime(out / p / "metrics.jsonl") for p in stamps} == stamps
 
 
+def test_rerun_with_other_settings_is_refused(tmp_path, base, capsys):
+    """A changed --set or grid value must not reuse the old trial folder (its checkpoints would resume)."""
+    out = tmp_path / "sweep"
+    args = ["--config", base, "--train-cmd", FAKE, "--out", str(out)]
+    assert main(args + ["--grid", "optim.lr=1e-3", "--set", "train.steps=5"]) == 0
+    record = json.loads((out / "trial-000" / "trial.json").read_text())
+    assert record["command"][-2:] == ["optim.lr=0.001", f"workdir={out / 'trial-000'}"]
+    capsys.readouterr()
+    assert main(args + ["--grid", "optim.lr=1e-3", "--set", "train.steps=6"]) == 2
+    assert "trial-000 holds a run of another command" in capsys.readouterr().err
+    assert main(args + ["--grid", "optim.lr=3e-3", "--set", "train.steps=5"]) == 2
+    assert main(args + ["--grid", "optim.lr=1e-3", "--set", "train.steps=5"]) == 0  # the same command: skipped
+
+
 def test_random_sweep_picks_the_minimum(tmp_path, base):
     out = tmp_path / "random"
     assert main(["--config", base, "--random", "5", "--space", "optim.lr=loguniform:1e-4:1e-1", "--seed", "1",
@@ -148,7 +162,8 @@ def test_set_takes_several_overrides(tmp_path, base):
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["train"]["steps"] == 5 and best["model"]["family"] == "gpt2"
     # the fake's penalty for gpt2 shows that the trainer received both overrides
-    assert json.loads((out / "results.jsonl").read_text())["metric"] == pytest.approx(2.1 + (math.log10(3e-3) + 2.5) ** 2, rel=1e-9)
+    metric = json.loads((out / "results.jsonl").read_text())["metric"]
+    assert metric == pytest.approx(2.1 + (math.log10(3e-3) + 2.5) ** 2, rel=1e-9)
 
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "demo.yaml")
@@ -173,8 +188,8 @@ def test_every_switch_is_a_valid_trainer_config():
 
 def test_a_misspelt_key_stops_the_sweep_before_any_trial(tmp_path):
     out = tmp_path / "typo"
-    proc = subprocess.run([sys.executable, "-m", "jaxlm.sweep", "--config", DEMO, "--switch",
-                           "untied:model.tie_embedding=false", "--out", str(out)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "jaxlm.sweep", "--config", DEMO, "--out", str(out),
+                           "--switch", "untied:model.tie_embedding=false"], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "trial untied" in proc.stderr and "did you mean 'tie_embeddings'" in proc.stderr
     assert not out.exists()

@@ -1,1 +1,1 @@
-"""Meshes, the logical->mesh rules table, and multi-host start-up."""
+"""Meshes (mesh, auto), the logical->mesh rules table, the pipeline schedule, and multi-host start-up."""

@@ -77,7 +77,21 @@ def build_mesh(cfg: MeshConfig | Config, devices=None) -> Mesh:
         grid = mesh_utils.create_device_mesh(shape, devices=devices)
     except Exception:  # CPU and odd device sets: plain order is fine there
         grid = np.array(devices).reshape(shape)
+    _check_processes_own_rows(grid, sizes)
     return Mesh(grid, AXES)
+
+
+def _check_processes_own_rows(grid: np.ndarray, sizes: dict[str, int]) -> None:
+    """Each process loads its own rows of a batch, so the devices sharing a batch shard (the
+    tensor x pipe group of one data/fsdp coordinate) must all belong to one process."""
+    groups = grid.reshape(sizes["data"] * sizes["fsdp"], -1)
+    for group in groups:
+        if len({d.process_index for d in group}) > 1:
+            per_process = len(grid.flat) // len({d.process_index for d in grid.flat})
+            raise ConfigError(f"mesh {_shown(sizes)}: a tensor x pipe group of {group.size} devices spans "
+                              f"processes, but each process loads its own rows of the batch; keep "
+                              f"mesh.tensor x mesh.pipe within one process's {per_process} devices "
+                              "(use data or fsdp across hosts)")
 
 
 def batch_shards(mesh: Mesh) -> int:

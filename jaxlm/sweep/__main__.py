@@ -8,7 +8,7 @@
 
 Writes <out>/<trial>/ (each run's workdir), results.md, results.jsonl, tb/ (TensorBoard HParams)
 and best.yaml (the base config with the best trial's values); ablations also write ablation.md.
-Re-running skips finished trials.
+Re-running skips finished trials, and refuses trial folders that another command left.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Optional
 
 from jaxlm.sweep.ablation import SWITCHES, ablation_table, ablation_trials, parse_switches
 from jaxlm.sweep.report import markdown_table, write_report
-from jaxlm.sweep.runner import DEFAULT_TRAIN_CMD, RunSpec, Trial, run_local, run_ray
+from jaxlm.sweep.runner import DEFAULT_TRAIN_CMD, RunSpec, Trial, check_resumable, run_local, run_ray
 from jaxlm.sweep.space import SweepError, format_value, grid_trials, parse_grid, parse_space, random_trials
 
 
@@ -100,6 +100,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                        args.workdir_key, args.metric, args.timeout)
         if args.train_cmd == DEFAULT_TRAIN_CMD:
             check_trial_configs(spec, trials)
+        check_resumable(trials, spec)
         print(f"{mode}: {len(trials)} trials into {out}")
         results = (run_ray(trials, spec, args.ray_address) if args.ray else run_local(trials, spec))
         best = write_report(results, spec.sweep_dir, args.config, args.set, args.metric, title=f"{mode} sweep")

@@ -2,8 +2,10 @@
 
 A trial is the trainer's command line plus `key=value` overrides:
     <train_cmd> --config base.yaml key=value ... workdir=<sweep_dir>/<trial>
-Its result is read back from `<trial>/metrics.jsonl`. A finished trial leaves `<trial>/trial.json`,
-so re-running a sweep skips what is done (an interrupted sweep resumes where it stopped).
+Its result is read back from `<trial>/metrics.jsonl`. A finished trial leaves `<trial>/trial.json`
+(its result and command), so re-running a sweep skips what is done (an interrupted sweep resumes
+where it stopped). A trial folder recorded with another command is refused rather than reused: the
+trainer would resume its checkpoints under the new settings.
 """
 
 from __future__ import annotations
@@ -99,15 +101,42 @@ def read_params(workdir: str) -> Optional[int]:
     return params if isinstance(params, int) and not isinstance(params, bool) else None
 
 
+def _read_record(workdir: str) -> Optional[dict]:
+    path = os.path.join(workdir, "trial.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except json.JSONDecodeError:
+        raise SweepError(f"{path} is not valid JSON; delete it to rerun that trial") from None
+    if not isinstance(record, dict):
+        raise SweepError(f"{path} is not a trial record; delete it to rerun that trial")
+    return record
+
+
+def check_resumable(trials: list[Trial], spec: RunSpec) -> None:
+    """Refuses trial folders that a run with another command left (changed --set, grid values, ...)."""
+    for trial in trials:
+        workdir = os.path.join(spec.sweep_dir, trial.name)
+        record = _read_record(workdir)
+        if record is None:
+            continue
+        recorded = record.get("command")  # None in records from before commands were kept
+        if record.get("overrides") != trial.overrides or (recorded is not None and recorded != spec.command(trial)):
+            was = shlex.join(recorded) if recorded else record.get("overrides")
+            raise SweepError(f"{workdir} holds a run of another command ({was}); its checkpoints would be "
+                             "resumed with the new settings. Choose a new --out, or delete that folder")
+
+
 def run_trial(trial: Trial, spec: RunSpec) -> TrialResult:
-    """Runs one trial (or returns the recorded result of a finished one)."""
+    """Runs one trial (or returns the recorded result of a finished one; see check_resumable)."""
     workdir = os.path.join(spec.sweep_dir, trial.name)
     record = os.path.join(workdir, "trial.json")
-    if os.path.isfile(record):
-        with open(record, encoding="utf-8") as f:
-            done = json.load(f)
-        if done.get("overrides") == trial.overrides and done.get("status") == "ok":
-            return TrialResult(**{**done, "params": done.get("params") or read_params(workdir)})
+    done = _read_record(workdir)
+    if done is not None and done.get("status") == "ok" and done.get("overrides") == trial.overrides:
+        done.pop("command", None)
+        return TrialResult(**{**done, "params": done.get("params") or read_params(workdir)})
     os.makedirs(workdir, exist_ok=True)
     start = time.time()
     with open(os.path.join(workdir, "train.log"), "w", encoding="utf-8") as log:
@@ -124,7 +153,7 @@ def run_trial(trial: Trial, spec: RunSpec) -> TrialResult:
     result = TrialResult(trial.name, trial.overrides, status, metric, loss, returncode,
                          round(time.time() - start, 2), trial.group, read_params(workdir))
     with open(record, "w", encoding="utf-8") as f:
-        json.dump(result.to_json(), f, indent=1)
+        json.dump({**result.to_json(), "command": spec.command(trial)}, f, indent=1)
     return result
 
 

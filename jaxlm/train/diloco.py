@@ -21,6 +21,7 @@ outer one inside the same compiled function.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Callable, Optional
 
 import jax
@@ -60,7 +61,7 @@ def check(config: Config, mesh: Mesh) -> int:
 @contextlib.contextmanager
 def _replica_activations(mesh: Mesh):
     """While tracing the vmapped step: activations name no `data` (the replica dim holds it)."""
-    saved = layers._constraint
+    saved = layers._constraint  # jaxlm.model.layers has no getter for what is installed
     layers.set_activation_constraint(rules.activation_constraint(mesh, reserved=(AXIS,)))
     try:
         yield
@@ -78,7 +79,9 @@ class DiLoCo:
         self.inner_steps = config.diloco.inner_steps
         self.inner = inner_optimizer or build_optimizer(config, spec)
         self.outer = outer_optimizer(config)
-        self._train_step = make_train_step(config, spec, self.inner, mesh)
+        # the replicas' own step: the ordinary one (which refuses configs that ask for DiLoCo)
+        inner_config = dataclasses.replace(config, diloco=dataclasses.replace(config.diloco, enabled=False))
+        self._train_step = make_train_step(inner_config, spec, self.inner, mesh)
         single = state_shardings(spec, self.inner, mesh)
         self._single = single
         self.shardings = {

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxlm.config import Config
+from jaxlm.config import Config, ConfigError
 from jaxlm.parallel import pipeline
 from jaxlm.train import faults as faults_lib, spikes
 from jaxlm.train.loss import cross_entropy_sums
@@ -52,6 +52,9 @@ def make_train_step(config: Config, spec: ModelSpec, optimizer: optax.GradientTr
                     mesh=None) -> Callable:
     """mesh: the step's mesh (default: the one built from config.mesh); with pipe > 1 the
     micro-batches go through the pipeline (jaxlm.parallel.pipeline) instead of one by one."""
+    if config.diloco.enabled:  # its own state and step; this one would silently ignore it
+        raise ConfigError("diloco.enabled: DiLoCo has its own state and step (jaxlm.train.diloco.DiLoCo), "
+                          "which the trainer loop does not run yet; set diloco.enabled=false")
     loss_fn = make_loss_fn(config, spec, train=True)
     pipelined = pipeline.make_pipelined_grads(config, spec, mesh)  # None without a pipe axis
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -142,7 +145,7 @@ def compile_for_analysis(config: Config, n_micro: int = 1):
     from jaxlm.model import layers
     from jaxlm.train.state import build_optimizer, model_spec, state_shardings
 
-    mesh = build_mesh(config.mesh)
+    mesh = build_mesh(config)  # resolves `mesh: auto`, checks the batch and pipeline fit
     spec = model_spec(config)
     optimizer = build_optimizer(config, spec)
     shardings = state_shardings(spec, optimizer, mesh)
