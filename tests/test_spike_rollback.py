@@ -221,8 +221,10 @@ def _assert_no_alarm(workdir, steps):
 def test_tiny_shakespeare_2000_steps_no_false_alarm(shared_data, tmp_path):
     data = _prepare("shakespeare_char", tmp_path / "data")
     config = _train_cli("shakespeare_char", data, tmp_path / "run")
-    rows = _assert_no_alarm(tmp_path / "run", 2000)
-    assert config.train.steps == 2000 and rows[-1]["val_loss" if "val_loss" in rows[-1] else "loss"] < 1.8
+    _assert_no_alarm(tmp_path / "run", 2000)
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        val = [r["val_loss"] for r in map(json.loads, f) if "val_loss" in r]
+    assert config.train.steps == 2000 and len(val) == 8 and val[-1] < 2.0  # it learned (from ~4.2)
 
 
 @pytest.mark.slow

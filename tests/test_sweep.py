@@ -122,12 +122,14 @@ def test_ablation_reports_differences(tmp_path, base):
                  "--seeds", "0,1", "--train-cmd", FAKE, "--out", str(out)]) == 0
     rows = {line.split("|")[1].strip(): line.split("|")[2:] for line in (out / "ablation.md").read_text().splitlines()
             if line.startswith("| ") and not line.startswith("| switch")}
-    # columns: runs, params (run.json's model_params), val_loss, Δ vs baseline, ...
+    # columns: runs, params (run.json's model_params), val_loss, Δ vs baseline, Δ %, spread of Δ, spread of val_loss
     # baseline (lr 1e-3): 2 + 0.25 + 0.01 * seed, mean over seeds 0, 1
     assert float(rows["baseline"][2]) == pytest.approx(2.255, abs=1e-4)
     assert float(rows["gpt2_block"][3]) == pytest.approx(0.1, abs=1e-4)  # Δ vs baseline
     assert float(rows["slow_lr"][3]) == pytest.approx(0.0, abs=1e-4)  # lr 1e-2 is as far from 10^-2.5
     assert rows["gpt2_block"][0].strip() == "2" and rows["gpt2_block"][1].strip() == "1.0K"
+    # the seed shifts baseline and switch alike: paired by seed, Δ does not vary; the loss itself does
+    assert float(rows["gpt2_block"][5]) == 0.0 and float(rows["gpt2_block"][6]) == pytest.approx(0.0071, abs=1e-4)
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert {r["params"] for r in results} == {1000}
 

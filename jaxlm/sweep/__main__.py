@@ -108,7 +108,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if mode == "ablation":
             text = ablation_table(results, args.metric)
             with open(os.path.join(spec.sweep_dir, "ablation.md"), "w", encoding="utf-8") as f:
-                f.write(f"# ablation\n\nbase config: `{args.config}`\n\n{text}\n")
+                f.write(f"# ablation\n\nbase config: `{args.config}`; for every trial: "
+                        f"`{' '.join(args.set) or '(nothing)'}`\n\n{text}\n")
             print(text)
         if best is None:
             print(f"error: no trial produced {args.metric!r}; see the train.log files in {out}", file=sys.stderr)

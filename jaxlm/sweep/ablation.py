@@ -70,9 +70,18 @@ def ablation_trials(switches: dict[str, dict], seeds: list[Optional[int]]) -> li
     return trials
 
 
+def _std(values: list[float]) -> str:
+    return f"{statistics.stdev(values):.4f}" if len(values) > 1 else "-"
+
+
 def ablation_table(results: list[TrialResult], metric: str) -> str:
-    """Per switch: mean metric over seeds and its difference from the baseline."""
-    groups: dict[str, list[float]] = {}
+    """Per switch: mean metric over seeds, and its difference from the baseline of the same seed.
+
+    Seeds change initialisation and data order, which can move a short run's loss more than a
+    switch does; pairing each run with its own seed's baseline removes that shared part, so the
+    spread of Δ is the noise that matters (the metric's own spread is shown beside it).
+    """
+    by_group: dict[str, dict] = {}  # group -> {seed: metric}
     failed: dict[str, int] = {}
     params: dict[str, Optional[int]] = {}
     for r in results:
@@ -80,24 +89,31 @@ def ablation_table(results: list[TrialResult], metric: str) -> str:
         if r.metric is None:
             failed[r.group] = failed.get(r.group, 0) + 1
         else:
-            groups.setdefault(r.group, []).append(r.metric)
-    base = groups.get("baseline")
-    base_mean = statistics.fmean(base) if base else None
+            by_group.setdefault(r.group, {})[r.overrides.get("seed")] = r.metric
+    base = by_group.get("baseline", {})
     with_params = any(p is not None for p in params.values())
-    lines = [f"| switch | runs |{' params |' if with_params else ''} {metric} | Δ vs baseline | Δ % "
-             "| spread over seeds |", "|---|---|" + ("---|" if with_params else "") + "---|---|---|---|"]
+    header = (["switch", "runs"] + (["params"] if with_params else [])
+              + [metric, "Δ vs baseline", "Δ %", "spread of Δ", f"spread of {metric}"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     order = ["baseline"] + [g for g in dict.fromkeys(r.group for r in results) if g != "baseline"]
     for group in order:
-        values = groups.get(group, [])
-        size = f" {format_params(params.get(group))} |" if with_params else ""
-        if not values:
-            lines.append(f"| {group} | 0 ({failed.get(group, 0)} failed) |{size} - | - | - | - |")
+        by_seed = by_group.get(group, {})
+        size = [format_params(params.get(group))] if with_params else []
+        if not by_seed:
+            row = [group, f"0 ({failed.get(group, 0)} failed)"] + size + ["-"] * 5
+            lines.append("| " + " | ".join(row) + " |")
             continue
-        mean = statistics.fmean(values)
-        spread = f"{statistics.stdev(values):.4f}" if len(values) > 1 else "-"
-        if base_mean is None or group == "baseline":
-            delta = pct = "-"
+        values = list(by_seed.values())
+        paired = [seed for seed in by_seed if seed in base]
+        diffs = [by_seed[seed] - base[seed] for seed in paired]
+        if group == "baseline" or not diffs:
+            delta = pct = delta_spread = "-"
         else:
-            delta, pct = f"{mean - base_mean:+.4f}", f"{100 * (mean - base_mean) / base_mean:+.2f}%"
-        lines.append(f"| {group} | {len(values)} |{size} {mean:.4f} | {delta} | {pct} | {spread} |")
+            base_mean = statistics.fmean(base[seed] for seed in paired)
+            delta = f"{statistics.fmean(diffs):+.4f}"
+            pct = f"{100 * statistics.fmean(diffs) / base_mean:+.2f}%"
+            delta_spread = _std(diffs)
+        row = [group, str(len(values))] + size + [f"{statistics.fmean(values):.4f}", delta, pct, delta_spread,
+                                                  _std(values)]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

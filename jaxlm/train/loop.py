@@ -44,7 +44,7 @@ class Trainer:
         self.workdir = os.path.abspath(config.workdir)
         os.makedirs(self.workdir, exist_ok=True)
 
-        self.mesh = build_mesh(config.mesh)
+        self.mesh = build_mesh(config)  # also resolves `mesh: auto` and checks the model fits
         self._check_batch_fits_mesh()
         self.data_info = self._open_data()
         self.spec = model_spec(config)
@@ -61,11 +61,11 @@ class Trainer:
         layers.set_activation_constraint(rules.activation_constraint(self.mesh))
         batch_shardings = {k: self.batch_sharding for k in BATCH_KEYS}
         self.train_step = jax.jit(
-            make_train_step(config, self.spec, self.optimizer),
+            make_train_step(config, self.spec, self.optimizer, mesh=self.mesh),
             in_shardings=(self.shardings, batch_shardings),
             out_shardings=(self.shardings, None), donate_argnums=0)
         micro_sharding = rules.batch_sharding(self.mesh, ndim=2)
-        self.eval_step = jax.jit(make_eval_step(config, self.spec),
+        self.eval_step = jax.jit(make_eval_step(config, self.spec, mesh=self.mesh),
                                  in_shardings=(self.shardings["params"], {k: micro_sharding for k in BATCH_KEYS}))
         self.state = self._restore_or_init()  # auto-resume: the latest good checkpoint, else a fresh state
         self.loader = self._loader("train")
