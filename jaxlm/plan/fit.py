@@ -201,7 +201,21 @@ def fit_law(points: list[Point], *, delta: float = HUBER_DELTA, starts: int = 32
             if len(np.unique(log_n[idx])) < 2 or len(np.unique(log_d[idx])) < 2:
                 continue
             t, _ = _minimise([theta], log_n[idx], log_d[idx], log_l[idx], delta)
-            law = _law(t, "")
-            rows.append([law.E, law.A, law.B, law.alpha, law.beta])
+            if np.all(np.isfinite(t)) and np.max(t[:3]) < 700:  # exp() of a wild refit overflows
+                law = _law(t, "")
+                rows.append([law.E, law.A, law.B, law.alpha, law.beta])
         samples = np.array(rows)
+    _check_not_degenerate(theta)
     return FitResult(_law(theta, label), value, len(points), len(runs), samples)
+
+
+def _check_not_degenerate(theta: np.ndarray) -> None:
+    """Refuses fits that put the loss floor at ~0 or the exponents far outside any published law:
+    the points did not constrain the law (e.g. sizes that differ only by an ablation switch)."""
+    a, b, e, alpha, beta = theta
+    if not (np.all(np.isfinite(theta)) and max(a, b, e) < 700 and math.exp(e) > 1e-3
+            and 0 < alpha < 2 and 0 < beta < 2):
+        raise PlanError(
+            f"the fit is degenerate (E={math.exp(min(e, 700)):.3g}, alpha={alpha:.3g}, beta={beta:.3g}): "
+            "these runs do not pin the law down. Use runs of at least three model sizes, each trained "
+            "to several token counts, with the same recipe otherwise.")
