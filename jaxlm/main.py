@@ -29,6 +29,7 @@ def main(argv: list[str]) -> int:
     from jaxlm.config import ConfigError
     from jaxlm.data.format import DataFormatError
     from jaxlm.parallel import distributed
+    from jaxlm.train.spikes import TrainingHalted
 
     logging.set_verbosity(logging.WARNING)  # JAX's platform probing is INFO noise for users
     if not FLAGS.value:
@@ -40,6 +41,9 @@ def main(argv: list[str]) -> int:
     except (ConfigError, DataFormatError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainingHalted as e:  # loss spikes persisted past spikes.max_rollbacks
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()
              if k in ("step", "loss", "val_loss", "tokens_per_sec", "mfu")}
     print(f"done: {shown}")

@@ -51,12 +51,14 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_exact(tmp_path, dataset
     wait_until(lambda: last_step(workdir) >= kill_after, proc)
     kill(proc)
     killed_at, saved = last_step(workdir), finished_checkpoints(workdir)
-    assert saved and killed_at < STEPS, (killed_at, saved)
+    assert killed_at < STEPS, (killed_at, saved)
+    # On a loaded machine the kill can land before the first background save committed: then the
+    # rerun must start afresh (and still match), else resume from the newest finished checkpoint.
 
     run(config, cache)
     restores = [i["step"] for i in incidents(workdir) if i["kind"] == "restore"]
-    assert restores == [saved[-1]], f"killed after step {killed_at} with checkpoints {saved}"
-    assert losses(workdir) == reference[1], f"killed after step {killed_at}, resumed from {saved[-1]}"
+    assert restores == saved[-1:], f"killed after step {killed_at} with checkpoints {saved}"
+    assert losses(workdir) == reference[1], f"killed after step {killed_at}, checkpoints {saved}"
     assert not [n for n in os.listdir(workdir / "checkpoints") if "tmp" in n]
 
 
