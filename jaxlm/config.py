@@ -276,7 +276,8 @@ def _convert(hint, value, path: str):
     raise ConfigError(f"{path} must be of type {hint.__name__}, got {value!r} ({type(value).__name__})")
 
 
-def _set_path(tree: dict, dotted: str, value) -> None:
+def set_path(tree: dict, dotted: str, value) -> None:
+    """tree['a']['b'] = value for 'a.b', creating sections as needed."""
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
@@ -303,7 +304,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
 def config_from_dict(raw: dict, overrides: list[str] = ()) -> Config:
     raw = dict(raw or {})
     for key, value in parse_overrides(list(overrides)):
-        _set_path(raw, key, value)
+        set_path(raw, key, value)
     config = _build(Config, raw, "")
     validate(config)
     return config

@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from jaxlm import config
+
 
 class SweepError(ValueError):
     """Bad sweep input; the message says what is wrong and what to do."""
@@ -104,11 +106,8 @@ def random_trials(space: dict[str, Dimension], n: int, seed: int = 0) -> list[di
 
 
 def set_path(tree: dict, dotted: str, value: Any) -> None:
-    """tree['a']['b'] = value for 'a.b', creating sections as needed."""
-    keys = dotted.split(".")
-    node = tree
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise SweepError(f"override {dotted!r}: {key!r} is not a section of the config")
-    node[keys[-1]] = value
+    """tree['a']['b'] = value for 'a.b', creating sections as needed (the trainer's own override rule)."""
+    try:
+        config.set_path(tree, dotted, value)
+    except config.ConfigError as e:
+        raise SweepError(str(e)) from None
