@@ -50,5 +50,10 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _main_and_exit(argv: list[str]) -> None:
+    from jaxlm.parallel import distributed
+    distributed.exit_process(main(argv))
+
+
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(_main_and_exit)

@@ -57,7 +57,9 @@ _WORKER = textwrap.dedent("""
     local = {"inputs": np.arange(4 * 3, dtype=np.int32).reshape(4, 3) + 1000 * pid}
     array = to_global(local, mesh)["inputs"]
     full = multihost_utils.process_allgather(array, tiled=True)
-    print(json.dumps({"shape": list(array.shape), "full": np.asarray(full).tolist()}))
+    print(json.dumps({"shape": list(array.shape), "full": np.asarray(full).tolist()}), flush=True)
+    from jaxlm.parallel import distributed
+    distributed.exit_process(0)  # the interpreter's own teardown can hang here (see exit_process)
 """)
 
 
@@ -77,8 +79,9 @@ def test_two_processes_make_one_global_batch():
         for pid in range(2)
     ]
     outs = [p.communicate(timeout=120) for p in procs]
-    for p, (_, err) in zip(procs, outs):
+    for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
+        assert '{"shape"' in out, f"worker printed no result; stdout: {out[-1000:]!r} stderr: {err[-2000:]}"
     expected = np.concatenate([np.arange(12).reshape(4, 3) + 1000 * pid for pid in range(2)])
     for out, _ in outs:
         # The worker's one JSON line; shutdown messages may print after it.
