@@ -78,7 +78,7 @@ def exit_process(code: int) -> None:
     interpreter's teardown: there the CPU client's destructor can wait forever on a thread stuck in
     gloo (jaxlib 0.10; about one exit in 30 of two processes on localhost). Everything the run
     writes is closed by then; only the output streams need flushing."""
-    if jax.process_count() > 1 and jax.default_backend() == "cpu":
+    if jax.distributed.is_initialized() and jax.default_backend() == "cpu":
         sys.stdout.flush()
         sys.stderr.flush()
         jax.distributed.shutdown()  # a barrier: no process leaves while another still needs it
