@@ -53,6 +53,15 @@ def test_too_few_points():
         fit_law(synthetic_points(TRUE)[:3])
 
 
+@pytest.mark.parametrize("name,loss", [("flat", lambda i, n, d: 3.0),  # nothing to explain
+                                       ("rising", lambda i, n, d: 2.0 + 0.1 * i)])  # worse with scale
+def test_runs_that_do_not_pin_the_law_are_refused(name, loss):
+    sizes = [(1e7, 1e8), (1e7, 1e9), (1e8, 1e8), (1e8, 1e9), (1e9, 1e9), (1e9, 1e10)]
+    points = [Point(f"r{i}", n, d, loss(i, n, d)) for i, (n, d) in enumerate(sizes)]
+    with pytest.raises(PlanError, match="the fit is degenerate .* do not pin the law down"):
+        fit_law(points, starts=8)
+
+
 def write_run(root, name, params, curve):
     """A workdir as jaxlm.main writes it: run.json and metrics.jsonl (val_loss at eval steps)."""
     workdir = os.path.join(root, name)
