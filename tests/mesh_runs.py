@@ -10,11 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlm.model import layers
-from jaxlm.parallel import rules
-from jaxlm.parallel.mesh import build_mesh
-from jaxlm.train.state import build_optimizer, init_state, model_spec, state_shardings
-from jaxlm.train.step import BATCH_KEYS, make_train_step
+from jaxlm.train.state import build_optimizer, model_spec
+from train_utils import train_on_mesh
 
 
 def recording(inner: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -37,26 +34,9 @@ def recording(inner: optax.GradientTransformation) -> optax.GradientTransformati
 def run(config, batches, devices=None):
     """Trains on `batches` ((n_micro, rows, length) arrays) under config.mesh over `devices`
     (default all); returns (losses, grad norms, the first step's gradients), all numpy."""
-    mesh = build_mesh(config.mesh, devices)
-    spec = model_spec(config)
-    optimizer = recording(build_optimizer(config, spec))
-    shardings = state_shardings(spec, optimizer, mesh)
-    state = init_state(config, spec, optimizer, shardings)
-    batch_sharding = rules.batch_sharding(mesh, 2, leading=1)
-    layers.set_activation_constraint(rules.activation_constraint(mesh))
-    try:
-        step = jax.jit(make_train_step(config, spec, optimizer, mesh),
-                       in_shardings=(shardings, {k: batch_sharding for k in BATCH_KEYS}),
-                       out_shardings=(shardings, None), donate_argnums=0)
-        losses, norms = [], []
-        for batch in batches:
-            batch = {k: jax.device_put(jnp.asarray(batch[k], jnp.int32), batch_sharding) for k in BATCH_KEYS}
-            state, metrics = step(state, batch)
-            losses.append(float(metrics["loss"]))
-            norms.append(float(metrics["grad_norm"]))
-    finally:
-        layers.set_activation_constraint(None)
-    return np.array(losses), np.array(norms), jax.device_get(state["opt_state"][1])
+    optimizer = recording(build_optimizer(config, model_spec(config)))
+    losses, norms, state = train_on_mesh(config, batches, devices, optimizer)
+    return losses, norms, state["opt_state"][1]
 
 
 def max_rel(a, b) -> float:

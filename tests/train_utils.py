@@ -42,17 +42,19 @@ def synthetic_batches(steps, n_micro, rows, seq_len, vocab, seed=0):
                    positions=positions, loss_mask=mask)
 
 
-def run_steps(config, batches, devices=None):
-    """Trains on `batches` under config.mesh; returns (losses, grad_norms, final params as numpy)."""
+def train_on_mesh(config, batches, devices=None, optimizer=None):
+    """Trains on `batches` ((n_micro, rows, length) arrays) under config.mesh over `devices`
+    (default all) with `optimizer` (default the config's); returns (losses, grad norms, final state
+    as numpy)."""
     mesh = build_mesh(config.mesh, devices)
     spec = model_spec(config)
-    optimizer = build_optimizer(config, spec)
+    optimizer = optimizer or build_optimizer(config, spec)
     shardings = state_shardings(spec, optimizer, mesh)
     state = init_state(config, spec, optimizer, shardings)
     batch_sharding = rules.batch_sharding(mesh, 2, leading=1)
     layers.set_activation_constraint(rules.activation_constraint(mesh))
     try:
-        step = jax.jit(make_train_step(config, spec, optimizer),
+        step = jax.jit(make_train_step(config, spec, optimizer, mesh),
                        in_shardings=(shardings, {k: batch_sharding for k in BATCH_KEYS}),
                        out_shardings=(shardings, None), donate_argnums=0)
         losses, norms = [], []
@@ -63,4 +65,10 @@ def run_steps(config, batches, devices=None):
             norms.append(float(metrics["grad_norm"]))
     finally:
         layers.set_activation_constraint(None)
-    return np.array(losses), np.array(norms), jax.device_get(state["params"])
+    return np.array(losses), np.array(norms), jax.device_get(state)
+
+
+def run_steps(config, batches, devices=None):
+    """Trains on `batches` under config.mesh; returns (losses, grad_norms, final params as numpy)."""
+    losses, norms, state = train_on_mesh(config, batches, devices)
+    return losses, norms, state["params"]
