@@ -26,6 +26,11 @@ def set_activation_constraint(fn: Optional[Callable[[jax.Array, tuple], jax.Arra
     _constraint = fn
 
 
+def activation_constraint() -> Optional[Callable[[jax.Array, tuple], jax.Array]]:
+    """The mapping installed now (None: none), so a caller can swap one in and put it back."""
+    return _constraint
+
+
 def constrain(x: jax.Array, axes: tuple) -> jax.Array:
     """Names the dims of an activation, e.g. constrain(x_BLD, ("batch", "length", "embed"))."""
     return x if _constraint is None else _constraint(x, axes)

@@ -1,7 +1,8 @@
 """The training loop: set up the workdir, mesh, data, state; run steps; evaluate; log.
 
-Read top to bottom: `train(config)` is the whole story. The step itself is in step.py, the model in
-jaxlm/model, the data in jaxlm/data.
+Read top to bottom: `train(config)` is the whole story. The step itself is in step.py (with
+diloco.enabled: diloco.py, behind the same methods as `_Standard` below), the model in jaxlm/model,
+the data in jaxlm/data.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import time
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxlm import config as config_lib
@@ -25,7 +25,7 @@ from jaxlm.data import format as data_format
 from jaxlm.model import layers
 from jaxlm.parallel import rules
 from jaxlm.parallel.mesh import BATCH_AXES, build_mesh
-from jaxlm.train import checkpoint, resume
+from jaxlm.train import checkpoint, diloco, resume
 from jaxlm.train import faults as faults_lib, spikes
 from jaxlm.train import metrics as metrics_lib
 from jaxlm.train.incidents import Incidents
@@ -48,8 +48,10 @@ class Trainer:
         self._check_batch_fits_mesh()
         self.data_info = self._open_data()
         self.spec = model_spec(config)
-        self.optimizer = build_optimizer(config, self.spec)
-        self.shardings = state_shardings(self.spec, self.optimizer, self.mesh)
+        # The state's layout and its step: the ordinary one, or DiLoCo's replicas (diloco.py).
+        self.scheme = diloco.DiLoCo(config, self.spec, self.mesh) if config.diloco.enabled else \
+            _Standard(config, self.spec, self.mesh)
+        self.shardings = self.scheme.shardings
         self.batch_sharding = rules.batch_sharding(self.mesh, ndim=2, leading=1)
         self.ramp = BatchRamp(config.train, config.data.seq_len)
         self.writer = metrics_lib.MetricsWriter(self.workdir, config, enabled=self.is_main)
@@ -59,11 +61,7 @@ class Trainer:
                                                         incidents=self.incidents)
 
         layers.set_activation_constraint(rules.activation_constraint(self.mesh))
-        batch_shardings = {k: self.batch_sharding for k in BATCH_KEYS}
-        self.train_step = jax.jit(
-            make_train_step(config, self.spec, self.optimizer, mesh=self.mesh),
-            in_shardings=(self.shardings, batch_shardings),
-            out_shardings=(self.shardings, None), donate_argnums=0)
+        self.train_step = self.scheme.jit(self.scheme.step, self.batch_sharding)
         micro_sharding = rules.batch_sharding(self.mesh, ndim=2)
         self.eval_step = jax.jit(make_eval_step(config, self.spec, mesh=self.mesh),
                                  in_shardings=(self.shardings["params"], {k: micro_sharding for k in BATCH_KEYS}))
@@ -72,7 +70,8 @@ class Trainer:
         self.resumed_extra = self._resume_data(self._restored)  # the checkpoint's `extra` ({} on a fresh start)
         self.spikes = spikes.SpikeMonitor(  # loss-spike handling, host side (spikes.py)
             config.spikes, self.incidents, faults=faults_lib.make_injector(config),
-            rollbacks=int(self.state["spike"]["rollbacks"]), saved=self.resumed_extra.get("spikes"))
+            rollbacks=int(self.scheme.spike_counters(self.state)["rollbacks"]),
+            saved=self.resumed_extra.get("spikes"))
         if self._restored is not None:
             self.spikes.checkpoint_saved(self._restored.step)  # known good once the next step is clean
         self.flops_per_token = metrics_lib.flops_per_token(config, self.spec.param_count)
@@ -271,15 +270,14 @@ class Trainer:
     # Checkpoints (jaxlm/train/checkpoint.py; docs/checkpointing.md)
 
     def _restore_or_init(self) -> dict:
-        abstract = checkpoint.abstract_state(self.config, self.spec, self.optimizer, self.shardings)
-        fresh_opt_state = jax.jit(self.optimizer.init, out_shardings=self.shardings["opt_state"])
         try:
-            self._restored = self.checkpoints.restore_latest(abstract, fresh_opt_state)
+            self.scheme.check_resumable(self.checkpoints)
+            self._restored = self.checkpoints.restore_latest(self.scheme.abstract(), self.scheme.fresh_opt_state)
         except BaseException:
             self.checkpoints.close()  # e.g. a config that cannot resume: give the signal handlers back
             raise
         if self._restored is None:
-            return init_state(self.config, self.spec, self.optimizer, self.shardings)
+            return self.scheme.init()
         return self._restored.state
 
     def _resume_data(self, restored: Optional[checkpoint.Restored]) -> dict:
@@ -295,7 +293,7 @@ class Trainer:
 
     def restore_checkpoint(self, step: int) -> dict:
         """Rolls the run back to checkpoint `step` (state and data position); returns its `extra`."""
-        abstract = checkpoint.abstract_state(self.config, self.spec, self.optimizer, self.shardings)
+        abstract = self.scheme.abstract()
         self.state = None  # frees the current state's memory before the old one is read
         restored = self.checkpoints.restore_step(step, abstract)
         self.state = restored.state
@@ -303,7 +301,7 @@ class Trainer:
 
     def checkpoint_extra(self) -> dict:
         """Host-side JSON state saved with every checkpoint (the loss-spike handling adds its own)."""
-        return {"spikes": self.spikes.state_dict()}
+        return {"spikes": self.spikes.state_dict(), **self.scheme.checkpoint_extra()}
 
     def _roll_back(self, trigger: spikes.Trigger, step: int) -> int:
         """Restores the last good checkpoint before `trigger`'s onset, skips the data from there
@@ -312,7 +310,7 @@ class Trainer:
         self.checkpoints.wait()
         self.spikes.drain()  # the step in flight is abandoned, but its skip (if any) is recorded like the others
         live_data = self.loader.get_state()  # past everything read since the checkpoint, spike included
-        now = jax.device_get({"skips": self.state["spike"]["skips"], "lr_scale": self.state["lr_scale"]})
+        now = self.scheme.spike_counters(self.state)
         while True:
             try:
                 plan = self.spikes.plan_rollback(trigger, self.checkpoints.all_steps(), float(now["lr_scale"]),
@@ -335,7 +333,7 @@ class Trainer:
         for _ in range(margin):
             next(self.loader)
         skipped = sum(self.ramp.micro_steps_at(s - 1) for s in range(first, step + 1)) + margin
-        self.state = spikes.rolled_back_state(self.state, plan, int(now["skips"]))
+        self.state = self.scheme.rolled_back(self.state, plan, now["skips"])
         self.spikes.rolled_back(plan, skipped)
         return plan.to_step
 
@@ -361,6 +359,42 @@ class Trainer:
         layers.set_activation_constraint(None)
         self.loader.close()
         self.writer.close()
+
+
+class _Standard:
+    """The ordinary state and step (state.py, step.py): one set of parameters, every step's gradients
+    reduced over the data axes. `diloco.DiLoCo` has the same methods, for its replicas."""
+
+    def __init__(self, config: Config, spec, mesh):
+        self.config, self.spec = config, spec
+        self.optimizer = build_optimizer(config, spec)
+        self.shardings = state_shardings(spec, self.optimizer, mesh)
+        self.step = make_train_step(config, spec, self.optimizer, mesh=mesh)
+        # a resume with another optimizer continues with a fresh optimizer state (checkpoint.py)
+        self.fresh_opt_state = jax.jit(self.optimizer.init, out_shardings=self.shardings["opt_state"])
+
+    def init(self) -> dict:
+        return init_state(self.config, self.spec, self.optimizer, self.shardings)
+
+    def abstract(self) -> dict:
+        return checkpoint.abstract_state(self.config, self.spec, self.optimizer, self.shardings)
+
+    def jit(self, fn, batch_sharding):
+        return jax.jit(fn, in_shardings=(self.shardings, {k: batch_sharding for k in BATCH_KEYS}),
+                       out_shardings=(self.shardings, None), donate_argnums=0)
+
+    def spike_counters(self, state: dict) -> dict:
+        return jax.device_get({"skips": state["spike"]["skips"], "lr_scale": state["lr_scale"],
+                               "rollbacks": state["spike"]["rollbacks"]})
+
+    def rolled_back(self, restored: dict, plan: spikes.RollbackPlan, skips) -> dict:
+        return spikes.rolled_back_state(restored, plan, int(skips))
+
+    def checkpoint_extra(self) -> dict:
+        return {}
+
+    def check_resumable(self, manager: checkpoint.CheckpointManager) -> None:
+        diloco.check_resumable(manager, self.config, None)  # refuses a DiLoCo run's checkpoints
 
 
 class _progress:

@@ -54,7 +54,8 @@ def make_train_step(config: Config, spec: ModelSpec, optimizer: optax.GradientTr
     micro-batches go through the pipeline (jaxlm.parallel.pipeline) instead of one by one."""
     if config.diloco.enabled:  # its own state and step; this one would silently ignore it
         raise ConfigError("diloco.enabled: DiLoCo has its own state and step (jaxlm.train.diloco.DiLoCo), "
-                          "which the trainer loop does not run yet; set diloco.enabled=false")
+                          "which the Trainer builds when diloco.enabled; make_train_step is only its "
+                          "replicas' inner step, built with diloco.enabled=false")
     loss_fn = make_loss_fn(config, spec, train=True)
     pipelined = pipeline.make_pipelined_grads(config, spec, mesh)  # None without a pipe axis
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
