@@ -107,6 +107,19 @@ def test_batch_ramp_and_accumulation_run_in_the_loop(dataset, tmp_path):
     assert [r["tokens_seen"] for r in rows] == [64, 128, 256, 384, 640, 896]
 
 
+def test_pipeline_runs_in_the_loop_and_run_json_gives_its_schedule(dataset, tmp_path):
+    config = tiny(dataset, tmp_path / "pipe", mesh={"data": 2, "pipe": 2, "tensor": 2},
+                  train={"steps": 3, "global_batch": 8, "micro_batch": 2, "eval_every": 0})
+    train(config)
+    run = json.loads((tmp_path / "pipe" / "run.json").read_text())
+    assert run["mesh"]["pipe"] == 2
+    plan = run["pipeline"]
+    assert (plan["stages"], plan["microbatches"], plan["repeats"], plan["passes"]) == (2, 4, 1, 1)
+    assert plan["bubble"] == pytest.approx(1 / 5)  # (S - 1) / (M + S - 1)
+    losses = [r["loss"] for r in _read_jsonl(tmp_path / "pipe" / "metrics.jsonl") if "loss" in r]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+
+
 @pytest.mark.parametrize("change, message", [
     ({"mesh": {"data": 3}}, r"has 3 devices but 8 are present"),
     ({"mesh": {"data": 8}, "train": {"global_batch": 12}}, r"micro_batch \(12\) must be divisible .* data\*fsdp = 8"),

@@ -7,6 +7,7 @@ the data in jaxlm/data.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -23,7 +24,7 @@ from jaxlm import config as config_lib
 from jaxlm.config import Config, ConfigError
 from jaxlm.data import format as data_format
 from jaxlm.model import layers
-from jaxlm.parallel import rules
+from jaxlm.parallel import pipeline, rules
 from jaxlm.parallel.mesh import BATCH_AXES, build_mesh
 from jaxlm.train import checkpoint, diloco, resume
 from jaxlm.train import faults as faults_lib, spikes
@@ -134,6 +135,11 @@ class Trainer:
             "mesh": dict(self.mesh.shape),
             "model_params": self.spec.param_count,
         }
+        stages = self.mesh.shape.get(pipeline.AXIS, 1)
+        if stages > 1:  # the schedule at the full batch (a batch ramp starts with fewer micro-batches)
+            t = self.config.train
+            plan = pipeline.make_plan(self.config, stages, t.global_batch // (t.micro_batch or t.global_batch))
+            run["pipeline"] = {**dataclasses.asdict(plan), "bubble": plan.bubble, "describe": plan.describe()}
         with open(os.path.join(self.workdir, "run.json"), "w", encoding="utf-8") as f:
             json.dump(run, f, indent=2)
 
