@@ -132,8 +132,12 @@ class Transformer(nnx.Module):
             return block(x, positions_BT, segment_ids_BT, key, layer_cache)
 
         if self.cfg.remat != "none":
-            layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[self.cfg.remat])
+            layer = jax.checkpoint(layer, policy=self.remat_policy())
         return stacked, layer
+
+    def remat_policy(self):
+        """The jax.checkpoint policy of model.remat (not for "none", which does not rematerialise)."""
+        return _REMAT_POLICIES[self.cfg.remat]
 
     def hidden(self, tokens_BT, positions_BT, segment_ids_BT, dropout_key=None, cache=None):
         """Final-normed hidden states (B, T, D); with a KV cache also returns the updated cache."""

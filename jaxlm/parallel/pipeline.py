@@ -142,7 +142,9 @@ def run_stages(model, plan: Plan, mesh: Mesh, x_MBTD: jax.Array, positions_MBT: 
 
     def stage(w_R, r, m, x_BTD, keys_MRL):
         """One stage's layers (of round r) on micro-batch m."""
-        w_l = jax.tree.map(lambda a: a[r], w_R)
+        # GPipe indexes its one round statically: a slice that depended on the iteration would be
+        # saved for the backward pass once per iteration, a copy of the stage's weights each.
+        w_l = jax.tree.map(lambda a: a[0] if R == 1 else a[r], w_R)
         pos, seg = positions_MBT[m], segments_MBT[m]
         k_l = None if keys_MRL is None else keys_MRL[m, r]
 
@@ -152,6 +154,11 @@ def run_stages(model, plan: Plan, mesh: Mesh, x_MBTD: jax.Array, positions_MBT: 
 
         return jax.lax.scan(body, x_BTD, (w_l, k_l))[0]
 
+    if R > 1 and model.cfg.remat != "none":
+        # The circular schedule's round is known only per iteration: the stage as a whole is
+        # rematerialised as configured, so the round's weights are sliced again in the backward
+        # pass instead of being saved once per iteration.
+        stage = jax.checkpoint(stage, policy=model.remat_policy())
     all_stages = jax.vmap(stage, in_axes=(1, 0, 0, 0, 2), spmd_axis_name=AXIS)
     stage_ids = jnp.arange(S)
     is_first = (stage_ids == 0)[:, None, None, None]
