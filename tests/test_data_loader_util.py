@@ -76,3 +76,15 @@ def random_docs(n: int, *, seed: int, low: int = 3, high: int = 1000, min_len: i
         doc[-1] = eos
         docs.append(doc)
     return docs
+
+
+def learnable_docs(n, vocab, seed):
+    """Documents a tiny model learns in a few steps: each an arithmetic progression mod vocab
+    (ids from 3), ending in EOS (2)."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    for _ in range(n):
+        length = int(rng.integers(5, 60))
+        start, stride = int(rng.integers(3, vocab)), int(rng.integers(1, 4))
+        docs.append(np.append((start + stride * np.arange(length)) % (vocab - 3) + 3, 2))
+    return docs

@@ -14,22 +14,15 @@ from jaxlm.config import ConfigError, config_from_dict
 from jaxlm.train import checkpoint
 from jaxlm.train.incidents import read_incidents
 from jaxlm.train.loop import Trainer, train
-from test_data_loader_util import write_dataset
+from test_data_loader_util import learnable_docs, write_dataset
 
 STEPS, H, EVERY = 11, 2, 3  # syncs at 2, 4, .., 10 and the last step, 11; checkpoints at 3, 6, 9, 11
-
-
-def _documents(n, vocab, seed):
-    """Learnable documents: arithmetic progressions mod vocab, ending in EOS (2)."""
-    rng = np.random.default_rng(seed)
-    return [np.append((int(rng.integers(3, vocab)) + int(rng.integers(1, 4)) * np.arange(int(rng.integers(5, 60))))
-                      % (vocab - 3) + 3, 2) for _ in range(n)]
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("diloco_data") / "ds"
-    return write_dataset(root, {"train": _documents(400, 64, 0), "val": _documents(40, 64, 1)}, vocab_size=64)
+    return write_dataset(root, {"train": learnable_docs(400, 64, 0), "val": learnable_docs(40, 64, 1)}, vocab_size=64)
 
 
 def _config(dataset, workdir, **sections):
@@ -189,7 +182,7 @@ def test_setups_diloco_cannot_run_fail_before_compiling(dataset, tmp_path, chang
         Trainer(_config(dataset, tmp_path / "bad", **change))
 
 
-def _markov_documents(n, seed, vocab=64):
+def _markovlearnable_docs(n, seed, vocab=64):
     """Each token has 4 equally likely successors: the loss levels off near log 4, not at 0."""
     rng = np.random.default_rng(seed)
     docs = []
@@ -207,7 +200,7 @@ def test_loss_spike_rolls_every_replica_back(tmp_path):
     back to checkpoint 20 with half the learning rate on both replicas and finishes."""
     from jaxlm.train.optimizer import make_schedule
 
-    data = write_dataset(tmp_path / "markov", {"train": _markov_documents(300, 0), "val": _markov_documents(20, 1)},
+    data = write_dataset(tmp_path / "markov", {"train": _markovlearnable_docs(300, 0), "val": _markovlearnable_docs(20, 1)},
                          vocab_size=64)
     workdir = tmp_path / "run"
     config = _config(data, workdir, train={"steps": 40, "eval_every": 40}, checkpoint={"every_steps": 10},

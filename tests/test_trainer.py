@@ -12,26 +12,15 @@ import yaml
 
 from jaxlm.config import ConfigError, config_from_dict
 from jaxlm.train.loop import Trainer, train
-from test_data_loader_util import write_dataset
+from test_data_loader_util import learnable_docs, write_dataset
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "tiny_losses.json")
-
-
-def _documents(n, vocab, seed):
-    """Learnable documents: each is an arithmetic progression mod vocab, ending in EOS (2)."""
-    rng = np.random.default_rng(seed)
-    docs = []
-    for _ in range(n):
-        length = int(rng.integers(5, 60))
-        start, stride = int(rng.integers(3, vocab)), int(rng.integers(1, 4))
-        docs.append(np.append((start + stride * np.arange(length)) % (vocab - 3) + 3, 2))
-    return docs
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_data") / "ds"
-    return write_dataset(root, {"train": _documents(400, 64, 0), "val": _documents(40, 64, 1)}, vocab_size=64)
+    return write_dataset(root, {"train": learnable_docs(400, 64, 0), "val": learnable_docs(40, 64, 1)}, vocab_size=64)
 
 
 def tiny(dataset, workdir, **sections):
