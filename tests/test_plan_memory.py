@@ -129,6 +129,12 @@ XLA_CONFIGS = [
     dict(model=dict(family="llama", d_model=128, n_heads=4, n_kv_heads=2, n_layers=2, vocab_size=4096,
                     remat="dots"),
          mesh=dict(data=4, tensor=2), train=dict(global_batch=16, micro_batch=8), seq_len=128),
+    # pipelines: every schedule iteration's activations, the loss over the pass's micro-batches
+    dict(model=dict(family="llama", d_model=128, n_heads=4, n_layers=4, vocab_size=2048, remat="full"),
+         mesh=dict(data=2, pipe=4), train=dict(global_batch=16, micro_batch=2), seq_len=128),
+    dict(model=dict(family="llama", d_model=128, n_heads=4, n_layers=8, vocab_size=256, remat="dots"),
+         mesh=dict(data=2, pipe=4), pipeline=dict(schedule="circular", repeats=2),
+         train=dict(global_batch=16, micro_batch=2), seq_len=128),
 ]
 
 
@@ -138,13 +144,16 @@ def test_estimate_within_15_percent_of_xla(case):
 
     model = dict(case["model"], dtype="bfloat16")
     config = config_from_dict({"model": model, "mesh": case["mesh"], "train": case["train"],
+                               "pipeline": case.get("pipeline", {}),
                                "data": {"sources": [{"path": "x"}], "seq_len": case["seq_len"]}})
     t = config.train
     n_micro = t.global_batch // (t.micro_batch or t.global_batch)
     m = compile_for_analysis(config, n_micro=n_micro).memory_analysis()
     xla = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
     work = Workload(t.global_batch, config.data.seq_len, t.micro_batch, config.model.remat, config.model.dtype,
-                    config.model.param_dtype, config.optim.name, config.model.loss_chunk, platform="cpu")
+                    config.model.param_dtype, config.optim.name, config.model.loss_chunk, platform="cpu",
+                    pipeline_repeats=config.pipeline.repeats if config.pipeline.schedule == "circular" else 1,
+                    pipeline_microbatches=config.pipeline.microbatches)
     est = estimate_memory(config.model, work, MeshShape(**mesh_shape(config.mesh, 8)))
     assert est.state == pytest.approx(m.argument_size_in_bytes, rel=0.01)
     assert est.total == pytest.approx(xla, rel=0.15)

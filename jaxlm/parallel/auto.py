@@ -44,7 +44,8 @@ def _workload(config: Config):
     m, t = config.model, config.train
     return Workload(global_batch=t.global_batch, seq_len=config.data.seq_len, micro_batch=t.micro_batch,
                     remat=m.remat, compute_dtype=m.dtype, param_dtype=m.param_dtype, optimizer=config.optim.name,
-                    loss_chunk=m.loss_chunk)
+                    loss_chunk=m.loss_chunk, pipeline_microbatches=config.pipeline.microbatches,
+                    pipeline_repeats=config.pipeline.repeats if config.pipeline.schedule == "circular" else 1)
 
 
 def _simple_rule(config: Config, devices: int) -> dict[str, int]:

@@ -197,6 +197,8 @@ class Workload:
     optimizer: str = "adamw"
     loss_chunk: int = 0  # >0: cross-entropy over this many tokens at a time
     platform: str = "tpu"  # "cpu": XLA's CPU backend keeps bf16 activations as float32
+    pipeline_repeats: int = 1  # the circular schedule's rounds (pipeline.repeats); 1: GPipe
+    pipeline_microbatches: int = 0  # micro-batches per pipeline pass (pipeline.microbatches); 0: all
 
     @property
     def n_micro(self) -> int:
@@ -297,9 +299,20 @@ def estimate_memory(model, work: Workload, mesh: MeshShape) -> MemoryEstimate:
 
     tokens = (work.micro_batch or work.global_batch) // mesh.batch_shards * work.seq_len
     layers_here = g["L"] // mesh.pipe
-    saved = _per_token_layer_bytes(model, work.remat, mesh, act_bytes, work.seq_len)
+    # In a pipeline the stages' matmuls carry the vmapped stage dim as a batch dim, which the
+    # "dots" policy (dots without batch dims) does not save: it rematerialises like "full".
+    policy = "full" if (mesh.pipe > 1 and work.remat == "dots") else work.remat
+    saved = _per_token_layer_bytes(model, policy, mesh, act_bytes, work.seq_len)
     activations = layers_here * tokens * saved
-    if work.remat == "none":
+    if mesh.pipe > 1:
+        # Every iteration of the schedule saves its stage's activations for the backward pass
+        # (R*M + S - 1 iterations of L/(S*R) layers), and the stage outputs wait for their next
+        # stage in an (M, tokens, d_model) buffer, kept with its gradient.
+        m = work.pipeline_microbatches or work.n_micro
+        iterations = work.pipeline_repeats * m + mesh.pipe - 1
+        activations = iterations * layers_here // work.pipeline_repeats * tokens * saved
+        activations += 2 * m * tokens * g["d"] * act_bytes
+    if policy == "none":
         layer_working = tokens * saved
     else:
         layer_working = tokens * _per_token_layer_bytes(model, "none", mesh, act_bytes, work.seq_len)
@@ -316,6 +329,11 @@ def estimate_memory(model, work: Workload, mesh: MeshShape) -> MemoryEstimate:
                         + tokens * g["d"] * 8)
     else:
         loss_working = tokens * vocab_here * logit_bytes
+    if mesh.pipe > 1:
+        # the loss runs over the pass's micro-batches, split over the stages when S divides M,
+        # each micro-batch's buffers kept for the backward pass
+        m = work.pipeline_microbatches or work.n_micro
+        loss_working *= m // mesh.pipe if m % mesh.pipe == 0 else m
     if mesh.fsdp > 1:  # the unembedding is gathered whole for the loss, its gradient made whole
         loss_working += unembed * (cbytes + 4)
     return MemoryEstimate(params, optimizer, grads, weights_compute, activations,
