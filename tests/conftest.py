@@ -21,3 +21,12 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def learnable_dataset(tmp_path_factory):
+    """Shards of learnable documents (vocab 64) for tests that train through the Trainer."""
+    from test_data_loader_util import learnable_docs, write_dataset
+    root = tmp_path_factory.mktemp("learnable_data") / "ds"
+    return write_dataset(root, {"train": learnable_docs(400, 64, 0), "val": learnable_docs(40, 64, 1)},
+                         vocab_size=64)

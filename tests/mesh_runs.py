@@ -35,8 +35,8 @@ def run(config, batches, devices=None):
     """Trains on `batches` ((n_micro, rows, length) arrays) under config.mesh over `devices`
     (default all); returns (losses, grad norms, the first step's gradients), all numpy."""
     optimizer = recording(build_optimizer(config, model_spec(config)))
-    losses, norms, state = train_on_mesh(config, batches, devices, optimizer)
-    return losses, norms, state["opt_state"][1]
+    run = train_on_mesh(config, batches, devices, optimizer)
+    return run.losses, run.grad_norms, run.state["opt_state"][1]
 
 
 def max_rel(a, b) -> float:

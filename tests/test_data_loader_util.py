@@ -88,3 +88,16 @@ def learnable_docs(n, vocab, seed):
         start, stride = int(rng.integers(3, vocab)), int(rng.integers(1, 4))
         docs.append(np.append((start + stride * np.arange(length)) % (vocab - 3) + 3, 2))
     return docs
+
+
+def markov_docs(n, seed, vocab):
+    """Each token has 4 equally likely successors: learnable, with the loss levelling off near
+    log 4 rather than at 0 (what loss-spike tests need)."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    for _ in range(n):
+        x = [int(rng.integers(3, vocab))]
+        for e in rng.integers(0, 4, int(rng.integers(100, 400))):
+            x.append((5 * x[-1] + 1 + int(e)) % (vocab - 3) + 3)
+        docs.append(np.array(x + [2]))
+    return docs

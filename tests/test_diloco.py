@@ -13,10 +13,10 @@ from jaxlm.model import layers
 from jaxlm.parallel import rules
 from jaxlm.parallel.mesh import build_mesh
 from jaxlm.train.diloco import DiLoCo
-from jaxlm.train.state import build_optimizer, init_state, model_spec, state_shardings
+from jaxlm.train.state import build_optimizer, model_spec
 from jaxlm.train.step import BATCH_KEYS, make_train_step
 from mesh_runs import branch_computations, collective_bytes, computations, max_rel, tree_rel
-from train_utils import synthetic_batches, tiny_config
+from train_utils import synthetic_batches, tiny_config, train_on_mesh
 
 RTOL = 1e-5
 MESH = {"data": 2, "fsdp": 2, "tensor": 2}  # 2 replicas, each split over fsdp and tensor
@@ -37,25 +37,8 @@ def _put(batch, sharding):
 def _data_parallel(config, batches, optimizer=None, devices=None):
     """Ordinary data parallelism on the same mesh: (losses, params, compiled step text)."""
     config = dataclasses.replace(config, diloco=dataclasses.replace(config.diloco, enabled=False))
-    mesh = build_mesh(config.mesh, devices)
-    spec = model_spec(config)
-    optimizer = optimizer or build_optimizer(config, spec)
-    shardings = state_shardings(spec, optimizer, mesh)
-    state = init_state(config, spec, optimizer, shardings)
-    batch_sharding = rules.batch_sharding(mesh, 2, leading=1)
-    layers.set_activation_constraint(rules.activation_constraint(mesh))
-    try:
-        step = jax.jit(make_train_step(config, spec, optimizer, mesh),
-                       in_shardings=(shardings, {k: batch_sharding for k in BATCH_KEYS}),
-                       out_shardings=(shardings, None), donate_argnums=0)
-        hlo = step.lower(state, _put(batches[0], batch_sharding)).compile().as_text()
-        losses = []
-        for batch in batches:
-            state, metrics = step(state, _put(batch, batch_sharding))
-            losses.append(float(metrics["loss"]))
-    finally:
-        layers.set_activation_constraint(None)
-    return np.array(losses), jax.device_get(state["params"]), hlo
+    run = train_on_mesh(config, batches, devices, optimizer, hlo=True)
+    return run.losses, run.state["params"], run.hlo
 
 
 def _diloco(config, batches, inner_optimizer=None, devices=None):

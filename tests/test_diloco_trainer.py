@@ -14,21 +14,15 @@ from jaxlm.config import ConfigError, config_from_dict
 from jaxlm.train import checkpoint
 from jaxlm.train.incidents import read_incidents
 from jaxlm.train.loop import Trainer, train
-from test_data_loader_util import learnable_docs, write_dataset
+from test_data_loader_util import markov_docs, write_dataset
 
 STEPS, H, EVERY = 11, 2, 3  # syncs at 2, 4, .., 10 and the last step, 11; checkpoints at 3, 6, 9, 11
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("diloco_data") / "ds"
-    return write_dataset(root, {"train": learnable_docs(400, 64, 0), "val": learnable_docs(40, 64, 1)}, vocab_size=64)
-
-
-def _config(dataset, workdir, **sections):
+def _config(learnable_dataset, workdir, **sections):
     raw = {
         "workdir": str(workdir), "seed": 0,
-        "data": {"sources": [{"path": dataset}], "seq_len": 32},
+        "data": {"sources": [{"path": learnable_dataset}], "seq_len": 32},
         "model": {"family": "llama", "vocab_size": 64, "d_model": 32, "n_layers": 2, "n_heads": 4,
                   "n_kv_heads": 2, "max_seq_len": 32},
         "optim": {"lr": 1e-2, "schedule": {"name": "cosine", "warmup_steps": 3}},
@@ -63,10 +57,10 @@ def _losses(workdir):
 
 
 @pytest.fixture(scope="module")
-def reference(dataset, tmp_path_factory):
+def reference(learnable_dataset, tmp_path_factory):
     """The uninterrupted run: (workdir, its config, host copy of the final state)."""
     workdir = tmp_path_factory.mktemp("reference") / "run"
-    config = _config(dataset, workdir)
+    config = _config(learnable_dataset, workdir)
     trainer = Trainer(config)
     try:
         trainer.run()
@@ -117,14 +111,14 @@ def test_trains_logs_and_exports_the_global_parameters(reference):
     assert {"loss", "val_loss", "diloco_sync", "grad_norm"} <= set(events.Tags()["scalars"])
 
 
-def test_resume_between_synchronisations_is_bitwise_exact(dataset, reference, tmp_path):
+def test_resume_between_synchronisations_is_bitwise_exact(learnable_dataset, reference, tmp_path):
     """A run stopped after checkpoint 3 (replicas one step past the sync at 2) and started again
     logs exactly the uninterrupted run's losses from step 4 on."""
     ref_dir, _, ref_state = reference
     workdir = tmp_path / "run"
     os.makedirs(workdir / "checkpoints")
     shutil.copytree(ref_dir / "checkpoints" / "3", workdir / "checkpoints" / "3")
-    trainer = Trainer(_config(dataset, workdir))
+    trainer = Trainer(_config(learnable_dataset, workdir))
     try:
         assert int(trainer.state["step"]) == 3
         trainer.run()
@@ -150,23 +144,23 @@ def _copy_checkpoints(reference, tmp_path):
     ({"optim": {"name": "lion"}}, r"another DiLoCo state than this config makes .* replicas/opt_state"),
     ({"diloco": {"outer_momentum": 0.0}}, r"another DiLoCo state .* outer_opt_state"),
 ])
-def test_a_resume_into_another_layout_is_refused_and_keeps_the_checkpoints(dataset, reference, tmp_path,
+def test_a_resume_into_another_layout_is_refused_and_keeps_the_checkpoints(learnable_dataset, reference, tmp_path,
                                                                            change, message):
     workdir = _copy_checkpoints(reference, tmp_path)
     with pytest.raises(ConfigError, match=message):
-        Trainer(_config(dataset, workdir, **change))
+        Trainer(_config(learnable_dataset, workdir, **change))
     assert sorted(os.listdir(workdir / "checkpoints")) == ["11", "3", "6", "9"]  # nothing set aside
     assert not (workdir / "checkpoints.corrupt").exists()
 
 
-def test_diloco_refuses_to_resume_a_data_parallel_checkpoint(dataset, tmp_path):
+def test_diloco_refuses_to_resume_a_data_parallel_checkpoint(learnable_dataset, tmp_path):
     plain = tmp_path / "plain"
-    train(_config(dataset, plain, diloco={"enabled": False}, train={"steps": 1, "eval_every": 0}))
+    train(_config(learnable_dataset, plain, diloco={"enabled": False}, train={"steps": 1, "eval_every": 0}))
     with pytest.raises(ConfigError, match=r"diloco.enabled=true, but the checkpoint .*/1 was saved by a run "
                                           r"without DiLoCo"):
-        Trainer(_config(dataset, plain))
+        Trainer(_config(learnable_dataset, plain))
     with pytest.raises(ConfigError, match=r"saved by a run without DiLoCo"):  # nor through restore_from
-        Trainer(_config(dataset, tmp_path / "new", checkpoint={"restore_from": str(plain)}))
+        Trainer(_config(learnable_dataset, tmp_path / "new", checkpoint={"restore_from": str(plain)}))
     assert os.listdir(plain / "checkpoints") == ["1"]
 
 
@@ -174,24 +168,12 @@ def test_diloco_refuses_to_resume_a_data_parallel_checkpoint(dataset, tmp_path):
     ({"mesh": {"data": 2, "fsdp": 1, "tensor": 1, "pipe": 4}, "model": {"n_layers": 4}},
      r"diloco runs replicas along mesh.data with mesh.pipe=1"),
 ])
-def test_setups_diloco_cannot_run_fail_before_compiling(dataset, tmp_path, change, message, monkeypatch):
+def test_setups_diloco_cannot_run_fail_before_compiling(learnable_dataset, tmp_path, change, message, monkeypatch):
     def no_compile(*args, **kwargs):
         raise AssertionError("compiled before refusing")
     monkeypatch.setattr(jax, "jit", no_compile)
     with pytest.raises(ConfigError, match=message):
-        Trainer(_config(dataset, tmp_path / "bad", **change))
-
-
-def _markovlearnable_docs(n, seed, vocab=64):
-    """Each token has 4 equally likely successors: the loss levels off near log 4, not at 0."""
-    rng = np.random.default_rng(seed)
-    docs = []
-    for _ in range(n):
-        x = [int(rng.integers(3, vocab))]
-        for e in rng.integers(0, 4, int(rng.integers(100, 400))):
-            x.append((5 * x[-1] + 1 + int(e)) % (vocab - 3) + 3)
-        docs.append(np.array(x + [2]))
-    return docs
+        Trainer(_config(learnable_dataset, tmp_path / "bad", **change))
 
 
 @pytest.mark.slow
@@ -200,7 +182,7 @@ def test_loss_spike_rolls_every_replica_back(tmp_path):
     back to checkpoint 20 with half the learning rate on both replicas and finishes."""
     from jaxlm.train.optimizer import make_schedule
 
-    data = write_dataset(tmp_path / "markov", {"train": _markovlearnable_docs(300, 0), "val": _markovlearnable_docs(20, 1)},
+    data = write_dataset(tmp_path / "markov", {"train": markov_docs(300, 0, 64), "val": markov_docs(20, 1, 64)},
                          vocab_size=64)
     workdir = tmp_path / "run"
     config = _config(data, workdir, train={"steps": 40, "eval_every": 40}, checkpoint={"every_steps": 10},

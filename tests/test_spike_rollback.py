@@ -17,28 +17,16 @@ from jaxlm.train import spikes
 from jaxlm.train.checkpoint import CheckpointManager
 from jaxlm.train.incidents import read_incidents
 from jaxlm.train.loop import Trainer
-from test_data_loader_util import write_dataset
+from test_data_loader_util import markov_docs, write_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 64
 
 
-def _markov_documents(n, seed):
-    """Each token has 4 equally likely successors: learnable, with the loss levelling off near log 4."""
-    rng = np.random.default_rng(seed)
-    docs = []
-    for _ in range(n):
-        x = [int(rng.integers(3, VOCAB))]
-        for e in rng.integers(0, 4, int(rng.integers(100, 400))):
-            x.append((5 * x[-1] + 1 + int(e)) % (VOCAB - 3) + 3)
-        docs.append(np.array(x + [2]))
-    return docs
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("spike_data") / "ds"
-    return write_dataset(root, {"train": _markov_documents(300, 0), "val": _markov_documents(20, 1)},
+    return write_dataset(root, {"train": markov_docs(300, 0, VOCAB), "val": markov_docs(20, 1, VOCAB)},
                          vocab_size=VOCAB)
 
 

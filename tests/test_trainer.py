@@ -12,22 +12,15 @@ import yaml
 
 from jaxlm.config import ConfigError, config_from_dict
 from jaxlm.train.loop import Trainer, train
-from test_data_loader_util import learnable_docs, write_dataset
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "tiny_losses.json")
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_data") / "ds"
-    return write_dataset(root, {"train": learnable_docs(400, 64, 0), "val": learnable_docs(40, 64, 1)}, vocab_size=64)
-
-
-def tiny(dataset, workdir, **sections):
+def tiny(learnable_dataset, workdir, **sections):
     raw = {
         "workdir": str(workdir),
         "seed": 0,
-        "data": {"sources": [{"path": dataset}], "seq_len": 32},
+        "data": {"sources": [{"path": learnable_dataset}], "seq_len": 32},
         "model": {"family": "llama", "vocab_size": 64, "d_model": 32, "n_layers": 2, "n_heads": 4,
                   "n_kv_heads": 2, "max_seq_len": 32},
         "optim": {"lr": 1e-2, "schedule": {"name": "cosine", "warmup_steps": 5}},
@@ -45,8 +38,8 @@ def _read_jsonl(path):
         return [json.loads(line) for line in f]
 
 
-def test_training_writes_the_workdir_contract_and_learns(dataset, tmp_path):
-    config = tiny(dataset, tmp_path / "run")
+def test_training_writes_the_workdir_contract_and_learns(learnable_dataset, tmp_path):
+    config = tiny(learnable_dataset, tmp_path / "run")
     summary = train(config)
     run_dir = tmp_path / "run"
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -72,9 +65,9 @@ def test_training_writes_the_workdir_contract_and_learns(dataset, tmp_path):
     np.testing.assert_allclose(tb_losses, [r["loss"] for r in steps], rtol=1e-6)
 
 
-def test_golden_first_ten_losses(dataset, tmp_path):
+def test_golden_first_ten_losses(learnable_dataset, tmp_path):
     """A tiny fixed config pins its loss curve; regenerate deliberately with JAXLM_WRITE_GOLDEN=1."""
-    config = tiny(dataset, tmp_path / "golden", train={"steps": 10, "eval_every": 0})
+    config = tiny(learnable_dataset, tmp_path / "golden", train={"steps": 10, "eval_every": 0})
     train(config)
     losses = [r["loss"] for r in _read_jsonl(tmp_path / "golden" / "metrics.jsonl") if "loss" in r]
     if os.environ.get("JAXLM_WRITE_GOLDEN"):
@@ -86,8 +79,8 @@ def test_golden_first_ten_losses(dataset, tmp_path):
     np.testing.assert_allclose(losses, expected, rtol=1e-5)
 
 
-def test_batch_ramp_and_accumulation_run_in_the_loop(dataset, tmp_path):
-    config = tiny(dataset, tmp_path / "ramp", mesh={"data": 2, "tensor": 4},
+def test_batch_ramp_and_accumulation_run_in_the_loop(learnable_dataset, tmp_path):
+    config = tiny(learnable_dataset, tmp_path / "ramp", mesh={"data": 2, "tensor": 4},
                   train={"steps": 6, "global_batch": 8, "micro_batch": 2, "eval_every": 0,
                          "batch_ramp": [{"until_tokens": 2 * 2 * 32, "batch": 2},
                                         {"until_tokens": 2 * 2 * 32 + 2 * 4 * 32, "batch": 4}]})
@@ -96,8 +89,8 @@ def test_batch_ramp_and_accumulation_run_in_the_loop(dataset, tmp_path):
     assert [r["tokens_seen"] for r in rows] == [64, 128, 256, 384, 640, 896]
 
 
-def test_pipeline_runs_in_the_loop_and_run_json_gives_its_schedule(dataset, tmp_path):
-    config = tiny(dataset, tmp_path / "pipe", mesh={"data": 2, "pipe": 2, "tensor": 2},
+def test_pipeline_runs_in_the_loop_and_run_json_gives_its_schedule(learnable_dataset, tmp_path):
+    config = tiny(learnable_dataset, tmp_path / "pipe", mesh={"data": 2, "pipe": 2, "tensor": 2},
                   train={"steps": 3, "global_batch": 8, "micro_batch": 2, "eval_every": 0})
     train(config)
     run = json.loads((tmp_path / "pipe" / "run.json").read_text())
@@ -114,9 +107,9 @@ def test_pipeline_runs_in_the_loop_and_run_json_gives_its_schedule(dataset, tmp_
     ({"mesh": {"data": 8}, "train": {"global_batch": 12}}, r"micro_batch \(12\) must be divisible .* data\*fsdp = 8"),
     ({"model": {"vocab_size": 32}}, r"vocab"),
 ])
-def test_bad_setups_fail_before_compute(dataset, tmp_path, change, message):
+def test_bad_setups_fail_before_compute(learnable_dataset, tmp_path, change, message):
     with pytest.raises((ConfigError,), match=message):
-        Trainer(tiny(dataset, tmp_path / "bad", **change))
+        Trainer(tiny(learnable_dataset, tmp_path / "bad", **change))
 
 
 def test_missing_shard_folder_names_the_data_prep_command(tmp_path):
@@ -126,19 +119,19 @@ def test_missing_shard_folder_names_the_data_prep_command(tmp_path):
         Trainer(config)
 
 
-def test_cli_prints_one_clear_message(dataset, tmp_path):
+def test_cli_prints_one_clear_message(learnable_dataset, tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"data": {"sources": [{"path": dataset}]}, "model": {"n_layer": 2}}))
+    cfg.write_text(yaml.safe_dump({"data": {"sources": [{"path": learnable_dataset}]}, "model": {"n_layer": 2}}))
     out = subprocess.run([sys.executable, "-m", "jaxlm.main", "--config", str(cfg)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "did you mean 'n_layers'" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_wandb_logs_offline(dataset, tmp_path, monkeypatch):
+def test_wandb_logs_offline(learnable_dataset, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    config = tiny(dataset, tmp_path / "wandb", train={"steps": 3, "eval_every": 0},
+    config = tiny(learnable_dataset, tmp_path / "wandb", train={"steps": 3, "eval_every": 0},
                   log={"wandb": {"enabled": True, "mode": "offline"}})
     train(config)
     assert list((tmp_path / "wandb" / "wandb").glob("offline-run-*"))

@@ -1,5 +1,7 @@
 """Builds a compiled train step on a chosen mesh for numerics tests, fed synthetic token batches."""
 
+from typing import NamedTuple, Optional
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,10 +44,16 @@ def synthetic_batches(steps, n_micro, rows, seq_len, vocab, seed=0):
                    positions=positions, loss_mask=mask)
 
 
-def train_on_mesh(config, batches, devices=None, optimizer=None):
+class MeshRun(NamedTuple):
+    losses: np.ndarray
+    grad_norms: np.ndarray
+    state: dict  # the final train state, as numpy
+    hlo: Optional[str]  # the compiled step's text, when asked for
+
+
+def train_on_mesh(config, batches, devices=None, optimizer=None, hlo=False) -> MeshRun:
     """Trains on `batches` ((n_micro, rows, length) arrays) under config.mesh over `devices`
-    (default all) with `optimizer` (default the config's); returns (losses, grad norms, final state
-    as numpy)."""
+    (default all) with `optimizer` (default the config's)."""
     mesh = build_mesh(config.mesh, devices)
     spec = model_spec(config)
     optimizer = optimizer or build_optimizer(config, spec)
@@ -57,18 +65,20 @@ def train_on_mesh(config, batches, devices=None, optimizer=None):
         step = jax.jit(make_train_step(config, spec, optimizer, mesh),
                        in_shardings=(shardings, {k: batch_sharding for k in BATCH_KEYS}),
                        out_shardings=(shardings, None), donate_argnums=0)
-        losses, norms = [], []
+        losses, norms, text = [], [], None
         for batch in batches:
             batch = {k: jax.device_put(jnp.asarray(batch[k], jnp.int32), batch_sharding) for k in BATCH_KEYS}
+            if hlo and text is None:
+                text = step.lower(state, batch).compile().as_text()
             state, metrics = step(state, batch)
             losses.append(float(metrics["loss"]))
             norms.append(float(metrics["grad_norm"]))
     finally:
         layers.set_activation_constraint(None)
-    return np.array(losses), np.array(norms), jax.device_get(state)
+    return MeshRun(np.array(losses), np.array(norms), jax.device_get(state), text)
 
 
 def run_steps(config, batches, devices=None):
     """Trains on `batches` under config.mesh; returns (losses, grad_norms, final params as numpy)."""
-    losses, norms, state = train_on_mesh(config, batches, devices)
-    return losses, norms, state["params"]
+    run = train_on_mesh(config, batches, devices)
+    return run.losses, run.grad_norms, run.state["params"]
