@@ -116,6 +116,17 @@ def _valid_text(text: str, where: str, stats: StageStats) -> str:
         return text
 
 
+def _field_text(value, where: str, stats: StageStats) -> str | None:
+    """A record's text field, or None (counted) when it is missing or not a string."""
+    if value is None:
+        stats.skip("missing_text_field", where)
+        return None
+    if not isinstance(value, str):
+        stats.skip("text_field_not_a_string", where)
+        return None
+    return _valid_text(value, where, stats)
+
+
 def _short_names(files: list[str]) -> list[str]:
     if len(files) == 1:
         return [os.path.basename(files[0])]
@@ -280,14 +291,7 @@ def _parse_json_line(line: str, where: str, field: str, stats: StageStats) -> st
     except json.JSONDecodeError:
         stats.skip("malformed_json", where)
         return None
-    text = record.get(field) if isinstance(record, dict) else None
-    if text is None:
-        stats.skip("missing_text_field", where)
-        return None
-    if not isinstance(text, str):
-        stats.skip("text_field_not_a_string", where)
-        return None
-    return _valid_text(text, where, stats)
+    return _field_text(record.get(field) if isinstance(record, dict) else None, where, stats)
 
 
 def _read_parquet(src: SourceConfig, path: str, where: str, stats: StageStats) -> Iterator[Document]:
@@ -322,13 +326,7 @@ def _text_value(value, at: str, stats: StageStats) -> str | None:
         value, bad = decode_utf8(value)
         if bad:
             stats.repair("invalid_utf8", at, bad)
-    if value is None:
-        stats.skip("missing_text_field", at)
-        return None
-    if not isinstance(value, str):
-        stats.skip("text_field_not_a_string", at)
-        return None
-    return _valid_text(value, at, stats)
+    return _field_text(value, at, stats)
 
 
 # --- WARC: web archives -------------------------------------------------------------------------
