@@ -72,7 +72,8 @@ def _path_name(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
-def _leaves_by_path(tree: Any) -> dict[str, Any]:
+def leaves_by_path(tree: Any) -> dict[str, Any]:
+    """{"a/b/c": leaf}: a pytree's leaves by their path, the names checkpoints use."""
     return {_path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
@@ -350,7 +351,7 @@ class CheckpointManager:
             tree = self._mngr.item_metadata(step)["state"].tree
         except Exception as e:  # noqa: BLE001
             raise _Unusable(f"its state item has no readable metadata ({type(e).__name__}: {str(e)[:300]})") from None
-        return _leaves_by_path(tree)
+        return leaves_by_path(tree)
 
     def _restore(self, step: int, target: dict, fresh_opt_state) -> Restored:
         where = f"{self.directory}/{step}"
@@ -365,7 +366,7 @@ class CheckpointManager:
 
         target = _abstract_like(target)
         saved_config = meta["config"]
-        wanted = _leaves_by_path(target)
+        wanted = leaves_by_path(target)
         resume.check_model_fits(saved_config, self._config_dict, _shapes(saved, "params"),
                                 _shapes(wanted, "params"), where)
         reset_optimizer = "opt_state" in target and (
@@ -406,7 +407,7 @@ class CheckpointManager:
         return Restored(state, meta.get("loader", {}), meta.get("extra", {}), int(step))
 
     def _verify(self, state: dict, expected: dict, saved: dict) -> None:
-        restored = _leaves_by_path(state)
+        restored = leaves_by_path(state)
         for name, sums in checksums(state).items():
             if name not in expected:
                 raise _Unusable(f"{name} has no checksum in its meta item")

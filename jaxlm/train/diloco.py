@@ -39,6 +39,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxlm.config import Config, ConfigError
 from jaxlm.model import layers
 from jaxlm.parallel import rules
+from jaxlm.train import checkpoint
 from jaxlm.train.state import ModelSpec, build_optimizer, init_state, state_shardings
 from jaxlm.train.step import BATCH_KEYS, make_train_step
 
@@ -187,8 +188,7 @@ class DiLoCo:
     def layout(self) -> dict[str, list[int]]:
         """{array path: shape} of the state; saved with every checkpoint to check a resume against."""
         if self._layout is None:
-            leaves = jax.tree_util.tree_flatten_with_path(self.abstract())[0]
-            self._layout = {_path_name(p): list(x.shape) for p, x in leaves}
+            self._layout = {k: list(x.shape) for k, x in checkpoint.leaves_by_path(self.abstract()).items()}
         return self._layout
 
     def checkpoint_extra(self) -> dict:
@@ -212,10 +212,6 @@ def _combine(metrics: dict) -> dict:
         else:
             out[name] = jnp.mean(value.astype(jnp.float32))
     return out
-
-
-def _path_name(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,8 +257,6 @@ def check_resumable(manager, config: Config, diloco: Optional[DiLoCo]) -> None:
 def _newest_meta(manager, config: Config) -> Optional[tuple[str, dict]]:
     """(where, meta) of the newest checkpoint whose meta reads, in the workdir or else in
     checkpoint.restore_from; None when there is none (a fresh start)."""
-    from jaxlm.train import checkpoint
-
     def newest(m, steps) -> Optional[tuple[str, dict]]:
         for step in reversed(steps):
             try:
