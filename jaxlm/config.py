@@ -43,6 +43,9 @@ class ModelConfig:
     init_std: float = 0.02
     dtype: str = "float32"  # compute dtype; parameters stay in param_dtype
     param_dtype: str = "float32"
+    # Operand dtype of the layers' weight matmuls (accumulation is float32); None: dtype. On a CPU
+    # with AMX, float32 activations with bfloat16 matmuls are the fast pair (docs/benchmarks.md).
+    matmul_dtype: Optional[str] = None
     scan_layers: bool = True
     # Rematerialisation of each layer in the backward pass: none | full (keep only the layer input)
     # | dots (keep matmul outputs, recompute the elementwise rest). `dots` is the default: nearly
@@ -341,6 +344,7 @@ _CHOICES = {
     "model.remat": ("none", "full", "dots"),
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
+    "model.matmul_dtype": (None, "float32", "bfloat16", "float16"),
     "optim.name": ("adamw", "adafactor", "lion"),
     "optim.schedule.name": ("constant", "cosine", "linear", "step", "inverse_sqrt", "wsd"),
     "log.wandb.mode": ("offline", "online", "disabled"),
@@ -358,7 +362,7 @@ def validate(config: Config) -> None:
     for key, choices in _CHOICES.items():
         value = _get(config, key)
         if value not in choices:
-            raise ConfigError(f"{key} is {value!r}; choose one of {', '.join(choices)}")
+            raise ConfigError(f"{key} is {value!r}; choose one of {', '.join(map(str, choices))}")
     m, t = config.model, config.train
     for key in ("model.vocab_size", "model.d_model", "model.n_layers", "model.n_heads", "model.max_seq_len",
                 "data.seq_len", "train.steps", "train.global_batch", "train.log_every"):

@@ -57,7 +57,8 @@ class Attention(nnx.Module):
     def __init__(self, cfg, *, std: float, out_std: float, dtype, rngs: nnx.Rngs):
         d, n, kv, h = cfg.d_model, cfg.n_heads, cfg.n_kv_heads or cfg.n_heads, cfg.head_dim or cfg.d_model // cfg.n_heads
         bias = cfg.family == "gpt2"
-        common = dict(use_bias=bias, dtype=dtype, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+        common = dict(use_bias=bias, dtype=dtype, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs,
+                      matmul_dtype=cfg.matmul_dtype)
         self.q = Dense((d,), (n, h), ("embed",), ("heads", "kv"), std=std, **common)
         self.k = Dense((d,), (kv, h), ("embed",), ("heads", "kv"), std=std, **common)
         self.v = Dense((d,), (kv, h), ("embed",), ("heads", "kv"), std=std, **common)

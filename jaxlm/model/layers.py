@@ -8,12 +8,14 @@ until the parallel layer installs a mapping with `set_activation_constraint`.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 # ----------------------------------------------------------------------------------------------
 # Activation names -> sharding constraints (installed by jaxlm.parallel, identity otherwise)
@@ -53,22 +55,78 @@ def param(key: jax.Array, shape: tuple, axes: tuple, std: float, dtype) -> nnx.P
 
 
 class Dense(nnx.Module):
-    """y = x @ kernel (+ bias); `in_axes`/`out_axes` name the kernel's dims (may be several each)."""
+    """y = x @ kernel (+ bias) in `dtype`, the product's operands in `matmul_dtype` (default: `dtype`)
+    with float32 accumulation; `in_axes`/`out_axes` name the kernel's dims (may be several each)."""
 
     def __init__(self, in_shape: tuple, out_shape: tuple, in_axes: tuple, out_axes: tuple, *,
-                 std: float, use_bias: bool, dtype, param_dtype, rngs: nnx.Rngs):
+                 std: float, use_bias: bool, dtype, param_dtype, rngs: nnx.Rngs, matmul_dtype=None):
         self.kernel = param(rngs.params(), in_shape + out_shape, in_axes + out_axes, std, param_dtype)
         self.bias = param(None, out_shape, out_axes, 0.0, param_dtype) if use_bias else None
         self.n_in = len(in_shape)
-        self.dtype = dtype
+        self.dtype = jnp.dtype(dtype)
+        self.matmul_dtype = jnp.dtype(matmul_dtype or dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.kernel[...].astype(self.dtype)
-        lhs = tuple(range(x.ndim - self.n_in, x.ndim))
-        y = jax.lax.dot_general(x.astype(self.dtype), kernel, ((lhs, tuple(range(self.n_in))), ((), ())))
+        y = matmul(x, self.kernel[...], self.n_in, self.matmul_dtype)
         if self.bias is not None:
-            y = y + self.bias[...].astype(self.dtype)
-        return y
+            y = y + self.bias[...].astype(y.dtype)
+        # Named for remat's "dots" policy, which keeps these outputs by name: it sees them inside a
+        # pipeline's vmapped stages and through the low-precision product's custom_vjp, where a
+        # policy that looks for dot primitives without batch dims finds none.
+        return checkpoint_name(y.astype(self.dtype), MATMUL_OUTPUT)
+
+
+# ----------------------------------------------------------------------------------------------
+# Matrix products
+
+MATMUL_OUTPUT = "matmul_output"  # the checkpoint name of every Dense output
+
+
+def matmul(x: jax.Array, w: jax.Array, n_contract: int, dtype) -> jax.Array:
+    """x's last `n_contract` dims times w's first ones, operands in `dtype`, a float32 result.
+
+    Below float32 the backward pass multiplies in `dtype` too (float32 accumulation). JAX's own
+    transpose would meet the float32 cotangent with a `dtype` operand, and XLA then multiplies in
+    float32: on an AMX CPU that is 3-6x slower than the bfloat16 products (see docs/benchmarks.md).
+    """
+    if jnp.dtype(dtype) == jnp.float32:
+        return _dot(x.astype(jnp.float32), w.astype(jnp.float32), n_contract)
+    return _low_precision_matmul(x, w, n_contract, jnp.dtype(dtype))
+
+
+def _dot(x, w, n_contract):
+    dims = ((tuple(range(x.ndim - n_contract, x.ndim)), tuple(range(n_contract))), ((), ()))
+    return jax.lax.dot_general(x, w, dims, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _low_precision_matmul(x, w, n_contract, dtype):
+    return _dot(x.astype(dtype), w.astype(dtype), n_contract)
+
+
+def _low_precision_matmul_fwd(x, w, n_contract, dtype):
+    x_low, w_low = x.astype(dtype), w.astype(dtype)
+    # x as a (tokens, features) matrix: the weight gradient then contracts one dim of each operand.
+    # With the token dims left apart, XLA's CPU backend transposes x in a fused elementwise loop
+    # that ran ~10x slower than a copy (2 ms a layer on the Tiny Shakespeare step).
+    x_NF = x_low.reshape(-1, math.prod(x.shape[x.ndim - n_contract:]))
+    # Empty arrays carry the primal dtypes (residuals must be arrays) for the gradients' casts.
+    like = (jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
+    return _dot(x_low, w_low, n_contract), (x_NF, w_low, like)
+
+
+def _low_precision_matmul_bwd(n_contract, dtype, residuals, g):
+    x_NF, w, (x_like, w_like) = residuals
+    g = g.astype(dtype)
+    n_out = w.ndim - n_contract
+    out_dims = tuple(range(g.ndim - n_out, g.ndim)), tuple(range(n_contract, w.ndim))
+    dx = jax.lax.dot_general(g, w, (out_dims, ((), ())), preferred_element_type=jnp.float32)
+    g_NO = g.reshape(x_NF.shape[0], -1)
+    dw = jax.lax.dot_general(x_NF, g_NO, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return dx.astype(x_like.dtype), dw.reshape(w.shape).astype(w_like.dtype)
+
+
+_low_precision_matmul.defvjp(_low_precision_matmul_fwd, _low_precision_matmul_bwd)
 
 
 class Norm(nnx.Module):

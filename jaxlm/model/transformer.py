@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.model.attention import Attention
-from jaxlm.model.layers import Dense, Dropout, Norm, constrain, init_stds, param
+from jaxlm.model.layers import MATMUL_OUTPUT, Dense, Dropout, Norm, constrain, init_stds, param
 
 
 def d_ff_of(cfg) -> int:
@@ -31,7 +31,8 @@ class MLP(nnx.Module):
     def __init__(self, cfg, *, std: float, out_std: float, dtype, rngs: nnx.Rngs):
         d, f = cfg.d_model, d_ff_of(cfg)
         self.gated = cfg.family == "llama"
-        common = dict(use_bias=not self.gated, dtype=dtype, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
+        common = dict(use_bias=not self.gated, dtype=dtype, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs,
+                      matmul_dtype=cfg.matmul_dtype)
         self.up = Dense((d,), (f,), ("embed",), ("mlp",), std=std, **common)
         self.gate = Dense((d,), (f,), ("embed",), ("mlp",), std=std, **common) if self.gated else None
         self.down = Dense((f,), (d,), ("mlp",), ("embed",), std=out_std, **common)
@@ -83,7 +84,7 @@ def _stack_blocks(cfg, dtype, rngs: nnx.Rngs) -> Block:
 
 _REMAT_POLICIES = {
     "full": None,  # save nothing, recompute the whole block in the backward pass
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots": jax.checkpoint_policies.save_only_these_names(MATMUL_OUTPUT),  # the weight matmuls' outputs
 }
 
 

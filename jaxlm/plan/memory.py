@@ -37,7 +37,7 @@ OPTIMIZER_MOMENTS = {"adamw": 2, "lion": 1, "adafactor": 0}  # param-sized float
 # (float32) plus probabilities (compute dtype) per query head and key position.
 SAVED_PER_LAYER = {
     "none": {"embed": 3, "heads": 3, "kv": 6, "mlp": 6, "scores": 1},
-    # dots_with_no_batch_dims_saveable keeps the weight matmuls' outputs: q, k, v, o, (gate,) up, down
+    # the weight matmuls' outputs (named in the model, see layers.Dense): q, k, v, o, (gate,) up, down
     "dots": {"embed": 2, "heads": 1, "kv": 2, "mlp": None, "scores": 0},  # mlp: 2 gated, 1 plain
     "full": {"embed": 1, "heads": 0, "kv": 0, "mlp": 0, "scores": 0},  # the layer's input only
 }
@@ -299,10 +299,7 @@ def estimate_memory(model, work: Workload, mesh: MeshShape) -> MemoryEstimate:
 
     tokens = (work.micro_batch or work.global_batch) // mesh.batch_shards * work.seq_len
     layers_here = g["L"] // mesh.pipe
-    # In a pipeline the stages' matmuls carry the vmapped stage dim as a batch dim, which the
-    # "dots" policy (dots without batch dims) does not save: it rematerialises like "full".
-    policy = "full" if (mesh.pipe > 1 and work.remat == "dots") else work.remat
-    saved = _per_token_layer_bytes(model, policy, mesh, act_bytes, work.seq_len)
+    saved = _per_token_layer_bytes(model, work.remat, mesh, act_bytes, work.seq_len)
     activations = layers_here * tokens * saved
     if mesh.pipe > 1:
         # Every iteration of the schedule saves its stage's activations for the backward pass
@@ -312,7 +309,7 @@ def estimate_memory(model, work: Workload, mesh: MeshShape) -> MemoryEstimate:
         iterations = work.pipeline_repeats * m + mesh.pipe - 1
         activations = iterations * layers_here // work.pipeline_repeats * tokens * saved
         activations += 2 * m * tokens * g["d"] * act_bytes
-    if policy == "none":
+    if work.remat == "none":
         layer_working = tokens * saved
     else:
         layer_working = tokens * _per_token_layer_bytes(model, "none", mesh, act_bytes, work.seq_len)
