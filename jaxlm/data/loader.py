@@ -141,7 +141,11 @@ def build_loader(
     if shuffle_rows > 0:
         rows = PackedBatchDataset(docs, seq_len=seq_len, rows=1, open_reader=_DocumentReader(worker_count))
         rows = rows.map(_first_row)
-        rows = grain.experimental.WindowShuffleIterDataset(rows, window_size=shuffle_rows, seed=_source_seed(seed, 10**6) % 2**31)
+        # One row order per process: a source with fewer documents than processes (Tiny Shakespeare
+        # is one) gives every process the same rows, and a shared order then repeated them across
+        # the global batch, halving it on two processes.
+        row_seed = _source_seed(seed, 10**6 + process_index) % 2**31
+        rows = grain.experimental.WindowShuffleIterDataset(rows, window_size=shuffle_rows, seed=row_seed)
         batches = rows.batch(batch_rows, drop_remainder=False)
     else:
         batches = PackedBatchDataset(docs, seq_len=seq_len, rows=batch_rows, open_reader=_DocumentReader(worker_count))
