@@ -315,8 +315,9 @@ def estimate_memory(model, work: Workload, mesh: MeshShape) -> MemoryEstimate:
         layer_working = tokens * _per_token_layer_bytes(model, "none", mesh, act_bytes, work.seq_len)
 
     vocab_here = g["V"] / mesh.tensor if g["V"] % mesh.tensor == 0 else g["V"]
-    # float32 logits, float32 softmax/gradient, and the gradient cast to the compute dtype
-    logit_bytes = 8 + (cbytes if cbytes != 4 else 0)
+    # float32 logits, float32 softmax/gradient, and the gradient cast to the compute dtype (which
+    # XLA's CPU backend, as for activations, keeps in float32)
+    logit_bytes = 8 + (act_bytes if cbytes != 4 else 0)
     unembed = g["d"] * vocab_here
     if 0 < work.loss_chunk < tokens:
         # one chunk's logits; the fused loss's float32 weight-gradient accumulator, the copy it
