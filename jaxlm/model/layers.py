@@ -88,6 +88,8 @@ def matmul(x: jax.Array, w: jax.Array, n_contract: int, dtype) -> jax.Array:
     Below float32 the backward pass multiplies in `dtype` too (float32 accumulation). JAX's own
     transpose would meet the float32 cotangent with a `dtype` operand, and XLA then multiplies in
     float32: on an AMX CPU that is 3-6x slower than the bfloat16 products (see docs/benchmarks.md).
+    XLA's CPU backend still runs the weight gradient in float32: its left operand is transposed,
+    which the AMX path does not take.
     """
     if jnp.dtype(dtype) == jnp.float32:
         return _dot(x.astype(jnp.float32), w.astype(jnp.float32), n_contract)
