@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -59,7 +60,6 @@ def main() -> None:
 def race(data: str, workdir: str, overrides: list[str]) -> dict:
     """One training run from scratch; its final validation loss, wall and compile seconds."""
     if os.path.exists(workdir):
-        import shutil
         shutil.rmtree(workdir)  # a fresh run: no resume from an earlier race
     command = [sys.executable, "-m", "jaxlm.main", "--config", os.path.join(REPO, "configs", "shakespeare_char.yaml"),
                f"workdir={workdir}", f"data.sources=[{{path: {data}}}]", "log.progress=false", *overrides]

@@ -2,7 +2,6 @@
 parameters, exact resume from a checkpoint taken between synchronisations, loss-spike rollbacks,
 and the setups it refuses before anything compiles. 8 CPU devices: 2 replicas x fsdp 2 x tensor 2."""
 
-import json
 import os
 import shutil
 
@@ -14,6 +13,7 @@ from jaxlm.config import ConfigError, config_from_dict
 from jaxlm.train import checkpoint
 from jaxlm.train.incidents import read_incidents
 from jaxlm.train.loop import Trainer, train
+from test_checkpoint_util import losses, metrics
 from test_data_loader_util import markov_docs, write_dataset
 
 STEPS, H, EVERY = 11, 2, 3  # syncs at 2, 4, .., 10 and the last step, 11; checkpoints at 3, 6, 9, 11
@@ -40,22 +40,6 @@ def _config(learnable_dataset, workdir, **sections):
     return config_from_dict(raw)
 
 
-def _rows(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-def _losses(workdir):
-    """{step: loss} and {("val", step): val_loss} of a run."""
-    out = {}
-    for r in _rows(workdir):
-        if "loss" in r:
-            out[r["step"]] = r["loss"]
-        if "val_loss" in r:
-            out[("val", r["step"])] = r["val_loss"]
-    return out
-
-
 @pytest.fixture(scope="module")
 def reference(learnable_dataset, tmp_path_factory):
     """The uninterrupted run: (workdir, its config, host copy of the final state)."""
@@ -65,7 +49,7 @@ def reference(learnable_dataset, tmp_path_factory):
     try:
         trainer.run()
         state = jax.device_get(trainer.state)
-        assert trainer.evaluate() == _rows(workdir)[-1]["val_loss"]  # eval reads the global parameters
+        assert trainer.evaluate() == metrics(workdir)[-1]["val_loss"]  # eval reads the global parameters
     finally:
         trainer.close()
     return workdir, config, state
@@ -73,7 +57,7 @@ def reference(learnable_dataset, tmp_path_factory):
 
 def test_trains_logs_and_exports_the_global_parameters(reference):
     workdir, _, state = reference
-    rows = _rows(workdir)
+    rows = metrics(workdir)
     steps = [r for r in rows if "loss" in r]
     assert [r["step"] for r in steps] == list(range(1, STEPS + 1))
     for key in ("loss", "lr", "grad_norm", "tokens_seen", "diloco_sync", "skipped", "spike_score"):
@@ -126,8 +110,8 @@ def test_resume_between_synchronisations_is_bitwise_exact(learnable_dataset, ref
     finally:
         trainer.close()
     assert [e["step"] for e in read_incidents(str(workdir)) if e["kind"] == "restore"] == [3]
-    expected = {k: v for k, v in _losses(ref_dir).items() if (k[1] if isinstance(k, tuple) else k) > 3}
-    assert _losses(workdir) == expected
+    expected = {k: v for k, v in losses(ref_dir).items() if (k[1] if isinstance(k, tuple) else k) > 3}
+    assert losses(workdir) == expected
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(ref_state), strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -201,7 +185,7 @@ def test_loss_spike_rolls_every_replica_back(tmp_path):
     # The blown-up update of step 25 shows in step 26's loss (the episode's onset); the replicas skip
     # once their losses pass loss_z, and the newest good checkpoint before the onset is 20.
     assert rollback["onset"] == 26 and rollback["to_step"] == 20 and rollback["lr_scale"] == 0.5
-    rows = [r for r in _rows(workdir) if "loss" in r]
+    rows = [r for r in metrics(workdir) if "loss" in r]
     after = rows[[r["step"] for r in rows].index(rollback["step"]) + 1:]
     assert after[0]["step"] == 21 and after[-1]["step"] == 40
     assert all(r["rollbacks"] == 1 and r["skipped"] == 0 for r in after)
