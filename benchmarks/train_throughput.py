@@ -51,19 +51,25 @@ def synthetic_batch(seed=0):
 
 def jaxlm_runner(dtype: str, loss_chunk: int):
     config = jaxlm_config(dtype, loss_chunk)
+    run, spec = step_runner(config, synthetic_batch())
+    return run, flops_per_token(config, spec.param_count)
+
+
+def step_runner(config, batch: dict):
+    """run(n): n of jaxlm's compiled train steps on one device, all on `batch` (one micro-batch)."""
     mesh = build_mesh(config.mesh, jax.devices()[:1])
     spec = model_spec(config)
     optimizer = build_optimizer(config, spec)
     state = init_state(config, spec, optimizer, state_shardings(spec, optimizer, mesh))
     step = jax.jit(make_train_step(config, spec, optimizer), donate_argnums=0)
-    batch = {k: jnp.asarray(v, jnp.int32)[None] for k, v in synthetic_batch().items()}
+    batch = {k: jnp.asarray(v, jnp.int32)[None] for k, v in batch.items()}
     holder = {"state": state}
 
     def run(n):
         for _ in range(n):
             holder["state"], metrics = step(holder["state"], batch)
         jax.block_until_ready(metrics)
-    return run, flops_per_token(config, spec.param_count)
+    return run, spec
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,15 +32,24 @@ def flops_per_token(config: Config, param_count: int) -> float:
 
 
 def measure_cpu_peak_flops(dtype=jnp.float32, size: int = 1024, seconds: float = 0.5) -> float:
-    """FLOP/s of a square matmul on this host, all cores: the practical peak of a CPU 'device'."""
+    """FLOP/s of a square matmul on this host, all cores: the practical peak of a CPU 'device'.
+
+    The product is the one the model's layers run: operands in `dtype`, float32 accumulation and
+    result. On CPUs with AMX that is several times the speed of a bfloat16-result product, so a
+    probe of the latter would overstate a bfloat16 run's MFU several times over.
+    """
     a = jnp.ones((size, size), dtype)
-    matmul = jax.jit(lambda x: x @ x)
+    matmul = jax.jit(lambda x: probe_matmul(x, x))
     matmul(a).block_until_ready()
     reps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         matmul(a).block_until_ready()
         reps += 1
     return 2.0 * size ** 3 * reps / (time.perf_counter() - start)
+
+
+def probe_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.dot(a, b, preferred_element_type=jnp.float32)
 
 
 def peak_flops(config: Config) -> tuple[float, str]:
@@ -51,7 +61,24 @@ def peak_flops(config: Config) -> tuple[float, str]:
     if per_device is not None:
         return per_device * jax.device_count(), f"table ({kind})"
     # CPU: the fake devices share the host's cores, so the probe measures the whole host.
-    return measure_cpu_peak_flops(jnp.dtype(config.model.dtype)), "cpu matmul probe"
+    dtype = jnp.dtype(config.model.matmul_dtype or config.model.dtype)
+    return measure_cpu_peak_flops(dtype), f"cpu matmul probe ({dtype.name} operands)"
+
+
+def tensorboard_writer(logdir: str):
+    """A tensorboardX SummaryWriter, imported without PyTorch where this process has not loaded it.
+
+    tensorboardX imports torch, when installed, only to name a type in its annotations; that import
+    costs ~1.4 s of every run's start-up on a 2-core host and is of no use to a JAX process.
+    """
+    if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
+        sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX allows
+        try:
+            import tensorboardX  # noqa: F401
+        finally:
+            del sys.modules["torch"]  # a later `import torch` (e.g. HF interop) loads it as usual
+    from tensorboardX import SummaryWriter
+    return SummaryWriter(logdir)
 
 
 class MetricsWriter:
@@ -64,8 +91,7 @@ class MetricsWriter:
             return
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
         if config.log.tensorboard:
-            from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+            self._tb = tensorboard_writer(os.path.join(workdir, "tb"))
         if config.log.wandb.enabled and config.log.wandb.mode != "disabled":
             import wandb
             self._wandb = wandb.init(project=config.log.wandb.project, mode=config.log.wandb.mode,

@@ -1,0 +1,58 @@
+"""Where metrics go and what MFU is measured against: the TensorBoard writer and the CPU peak probe."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from jaxlm.config import Config, ModelConfig, TrainConfig
+from jaxlm.train import metrics
+
+
+def test_tensorboard_writer_leaves_torch_unloaded_and_writes_readable_events(tmp_path):
+    # A fresh process: this test session may have imported torch or tensorboardX already.
+    script = f"""
+import json, sys
+from jaxlm.train.metrics import tensorboard_writer
+writer = tensorboard_writer({str(tmp_path / "tb")!r})
+writer.add_scalar("loss", 2.5, 7)
+writer.close()
+torch_loaded = "torch" in sys.modules
+torch_importable = False
+if {importlib.util.find_spec("torch") is not None}:
+    import torch  # noqa: F401  (a later import still loads it as usual)
+    torch_importable = True
+print(json.dumps({{"torch_loaded": torch_loaded, "torch_importable": torch_importable}}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["torch_loaded"] is False
+    assert result["torch_importable"] is (importlib.util.find_spec("torch") is not None)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    [scalar] = events.Scalars("loss")
+    assert (scalar.step, scalar.value) == (7, 2.5)
+
+
+def test_cpu_peak_probe_runs_the_layers_product():
+    # The probe multiplies in the layers' operand dtype (model.matmul_dtype, else model.dtype).
+    cases = [(ModelConfig(), "float32"), (ModelConfig(dtype="bfloat16"), "bfloat16"),
+             (ModelConfig(matmul_dtype="bfloat16"), "bfloat16")]
+    for model, operands in cases:
+        flops, source = metrics.peak_flops(Config(model=model, train=TrainConfig(peak_flops=None)))
+        assert source == f"cpu matmul probe ({operands} operands)"
+        assert flops > 1e8  # any CPU of the last decade multiplies faster than 0.1 GFLOP/s
+    flops, source = metrics.peak_flops(Config(train=TrainConfig(peak_flops=2e12)))
+    assert source == "config" and flops == 2e12 * jax.device_count()
+
+
+def test_probe_product_accumulates_and_returns_float32():
+    x = jnp.full((4, 300), 1.0 + 2.0 ** -7, jnp.bfloat16)  # each sum, 304.7058..., has no bfloat16 form
+    y = metrics.probe_matmul(x, x.T)
+    assert y.dtype == jnp.float32
+    assert float(y[0, 0]) == 300 * (1.0 + 2.0 ** -7) ** 2
