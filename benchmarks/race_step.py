@@ -20,29 +20,23 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jaxlm.config import load_config
-from train_throughput import measure, step_runner
+from train_throughput import measure, step_runner, synthetic_batch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "shakespeare_char.yaml")
 RACE_STEPS = 2000
 
 
-def synthetic_tokens(config, seed=0) -> np.ndarray:
-    rows, length = config.train.global_batch, config.data.seq_len
-    return np.random.default_rng(seed).integers(3, 68, (rows, length + 1))  # 65 characters after 3 specials
+def race_batch(config) -> dict:
+    return synthetic_batch(rows=config.train.global_batch, length=config.data.seq_len, vocab=config.model.vocab_size)
 
 
 def jaxlm_runner(overrides: list[str]):
     config = load_config(CONFIG, overrides)
-    tokens = synthetic_tokens(config)
-    rows, length = tokens.shape[0], tokens.shape[1] - 1
-    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "segment_ids": np.ones((rows, length)),
-             "positions": np.broadcast_to(np.arange(length), (rows, length)), "loss_mask": np.ones((rows, length))}
-    return step_runner(config, batch)[0]
+    return step_runner(config, race_batch(config))[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,12 +104,13 @@ def handwritten_runner(matmul_dtype: str):
         return optax.apply_updates(params, updates), opt_state, loss
 
     step = jax.jit(step, donate_argnums=(0, 1))
-    tokens = jnp.asarray(synthetic_tokens(config), jnp.int32)
+    batch = race_batch(config)
+    inputs, targets = jnp.asarray(batch["inputs"], jnp.int32), jnp.asarray(batch["targets"], jnp.int32)
     holder = {"params": params, "opt": optimizer.init(params)}
 
     def run(n):
         for _ in range(n):
-            holder["params"], holder["opt"], loss = step(holder["params"], holder["opt"], tokens[:, :-1], tokens[:, 1:])
+            holder["params"], holder["opt"], loss = step(holder["params"], holder["opt"], inputs, targets)
         jax.block_until_ready(loss)
     return run
 

@@ -43,10 +43,10 @@ def jaxlm_config(dtype: str, loss_chunk: int):
     })
 
 
-def synthetic_batch(seed=0):
-    tokens = np.random.default_rng(seed).integers(0, VOCAB, (BATCH, CONTEXT + 1))
-    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "segment_ids": np.ones((BATCH, CONTEXT)),
-            "positions": np.broadcast_to(np.arange(CONTEXT), (BATCH, CONTEXT)), "loss_mask": np.ones((BATCH, CONTEXT))}
+def synthetic_batch(seed=0, rows=BATCH, length=CONTEXT, vocab=VOCAB):
+    tokens = np.random.default_rng(seed).integers(0, vocab, (rows, length + 1))
+    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "segment_ids": np.ones((rows, length)),
+            "positions": np.broadcast_to(np.arange(length), (rows, length)), "loss_mask": np.ones((rows, length))}
 
 
 def jaxlm_runner(dtype: str, loss_chunk: int):
