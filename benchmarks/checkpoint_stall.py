@@ -58,7 +58,7 @@ def main() -> None:
 def make_config(args, workdir: str, async_save: bool):
     return config_from_dict({
         "workdir": workdir,
-        "data": {"sources": [{"path": "unused"}], "seq_len": args.seq_len},
+        "data": {"seq_len": args.seq_len},
         "model": {"family": "llama", "vocab_size": args.vocab, "d_model": args.d_model, "n_layers": args.layers,
                   "n_heads": 8, "max_seq_len": args.seq_len},
         "mesh": {"data": 1},

@@ -39,7 +39,7 @@ from jaxlm.train.step import BATCH_KEYS, make_train_step  # noqa: E402
 def make_config(stages: int, micro: int, repeats: int, args) -> object:
     devices = jax.device_count()
     return config_from_dict({
-        "data": {"sources": [{"path": "unused"}], "seq_len": args.seq_len},
+        "data": {"seq_len": args.seq_len},
         "model": {"family": "llama", "vocab_size": 512, "d_model": args.d_model, "n_layers": args.layers,
                   "n_heads": 4, "max_seq_len": args.seq_len},
         "mesh": {"data": devices // stages, "pipe": stages},

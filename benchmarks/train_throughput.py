@@ -33,7 +33,7 @@ VOCAB, WIDTH, HEADS, HEAD_DIM, MLP, LAYERS, CONTEXT, BATCH = 32000, 256, 4, 64, 
 
 def jaxlm_config(dtype: str, loss_chunk: int):
     return config_from_dict({
-        "data": {"sources": [{"path": "synthetic"}], "seq_len": CONTEXT},
+        "data": {"seq_len": CONTEXT},
         "model": {"family": "llama", "vocab_size": VOCAB, "d_model": WIDTH, "n_heads": HEADS, "head_dim": HEAD_DIM,
                   "d_ff": MLP, "n_layers": LAYERS, "max_seq_len": CONTEXT, "tie_embeddings": False,
                   "dtype": dtype, "loss_chunk": loss_chunk},

@@ -5,7 +5,7 @@
 Overrides are `key.path=value`; the value is parsed as YAML (`8` is an int, `true` a bool,
 `[a, b]` a list). A list of sources is addressed by index or by name (`sources.0.weight`,
 `sources.stdlib.weight`). Unknown keys fail naming the closest valid key; wrong types fail naming
-the key. Relative paths (output, source paths, files named in stages) are resolved against the
+the key (jaxlm.schema builds the tree). Relative paths (output, source paths, files named in stages) are resolved against the
 working directory. `stages` is a list of stage specs (data_prep/stages/registry.py), checked here
 too; overrides address one by index or by its name (its type when it has none), e.g.
 `stages.minhash_dedup.bands=20`.
@@ -13,16 +13,15 @@ too; overrides address one by index or by its name (its type when it has none), 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import difflib
 import os
-import types
-import typing
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
 
 from data_prep.errors import ConfigError
+from jaxlm import schema
 
 SOURCE_TYPES = ("txt", "jsonl", "parquet", "html", "warc", "hf", "pydoc_topics", "python_stdlib")
 FILE_SOURCE_TYPES = ("txt", "jsonl", "parquet", "html", "warc")
@@ -121,7 +120,7 @@ class Config:
     sources: list[SourceConfig]
     seed: int = 0
     # document stages between reading and the split, in order: [{type: ..., option: value}, ...]
-    stages: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    stages: list[Annotated[dict[str, Any], "{type: gopher_quality}"]] = dataclasses.field(default_factory=list)
     # file-sharded tasks the sources are read and the stages run as (rank r reads every
     # tasks-th file of each source); 0 = one per worker. The output does not depend on it.
     tasks: int = 0
@@ -156,163 +155,17 @@ def load_config(path: str, overrides: list[str] = ()) -> Config:
 
 
 def config_from_dict(raw: dict[str, Any], overrides: list[str] = ()) -> Config:
-    raw = _deepcopy(raw)
-    for override in overrides:
-        key, sep, value = override.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {override!r} is not of the form key.path=value")
-        try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
-            parsed = value
-        _set_path(raw, Config, key.split("."), parsed, key)
-    cfg = _build(Config, raw, "")
+    raw = copy.deepcopy(raw)
+    try:
+        schema.apply_overrides(raw, Config, overrides)
+        cfg = schema.build(Config, raw)
+    except schema.ConfigError as e:
+        raise ConfigError(str(e)) from None
     for spec in cfg.stages:  # a mix without weights mixes by the sources' weights
-        if isinstance(spec, dict) and spec.get("type") == "mix" and "weights" not in spec:
+        if spec.get("type") == "mix" and "weights" not in spec:
             spec["weights"] = {src.name: src.weight for src in cfg.sources}
     validate(cfg)
     return cfg
-
-
-def _deepcopy(x):
-    if isinstance(x, dict):
-        return {k: _deepcopy(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_deepcopy(v) for v in x]
-    return x
-
-
-def _fields(cls) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _unknown_key(key: str, valid: list[str], prefix: str) -> ConfigError:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    hint = f"did you mean {prefix + close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
-    return ConfigError(f"unknown config key {prefix + key!r}; {hint}")
-
-
-def _strip_optional(tp):
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return tp
-
-
-def _set_path(node: dict, cls, parts: list[str], value: Any, full_key: str) -> None:
-    """Sets raw[parts] = value, checking every part against the dataclass schema."""
-    fields = _fields(cls)
-    prefix = full_key[: len(full_key) - len(".".join(parts))]
-    name = parts[0]
-    if name not in fields:
-        raise _unknown_key(name, list(fields), prefix)
-    if len(parts) == 1:
-        node[name] = value
-        return
-    tp = _strip_optional(fields[name])
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(node.get(name), dict):
-            node[name] = {}
-        _set_path(node[name], tp, parts[1:], value, full_key)
-    elif typing.get_origin(tp) is list:
-        items = node.get(name)
-        if not isinstance(items, list):
-            raise ConfigError(f"cannot override {full_key!r}: {prefix + name!r} is not a list in the config")
-        item = _find_item(items, parts[1], prefix + name)
-        if len(parts) == 2:
-            raise ConfigError(f"override {full_key!r} names a whole list entry; set one of its keys, e.g. {full_key}.weight=2")
-        item_tp = typing.get_args(tp)[0]
-        if dataclasses.is_dataclass(item_tp):
-            _set_path(item, item_tp, parts[2:], value, full_key)
-        else:  # a stage spec: its keys are checked when the stages are built
-            for part in parts[2:-1]:
-                item = item.setdefault(part, {})
-                if not isinstance(item, dict):
-                    raise ConfigError(f"cannot override {full_key!r}: {part!r} is not a mapping in the config")
-            item[parts[-1]] = value
-    else:
-        raise ConfigError(f"{prefix + name!r} has no sub-keys, so {full_key!r} is not a valid override")
-
-
-def _find_item(items: list, ref: str, where: str) -> dict:
-    names = [it.get("name", it.get("type")) for it in items if isinstance(it, dict)]  # a stage's name defaults to its type
-    for i, it in enumerate(items):
-        if isinstance(it, dict) and (it.get("name", it.get("type")) == ref or str(i) == ref):
-            return it
-    raise ConfigError(f"{where} has no entry {ref!r}; use an index 0..{len(items) - 1} or a name: {', '.join(map(str, names))}")
-
-
-def _a(tp) -> str:
-    name = _type_name(tp)
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
-
-
-def _type_name(tp) -> str:
-    tp = _strip_optional(tp)
-    if typing.get_origin(tp) is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if typing.get_origin(tp) is list:
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _build(tp, value: Any, key: str):
-    """Converts a raw YAML value to type `tp`, raising ConfigError naming `key` on a mismatch."""
-    shown = key or "the config"
-    optional = _strip_optional(tp) is not tp
-    tp = _strip_optional(tp)
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{shown!r} must be {_a(tp)}, got null")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{shown!r} must be a mapping of keys, got {type(value).__name__}")
-        fields = _fields(tp)
-        prefix = f"{key}." if key else ""
-        for k in value:
-            if k not in fields:
-                raise _unknown_key(str(k), list(fields), prefix)
-        missing = [f.name for f in dataclasses.fields(tp)
-                   if f.name not in value and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-        if missing:
-            raise ConfigError(f"{prefix + missing[0]!r} is required but missing")
-        return tp(**{k: _build(fields[k], v, prefix + k) for k, v in value.items()})
-    origin = typing.get_origin(tp)
-    if origin is dict:  # a stage spec: its keys are checked by the stage registry in validate()
-        if not isinstance(value, dict):
-            raise ConfigError(f"{shown!r} must be a mapping, e.g. {{type: gopher_quality}}, got {type(value).__name__} {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{shown!r} must be {_a(tp)}, got {type(value).__name__}")
-        (item_tp,) = typing.get_args(tp)
-        return [_build(item_tp, v, f"{key}.{i}") for i, v in enumerate(value)]
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{shown!r} must be one of {_type_name(tp)}, got {value!r}{hint}")
-        return value
-    if tp is float and isinstance(value, str):
-        try:  # PyYAML (YAML 1.1) reads 1e-3 as a string
-            value = float(value)
-        except ValueError:
-            pass
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, (int, float)) and not isinstance(value, bool),
-        str: isinstance(value, str),
-    }.get(tp)
-    if ok is None:
-        raise TypeError(f"config schema uses an unsupported type {tp} at {shown}")
-    if not ok:
-        raise ConfigError(f"{shown!r} must be {_a(tp)}, got {type(value).__name__} {value!r}")
-    return float(value) if tp is float else value
 
 
 # --- validation beyond types ----------------------------------------------------------------------

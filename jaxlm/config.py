@@ -1,24 +1,26 @@
 """The typed config tree: YAML in, validated dataclasses out, resolved YAML back to the workdir.
 
 Every field has a type and a default; `load_config` rejects unknown keys (naming the closest valid
-one) and wrong types before any compute. Overrides are `key.path=value` strings whose value is
-parsed as YAML (`optim.lr=3e-4`, `mesh.data=2`, `data.sources=[{path: d, weight: 1}]`).
+key, dotted) and wrong types before any compute, naming the override or the file that caused it
+(jaxlm.schema builds the tree). Overrides are `key.path=value` strings whose value is parsed as
+YAML (`optim.lr=3e-4`, `mesh.data=2`, `data.sources=[{path: d, weight: 1}]`). Derived defaults
+(`model.head_dim`, `model.n_kv_heads`, `model.d_ff`, `model.matmul_dtype`, `train.micro_batch`) are
+resolved when a section is built, so config.yaml shows the values the run used. Whether a run
+has data is the trainer's question (`require_data`), not the schema's: eval, export and restore
+build configs without sources.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import difflib
 import os
-import types
-import typing
-from typing import Any, Optional
+from typing import Optional
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config the user wrote cannot work; the message names the key and the fix."""
+from jaxlm import schema
+from jaxlm.schema import ConfigError  # noqa: F401  (every jaxlm module raises it from here)
 
 
 @dataclasses.dataclass
@@ -53,6 +55,25 @@ class ModelConfig:
     # faster than `none` (measured 1.5x on the Tiny Shakespeare step: fewer saved residuals to move).
     remat: str = "dots"
     loss_chunk: int = 0  # >0: cross-entropy over this many tokens at a time, never holding all logits
+
+    def __post_init__(self):
+        """Derived defaults, resolved here once: every reader (model, planner, export, metrics) and
+        the workdir's config.yaml see the same numbers. Left None when they cannot be derived
+        (validate() then names the fields to fix)."""
+        if not self.n_kv_heads:
+            self.n_kv_heads = self.n_heads
+        if not self.head_dim and self.n_heads > 0 and self.d_model % self.n_heads == 0:
+            self.head_dim = self.d_model // self.n_heads
+        if not self.d_ff:
+            self.d_ff = default_d_ff(self.family, self.d_model)
+        if self.matmul_dtype is None:
+            self.matmul_dtype = self.dtype
+
+
+def default_d_ff(family: str, d_model: int) -> int:
+    if family == "gpt2":
+        return 4 * d_model
+    return -(-int(8 * d_model / 3) // 64) * 64  # SwiGLU keeps the MLP's parameter count near 8d^2
 
 
 @dataclasses.dataclass
@@ -147,6 +168,10 @@ class TrainConfig:
     eval_tasks_data: str = ""  # folder holding the tasks' data files (e.g. ../shared/data/eval)
     peak_flops: Optional[float] = None  # per device, for MFU; None: table for TPU/GPU, a matmul probe on CPU
 
+    def __post_init__(self):  # the derived default, resolved once (see ModelConfig)
+        if not self.micro_batch:
+            self.micro_batch = self.global_batch
+
 
 @dataclasses.dataclass
 class WandbConfig:
@@ -225,91 +250,36 @@ class Config:
 
 
 # ----------------------------------------------------------------------------------------------
-# Building the tree from plain data
-
-
-def _closest(name: str, options) -> str:
-    match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
-    return f"; did you mean {match[0]!r}?" if match else f"; valid keys: {', '.join(sorted(options))}"
-
-
-def _build(cls, data: Any, where: str):
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'the config'} must be a mapping of keys, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in fields:
-            raise ConfigError(f"unknown config key {path!r}{_closest(str(key), fields)}")
-        kwargs[key] = _convert(hints[key], value, path)
-    return cls(**kwargs)
-
-
-def _convert(hint, value, path: str):
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(inner, value, path)
-    if hint is MeshConfig and value == "auto":
-        value = {"auto": True}
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, path)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{path} must be a list, got {value!r}")
-        return [_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if hint is int and isinstance(value, float) and value.is_integer():
-        return int(value)  # 1e6 in YAML
-    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
-        return value
-    raise ConfigError(f"{path} must be of type {hint.__name__}, got {value!r} ({type(value).__name__})")
+# Building the tree from plain data (jaxlm.schema does the typing; this names the cause)
 
 
 def set_path(tree: dict, dotted: str, value) -> None:
-    """tree['a']['b'] = value for 'a.b', creating sections as needed."""
-    keys = dotted.split(".")
-    node = tree
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted!r}: {key!r} is not a section")
-    node[keys[-1]] = value
+    """tree['a']['b'] = value for 'a.b', checked against the Config schema (unknown keys fail)."""
+    schema.set_override(tree, Config, dotted, value)
 
 
-def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
-    pairs = []
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key.path=value (e.g. optim.lr=3e-4)")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from e
-        pairs.append((key.strip(), value))
-    return pairs
-
-
-def config_from_dict(raw: dict, overrides: list[str] = ()) -> Config:
-    raw = dict(raw or {})
-    for key, value in parse_overrides(list(overrides)):
-        set_path(raw, key, value)
-    config = _build(Config, raw, "")
-    validate(config)
+def config_from_dict(raw: dict, overrides: list[str] = (), source: str = "") -> Config:
+    """A validated Config from plain data and `key.path=value` overrides; a ConfigError names the
+    override that caused it, else `source` (the config file), when given."""
+    raw = copy.deepcopy(dict(raw or {}))
+    origins = {}
+    try:
+        origins = schema.apply_overrides(raw, Config, list(overrides))
+        if raw.get("mesh") == "auto":
+            raw["mesh"] = {"auto": True}
+        config = schema.build(Config, raw, root=Config)
+        validate(config)
+    except ConfigError as e:
+        override = schema.cause(e, origins)
+        if override:
+            where = f"override {override!r}"
+        elif source and overrides and not e.key:  # a check across keys: the file and the overrides
+            where = f"{source} with {' '.join(overrides)}"
+        else:
+            where = source
+        if not where:
+            raise
+        raise ConfigError(f"{where}: {e}", e.key, override) from None
     return config
 
 
@@ -321,10 +291,9 @@ def load_config(path: str, overrides: list[str] = ()) -> Config:
             raw = yaml.safe_load(f)
         except yaml.YAMLError as e:
             raise ConfigError(f"{path} is not valid YAML: {e}") from e
-    try:
-        return config_from_dict(raw, overrides)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, got {type(raw).__name__}")
+    return config_from_dict(raw, overrides, source=path)
 
 
 def to_dict(config) -> dict:
@@ -333,6 +302,14 @@ def to_dict(config) -> dict:
 
 def dump_yaml(config: Config) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def require_data(config: Config) -> None:
+    """A training run reads data; evaluation, restore and export need none. The trainer calls
+    this before any compute."""
+    if not config.data.sources:
+        raise ConfigError("data.sources is empty: name at least one prepared dataset folder "
+                          "(made by `python -m data_prep --config data_prep/configs/<recipe>.yaml`)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -368,16 +345,15 @@ def validate(config: Config) -> None:
                 "data.seq_len", "train.steps", "train.global_batch", "train.log_every"):
         if _get(config, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {_get(config, key)}")
-    if m.head_dim is None and m.d_model % m.n_heads:
+    if m.head_dim is None:
         raise ConfigError(f"model.d_model ({m.d_model}) must be divisible by model.n_heads ({m.n_heads}), "
                           "or set model.head_dim")
-    kv = m.n_kv_heads or m.n_heads
-    if m.n_heads % kv:
-        raise ConfigError(f"model.n_heads ({m.n_heads}) must be a multiple of model.n_kv_heads ({kv})")
+    if m.n_kv_heads <= 0 or m.n_heads % m.n_kv_heads:
+        raise ConfigError(f"model.n_heads ({m.n_heads}) must be a multiple of model.n_kv_heads ({m.n_kv_heads})")
     if m.family == "gpt2" and config.data.seq_len > m.max_seq_len:
         raise ConfigError(f"data.seq_len ({config.data.seq_len}) exceeds model.max_seq_len ({m.max_seq_len}), "
                           "the size of the learned position table; raise model.max_seq_len")
-    micro = t.micro_batch or t.global_batch
+    micro = t.micro_batch
     for batch, key in [(t.global_batch, "train.global_batch")] + [
         (s.batch, f"train.batch_ramp[{i}].batch") for i, s in enumerate(t.batch_ramp)
     ]:
@@ -389,9 +365,6 @@ def validate(config: Config) -> None:
     for name in ("embed_dropout", "attn_dropout", "resid_dropout"):
         if not 0.0 <= getattr(m, name) < 1.0:
             raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(m, name)}")
-    if not config.data.sources:
-        raise ConfigError("data.sources is empty: name at least one prepared dataset folder "
-                          "(made by `python -m data_prep --config data_prep/configs/<recipe>.yaml`)")
     for i, s in enumerate(config.data.sources):
         if s.weight <= 0:
             raise ConfigError(f"data.sources[{i}].weight must be positive, got {s.weight}")

@@ -38,11 +38,12 @@ def make_tokenizer_dir(path, vocab_size=360, add_bos=False) -> str:
     return path
 
 
-def tiny_config(family="llama", vocab_size=360, seq_len=64, data_path="unused", **model):
+def tiny_config(family="llama", vocab_size=360, seq_len=64, data_path=None, **model):
     m = dict(family=family, vocab_size=vocab_size, d_model=32, n_layers=2, n_heads=4,
              n_kv_heads=2 if family == "llama" else None, max_seq_len=seq_len, init_std=0.2)
     m.update(model)
-    return config_from_dict(dict(data=dict(sources=[dict(path=data_path)], seq_len=seq_len), model=m))
+    sources = [dict(path=data_path)] if data_path else []  # a folder with the tokenizer, when one is needed
+    return config_from_dict(dict(data=dict(sources=sources, seq_len=seq_len), model=m))
 
 
 def random_params(model_cfg, seed=0):

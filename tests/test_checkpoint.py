@@ -22,7 +22,7 @@ from jaxlm.train.state import build_optimizer, init_state, model_spec, state_sha
 def small_config(workdir, mesh=None, **checkpoint):
     return config_from_dict({
         "workdir": str(workdir),
-        "data": {"sources": [{"path": "unused"}], "seq_len": 16},
+        "data": {"seq_len": 16},
         "model": {"vocab_size": 96, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "max_seq_len": 32},
         "mesh": mesh or {"data": 1, "fsdp": 4, "tensor": 2},
         "train": {"steps": 100},

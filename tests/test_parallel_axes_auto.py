@@ -13,7 +13,7 @@ GiB = 2**30
 
 def _config(model, mesh="auto", **train):
     return config_from_dict({
-        "data": {"sources": [{"path": "unused"}], "seq_len": 1024},
+        "data": {"seq_len": 1024},
         "model": {**model, "dtype": "bfloat16"},
         "mesh": mesh,
         "train": {"global_batch": 64, **train},

@@ -58,7 +58,7 @@ def test_impossible_pipelines_fail_before_compile_with_the_reason(change, messag
 
 def test_pipeline_config_is_validated():
     def load(pipeline_section):
-        return config_from_dict({"data": {"sources": [{"path": "x"}]}, "pipeline": pipeline_section})
+        return config_from_dict({"pipeline": pipeline_section})
 
     with pytest.raises(ConfigError, match=r"circular needs pipeline.repeats >= 2"):
         load({"schedule": "circular"})
@@ -132,7 +132,7 @@ def test_stage_weights_are_not_kept_once_per_iteration(pipe_cfg):
         "model": {"family": "llama", "d_model": 128, "n_heads": 4, "n_layers": 8, "vocab_size": 256,
                   "remat": "full", "dtype": "bfloat16"},
         "mesh": {"data": 2, "pipe": 4}, "pipeline": pipe_cfg,
-        "train": {"global_batch": 16, "micro_batch": 2}, "data": {"sources": [{"path": "x"}], "seq_len": 128}})
+        "train": {"global_batch": 16, "micro_batch": 2}, "data": {"seq_len": 128}})
     spec = model_spec(config)
     layer_params = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(spec.shapes)
                        if "blocks" in jax.tree_util.keystr(path))

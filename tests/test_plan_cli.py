@@ -40,7 +40,7 @@ def test_memory_from_preset_and_from_config(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({
         "model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "vocab_size": 256},
-        "data": {"sources": [{"path": "d"}], "seq_len": 64}, "train": {"global_batch": 16, "steps": 100},
+        "data": {"seq_len": 64}, "train": {"global_batch": 16, "steps": 100},
         "mesh": {"data": -1, "fsdp": 2}}))
     assert main(["memory", "--config", str(config), "--devices", "8", "--device-type", "v5e"]) == 0
     out = capsys.readouterr().out

@@ -23,7 +23,7 @@ MODELS = [
 
 
 def _config(model: dict, mesh: dict = None, **sections):
-    raw = {"model": model, "data": {"sources": [{"path": "x"}], "seq_len": 32}, "mesh": mesh or {}}
+    raw = {"model": model, "data": {"seq_len": 32}, "mesh": mesh or {}}
     raw.update(sections)
     return config_from_dict(raw)
 
@@ -145,9 +145,9 @@ def test_estimate_within_15_percent_of_xla(case):
     model = dict(case["model"], dtype="bfloat16")
     config = config_from_dict({"model": model, "mesh": case["mesh"], "train": case["train"],
                                "pipeline": case.get("pipeline", {}),
-                               "data": {"sources": [{"path": "x"}], "seq_len": case["seq_len"]}})
+                               "data": {"seq_len": case["seq_len"]}})
     t = config.train
-    n_micro = t.global_batch // (t.micro_batch or t.global_batch)
+    n_micro = t.global_batch // t.micro_batch
     m = compile_for_analysis(config, n_micro=n_micro).memory_analysis()
     xla = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
     work = Workload(t.global_batch, config.data.seq_len, t.micro_batch, config.model.remat, config.model.dtype,

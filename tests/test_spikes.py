@@ -238,14 +238,14 @@ def test_fault_hits_follow_steps_and_persistence():
 
 
 def test_config_checks_name_the_key():
-    base = {"data": {"sources": [{"path": "d"}]}}
+    base = {}
     with pytest.raises(ConfigError, match=r"faults\[0\]\.kind is 'typo'"):
         config_from_dict(base, ["faults=[{kind: typo}]"])
     with pytest.raises(ConfigError, match="spikes.max_flags"):
         config_from_dict(base, ["spikes.window=3", "spikes.max_flags=4"])
     with pytest.raises(ConfigError, match="spikes.lr_factor"):
         config_from_dict(base, ["spikes.lr_factor=2"])
-    with pytest.raises(ConfigError, match="did you mean 'grad_z'"):
+    with pytest.raises(ConfigError, match="did you mean 'spikes.grad_z'"):
         config_from_dict(base, ["spikes.grad_zz=3"])
 
 

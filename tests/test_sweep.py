@@ -193,7 +193,7 @@ def test_a_misspelt_key_stops_the_sweep_before_any_trial(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "jaxlm.sweep", "--config", DEMO, "--out", str(out),
                            "--switch", "untied:model.tie_embedding=false"], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "trial untied" in proc.stderr and "did you mean 'tie_embeddings'" in proc.stderr
+    assert "trial untied" in proc.stderr and "did you mean 'model.tie_embeddings'" in proc.stderr
     assert not out.exists()
 
 

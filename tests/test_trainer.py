@@ -44,6 +44,9 @@ def test_training_writes_the_workdir_contract_and_learns(learnable_dataset, tmp_
     run_dir = tmp_path / "run"
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert resolved["model"]["d_model"] == 32 and resolved["train"]["steps"] == 30
+    # derived defaults appear as the values the run used, not as nulls
+    assert (resolved["model"]["head_dim"], resolved["model"]["d_ff"], resolved["model"]["matmul_dtype"]) == (8, 128, "float32")
+    assert resolved["train"]["micro_batch"] == 8 and resolved["model"]["n_kv_heads"] == 2
     run = json.loads((run_dir / "run.json").read_text())
     assert run["versions"]["jax"] == jax.__version__ and run["mesh"]["data"] == 8 and run["model_params"] > 0
     rows = _read_jsonl(run_dir / "metrics.jsonl")
@@ -119,13 +122,20 @@ def test_missing_shard_folder_names_the_data_prep_command(tmp_path):
         Trainer(config)
 
 
+def test_training_needs_data_sources_the_schema_does_not(tmp_path):
+    config = config_from_dict({"workdir": str(tmp_path / "run")})  # what eval, export and restore build
+    with pytest.raises(ConfigError, match=r"data.sources is empty.*python -m data_prep"):
+        Trainer(config)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
 def test_cli_prints_one_clear_message(learnable_dataset, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"data": {"sources": [{"path": learnable_dataset}]}, "model": {"n_layer": 2}}))
     out = subprocess.run([sys.executable, "-m", "jaxlm.main", "--config", str(cfg)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
-    assert "did you mean 'n_layers'" in out.stderr and "Traceback" not in out.stderr
+    assert "did you mean 'model.n_layers'" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_wandb_logs_offline(learnable_dataset, tmp_path, monkeypatch):

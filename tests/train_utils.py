@@ -19,7 +19,7 @@ def tiny_config(family="llama", mesh=None, model=None, train=None, optim=None, s
                  "n_kv_heads": 2 if family == "llama" else None, "max_seq_len": 32}
     model_cfg.update(model or {})
     return config_from_dict({
-        "data": {"sources": [{"path": "unused"}], "seq_len": seq_len},
+        "data": {"seq_len": seq_len},
         "model": model_cfg,
         "mesh": mesh or {"data": 1},
         "train": {"steps": 20, "global_batch": 8, **(train or {})},

@@ -2,19 +2,17 @@
 
 Each stage class is a dataclass registered under its type name; its fields are the only keys
 a spec may set (plus `type` and an optional instance `name`). Unknown types or keys and values
-of the wrong type fail at build time, naming the closest valid choice.
+of the wrong type fail at build time, naming the closest valid choice (jaxlm.schema converts and
+checks the options, as it does for every config).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import types
-import typing
 from typing import Any, Callable, TypeVar
 
 from data_prep.errors import ConfigError
 from data_prep.stages.base import Stage
+from jaxlm import schema
 
 STAGES: dict[str, type[Stage]] = {}
 S = TypeVar("S", bound=type)
@@ -36,40 +34,8 @@ def register(type_name: str) -> Callable[[S], S]:
 
 
 def _closest(word: str, choices: list[str]) -> str:
-    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.0)
-    return f"; did you mean {match[0]!r}?" if match else ""
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    """Whether a YAML/JSON value fits a field's annotation (the few kinds stages use)."""
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin in (list, tuple):
-        (item,) = typing.get_args(hint)[:1] or (Any,)
-        return isinstance(value, (list, tuple)) and all(_matches(v, item) for v in value)
-    if origin is dict:
-        key_hint, value_hint = typing.get_args(hint) or (Any, Any)
-        return isinstance(value, dict) and all(
-            (_matches(k, key_hint) or (key_hint is int and str(k).isdigit())) and _matches(v, value_hint)
-            for k, v in value.items())  # JSON object keys are strings: "5" stands for 5
-    if isinstance(hint, type):
-        return isinstance(value, hint)
-    return True
-
-
-def _describe(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    match = schema.closest(word, choices, cutoff=0.0)
+    return f"; did you mean {match!r}?" if match else ""
 
 
 def build_stage(spec: dict[str, Any]) -> Stage:
@@ -86,20 +52,19 @@ def build_stage(spec: dict[str, Any]) -> Stage:
             f"unknown stage type {type_name!r}{_closest(str(type_name), sorted(STAGES))} "
             f"(valid types: {', '.join(sorted(STAGES))})")
     cls = STAGES[type_name]
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    kwargs = {}
-    for key, value in spec.items():
-        if key in ("type", "name", "sources"):
-            continue
-        if key not in fields:
-            raise StageConfigError(
-                f"stage {type_name!r} has no option {key!r}{_closest(key, sorted(fields))} "
-                f"(options: {', '.join(sorted(fields)) or 'none'})")
-        if not _matches(value, hints[key]):
-            raise StageConfigError(
-                f"stage {type_name!r} option {key!r} must be {_describe(hints[key])}, got {value!r}")
-        kwargs[key] = value
+    options = {k: v for k, v in spec.items() if k not in ("type", "name", "sources")}
+    try:  # stage options are named per stage, not as dotted config keys
+        kwargs = schema.build_fields(cls, options)
+    except schema.UnknownKeyError as e:
+        raise StageConfigError(
+            f"stage {type_name!r} has no option {e.name!r}{_closest(e.name, sorted(e.section))} "
+            f"(options: {', '.join(sorted(e.section)) or 'none'})") from None
+    except schema.WrongTypeError as e:  # named by the whole option, also when one item of it is wrong
+        key = e.key.split(".")[0]
+        raise StageConfigError(f"stage {type_name!r} option {key!r} must be "
+                               f"{schema.type_name(schema.fields_of(cls)[key])}, got {options[key]!r}") from None
+    except schema.ConfigError as e:
+        raise StageConfigError(f"stage {type_name!r}: {e}") from None
     try:
         stage = cls(**kwargs)
     except StageConfigError:

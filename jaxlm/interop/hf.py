@@ -31,11 +31,6 @@ ARCHITECTURES = {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}
 _GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 
-def _dims(cfg: ModelConfig) -> tuple[int, int, int]:
-    n = cfg.n_heads
-    return n, cfg.n_kv_heads or n, cfg.head_dim or cfg.d_model // n
-
-
 def expected_shapes(cfg: ModelConfig) -> dict:
     """The params pure dict (nested, of ShapeDtypeStructs) a jaxlm model of this config has."""
     from jaxlm.model import Transformer
@@ -86,16 +81,15 @@ def check_params(cfg: ModelConfig, params: dict, what: str = "the parameters") -
 def hf_config(cfg: ModelConfig, *, bos_id: Optional[int] = None, eos_id: Optional[int] = None,
               pad_id: Optional[int] = None, dtype: str = "float32") -> dict:
     """config.json for a jaxlm model; raises InteropError for what the HF class cannot express."""
-    n, kv, h = _dims(cfg)
+    n, kv, h = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     if cfg.qk_norm:
         raise InteropError("model.qk_norm=true has no equivalent in LlamaForCausalLM/GPT2LMHeadModel; "
                            "such a model cannot be exported")
     common = dict(vocab_size=cfg.vocab_size, tie_word_embeddings=cfg.tie_embeddings, bos_token_id=bos_id,
                   eos_token_id=eos_id, pad_token_id=pad_id, torch_dtype=dtype, dtype=dtype)
     if cfg.family == "llama":
-        from jaxlm.model.transformer import d_ff_of
         return dict(architectures=[ARCHITECTURES["llama"]], model_type="llama", hidden_size=cfg.d_model,
-                    intermediate_size=d_ff_of(cfg), num_hidden_layers=cfg.n_layers, num_attention_heads=n,
+                    intermediate_size=cfg.d_ff, num_hidden_layers=cfg.n_layers, num_attention_heads=n,
                     num_key_value_heads=kv, head_dim=h, max_position_embeddings=cfg.max_seq_len,
                     rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
                     rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
@@ -103,9 +97,8 @@ def hf_config(cfg: ModelConfig, *, bos_id: Optional[int] = None, eos_id: Optiona
     if kv != n or h * n != cfg.d_model:
         raise InteropError("GPT2LMHeadModel needs n_kv_heads == n_heads and head_dim == d_model / n_heads; "
                            f"this gpt2-family model has n_heads={n}, n_kv_heads={kv}, head_dim={h}")
-    from jaxlm.model.transformer import d_ff_of
     return dict(architectures=[ARCHITECTURES["gpt2"]], model_type="gpt2", n_embd=cfg.d_model,
-                n_layer=cfg.n_layers, n_head=n, n_inner=d_ff_of(cfg), n_positions=cfg.max_seq_len,
+                n_layer=cfg.n_layers, n_head=n, n_inner=cfg.d_ff, n_positions=cfg.max_seq_len,
                 n_ctx=cfg.max_seq_len, layer_norm_epsilon=cfg.norm_eps, activation_function="gelu_new",
                 resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, scale_attn_weights=True,
                 scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False, **common)
@@ -131,7 +124,7 @@ def model_config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
         return ModelConfig(
             family="llama", vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
             n_heads=n, n_kv_heads=hf.get("num_key_value_heads") or n,
-            head_dim=None if head_dim * n == hf["hidden_size"] else head_dim, d_ff=hf["intermediate_size"],
+            head_dim=head_dim, d_ff=hf["intermediate_size"],
             max_seq_len=hf.get("max_position_embeddings", 2048), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
             rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
             norm_eps=float(hf.get("rms_norm_eps", 1e-6)))
@@ -281,19 +274,14 @@ _ARCH_FIELDS = ("family", "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_
 def warm_start_params(run_cfg: ModelConfig, hf_dir: str) -> dict:
     """Params for `run_cfg` from an HF checkpoint (continued pre-training), cast to run_cfg.param_dtype.
 
-    The architecture fields must agree (None and the derived default count as equal); for gpt2 the
+    The architecture fields must agree (both configs carry their derived defaults); for gpt2 the
     run's max_seq_len may be shorter than the checkpoint's position table, which is then cut.
     rope_theta may differ on purpose (context extension), so it is not checked.
     """
-    from jaxlm.model.transformer import d_ff_of
-
     hf_cfg, params = load_hf(hf_dir)
-    n, kv, h = _dims(run_cfg)
-    hn, hkv, hh = _dims(hf_cfg)
-    effective = dict(n_kv_heads=(kv, hkv), head_dim=(h, hh), d_ff=(d_ff_of(run_cfg), d_ff_of(hf_cfg)))
     wrong = []
     for name in _ARCH_FIELDS:
-        mine, theirs = effective.get(name, (getattr(run_cfg, name), getattr(hf_cfg, name)))
+        mine, theirs = getattr(run_cfg, name), getattr(hf_cfg, name)
         if mine != theirs:
             wrong.append(f"model.{name}={theirs} (the run has {mine})")
     if run_cfg.max_seq_len > hf_cfg.max_seq_len and run_cfg.family == "gpt2":

@@ -55,7 +55,7 @@ def attend(q_BTNH, k_BSKH, v_BSKH, mask_B1TS, *, dropout: Dropout, dropout_key) 
 
 class Attention(nnx.Module):
     def __init__(self, cfg, *, std: float, out_std: float, dtype, rngs: nnx.Rngs):
-        d, n, kv, h = cfg.d_model, cfg.n_heads, cfg.n_kv_heads or cfg.n_heads, cfg.head_dim or cfg.d_model // cfg.n_heads
+        d, n, kv, h = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         bias = cfg.family == "gpt2"
         common = dict(use_bias=bias, dtype=dtype, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs,
                       matmul_dtype=cfg.matmul_dtype)

@@ -19,17 +19,9 @@ from jaxlm.model.attention import Attention
 from jaxlm.model.layers import MATMUL_OUTPUT, Dense, Dropout, Norm, constrain, init_stds, param
 
 
-def d_ff_of(cfg) -> int:
-    if cfg.d_ff:
-        return cfg.d_ff
-    if cfg.family == "gpt2":
-        return 4 * cfg.d_model
-    return -(-int(8 * cfg.d_model / 3) // 64) * 64  # SwiGLU keeps the MLP's parameter count near 8d^2
-
-
 class MLP(nnx.Module):
     def __init__(self, cfg, *, std: float, out_std: float, dtype, rngs: nnx.Rngs):
-        d, f = cfg.d_model, d_ff_of(cfg)
+        d, f = cfg.d_model, cfg.d_ff
         self.gated = cfg.family == "llama"
         common = dict(use_bias=not self.gated, dtype=dtype, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs,
                       matmul_dtype=cfg.matmul_dtype)
@@ -174,7 +166,7 @@ class Transformer(nnx.Module):
     def init_cache(self, batch: int, length: int, dtype=None) -> dict:
         """An empty KV cache for `length` positions, stacked over layers like the parameters."""
         cfg = self.cfg
-        kv, h = cfg.n_kv_heads or cfg.n_heads, cfg.head_dim or cfg.d_model // cfg.n_heads
+        kv, h = cfg.n_kv_heads, cfg.head_dim
         dtype = dtype or self.dtype
         zeros = jnp.zeros((cfg.n_layers, batch, length, kv, h), dtype)
         return dict(k=zeros, v=zeros, segment_ids=jnp.zeros((cfg.n_layers, batch, length), jnp.int32),

@@ -49,7 +49,7 @@ def _workload(config: Config):
 
 
 def _simple_rule(config: Config, devices: int) -> dict[str, int]:
-    micro = config.train.micro_batch or config.train.global_batch
+    micro = config.train.micro_batch
     if micro % devices:
         raise ConfigError(f"mesh: auto: a micro-batch of {micro} sequences cannot be split over {devices} "
                           f"devices; make train.micro_batch a multiple of {devices}")

@@ -43,7 +43,7 @@ def mesh_shape(cfg: MeshConfig, device_count: int) -> dict[str, int]:
 
 def check_fits(config: Config, sizes: dict[str, int]) -> None:
     """ConfigError, naming the keys to change, when this model and batch cannot run on the mesh."""
-    micro = config.train.micro_batch or config.train.global_batch
+    micro = config.train.micro_batch
     shards = sizes["data"] * sizes["fsdp"]
     if micro % shards:
         raise ConfigError(f"train.micro_batch ({micro}) must be divisible by the mesh's batch axes "

@@ -90,7 +90,7 @@ def make_plan(config: Config, stages: int, n_micro: int, per_pass: Optional[int]
 def check_config(config: Config, stages: int) -> None:
     """Every batch size the run will use (the ramp's and the final) fits the schedule."""
     t = config.train
-    micro = t.micro_batch or t.global_batch
+    micro = t.micro_batch
     for batch in [t.global_batch] + [s.batch for s in t.batch_ramp]:
         make_plan(config, stages, batch // micro)
 
@@ -272,7 +272,7 @@ def make_pipelined_grads(config: Config, spec, mesh: Optional[Mesh]) -> Optional
     check_config(config, stages)
     if jax.process_index() == 0:
         t = config.train
-        n = t.global_batch // (t.micro_batch or t.global_batch)
+        n = t.global_batch // t.micro_batch
         print(make_plan(config, stages, n).describe(), file=sys.stderr)
     grad_fn = jax.value_and_grad(make_pipelined_loss(config, spec, mesh, train=True), has_aux=True)
     dropout = _uses_dropout(config)

@@ -173,9 +173,9 @@ def cmd_memory(args) -> None:
     device = None if args.device_type in (None, "cpu") else get_device(args.device_type)
     n = count_params(model)
     print(f"model: {model.family}, {human(n)} parameters, d_model {model.d_model}, {model.n_layers} layers, "
-          f"{model.n_heads} heads ({model.n_kv_heads or model.n_heads} kv), vocab {model.vocab_size}, "
+          f"{model.n_heads} heads ({model.n_kv_heads} kv), vocab {model.vocab_size}, "
           f"{'tied' if model.tie_embeddings else 'untied'} embeddings")
-    print(f"step: {work.global_batch} x {work.seq_len} tokens, micro-batch {work.micro_batch or work.global_batch}, "
+    print(f"step: {work.global_batch} x {work.seq_len} tokens, micro-batch {work.micro_batch}, "
           f"remat {work.remat}, params {work.param_dtype}, compute {work.compute_dtype}, {work.optimizer}")
     if mesh is None:
         if not args.devices or device is None:

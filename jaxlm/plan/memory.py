@@ -83,11 +83,9 @@ def parse_mesh(text: str) -> MeshShape:
 
 
 def dims(model) -> dict:
-    from jaxlm.model.transformer import d_ff_of
-
     n = model.n_heads
-    return dict(d=model.d_model, f=d_ff_of(model), n=n, kv=model.n_kv_heads or n,
-                h=model.head_dim or model.d_model // n, V=model.vocab_size, L=model.n_layers)
+    return dict(d=model.d_model, f=model.d_ff, n=n, kv=model.n_kv_heads,
+                h=model.head_dim, V=model.vocab_size, L=model.n_layers)
 
 
 def param_table(model) -> list[tuple[str, tuple, tuple]]:
@@ -200,9 +198,13 @@ class Workload:
     pipeline_repeats: int = 1  # the circular schedule's rounds (pipeline.repeats); 1: GPipe
     pipeline_microbatches: int = 0  # micro-batches per pipeline pass (pipeline.microbatches); 0: all
 
+    def __post_init__(self):  # the derived default, resolved once (as jaxlm.config.TrainConfig does)
+        if not self.micro_batch:
+            object.__setattr__(self, "micro_batch", self.global_batch)
+
     @property
     def n_micro(self) -> int:
-        return self.global_batch // (self.micro_batch or self.global_batch)
+        return self.global_batch // self.micro_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,7 +246,7 @@ def _dtype_bytes(name: str) -> int:
 def check_mesh(model, work: Workload, mesh: MeshShape) -> None:
     """Raises PlanError when the trainer could not run this model on this mesh."""
     g = dims(model)
-    micro = work.micro_batch or work.global_batch
+    micro = work.micro_batch
     if work.global_batch % micro:
         raise PlanError(f"global batch {work.global_batch} is not a multiple of the micro-batch {micro}")
     if micro % mesh.batch_shards:
@@ -297,7 +299,7 @@ def estimate_memory(model, work: Workload, mesh: MeshShape) -> MemoryEstimate:
     mixed = cbytes != pbytes
     weights_compute = p_layers_dev * 2 * cbytes if (mixed and work.remat == "none") else 0.0
 
-    tokens = (work.micro_batch or work.global_batch) // mesh.batch_shards * work.seq_len
+    tokens = work.micro_batch // mesh.batch_shards * work.seq_len
     layers_here = g["L"] // mesh.pipe
     saved = _per_token_layer_bytes(model, work.remat, mesh, act_bytes, work.seq_len)
     activations = layers_here * tokens * saved
@@ -393,7 +395,7 @@ def recommend_mesh(model, work: Workload, devices: int, hbm_bytes: float,
         raise PlanError(f"the device count must be positive, got {devices}")
     meshes = candidate_meshes(model, work, devices, max_tensor)
     if not meshes:
-        micro = work.micro_batch or work.global_batch
+        micro = work.micro_batch
         raise PlanError(f"no mesh of {devices} devices can split a micro-batch of {micro} sequences "
                         "and this model's heads; use a batch that is a multiple of the device count")
     fitting = [(m, estimate_memory(model, work, m)) for m in meshes]

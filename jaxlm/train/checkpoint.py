@@ -498,4 +498,4 @@ def restore_params(workdir: str, step: Optional[int] = None, mesh=None) -> tuple
 
 def _bare_config() -> Config:
     """A config only for reading a checkpoint's meta item (before its own config is known)."""
-    return Config(data=config_lib.DataConfig(sources=[config_lib.SourceConfig(path="-")]))
+    return Config()

@@ -61,7 +61,7 @@ def check(config: Config, mesh: Mesh) -> int:
     if mesh.shape.get("pipe", 1) > 1:
         raise ConfigError("diloco runs replicas along mesh.data with mesh.pipe=1; combine it with data, fsdp "
                           "and tensor axes")
-    micro = config.train.micro_batch or config.train.global_batch
+    micro = config.train.micro_batch
     inner_shards = replicas * mesh.shape.get("fsdp", 1)
     if micro % inner_shards:
         raise ConfigError(f"train.micro_batch ({micro}) must split into {replicas} replicas (mesh.data) x "

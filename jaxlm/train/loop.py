@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from jaxlm import config as config_lib
-from jaxlm.config import Config, ConfigError
+from jaxlm.config import Config, ConfigError, require_data
 from jaxlm.data import format as data_format
 from jaxlm.model import layers
 from jaxlm.parallel import pipeline, rules
@@ -40,6 +40,7 @@ class Trainer:
     """Holds what a run needs between steps; `run()` trains to `train.steps`."""
 
     def __init__(self, config: Config):
+        require_data(config)  # the schema leaves sources optional: eval, export and restore read no data
         self.config = config
         self.is_main = jax.process_index() == 0
         self.workdir = os.path.abspath(config.workdir)
@@ -84,7 +85,7 @@ class Trainer:
     def _check_batch_fits_mesh(self) -> None:
         t = self.config.train
         shards = int(np.prod([self.mesh.shape[a] for a in BATCH_AXES]))
-        micro = t.micro_batch or t.global_batch
+        micro = t.micro_batch
         if micro % shards:
             raise ConfigError(
                 f"train.micro_batch ({micro}) must be divisible by the mesh's batch axes "
@@ -109,7 +110,7 @@ class Trainer:
     def _loader(self, split: str, *, epochs: Optional[int] = None):
         from jaxlm.data.loader import build_loader
         c = self.config
-        rows = (c.train.micro_batch or c.train.global_batch) // jax.process_count()
+        rows = c.train.micro_batch // jax.process_count()
         return build_loader(
             sources=[(s.path, s.weight) for s in c.data.sources], split=split,
             seq_len=c.data.seq_len, batch_rows=rows, seed=c.seed,
@@ -138,7 +139,7 @@ class Trainer:
         stages = self.mesh.shape.get(pipeline.AXIS, 1)
         if stages > 1:  # the schedule at the full batch (a batch ramp starts with fewer micro-batches)
             t = self.config.train
-            plan = pipeline.make_plan(self.config, stages, t.global_batch // (t.micro_batch or t.global_batch))
+            plan = pipeline.make_plan(self.config, stages, t.global_batch // t.micro_batch)
             run["pipeline"] = {**dataclasses.asdict(plan), "bubble": plan.bubble, "describe": plan.describe()}
         with open(os.path.join(self.workdir, "run.json"), "w", encoding="utf-8") as f:
             json.dump(run, f, indent=2)
@@ -175,7 +176,7 @@ class Trainer:
                 micro = next(loader)
             except StopIteration:
                 if empty is None:
-                    rows = (self.config.train.micro_batch or self.config.train.global_batch) // jax.process_count()
+                    rows = self.config.train.micro_batch // jax.process_count()
                     empty = {k: np.zeros((rows, self.config.data.seq_len), np.int32) for k in BATCH_KEYS}
                 micro = empty
             s, c = self.eval_step(self.state["params"], self._global(micro, sharding))
@@ -223,7 +224,7 @@ class Trainer:
                     self.writer.write(step, {"compile_seconds": logged["compile_seconds"]})
                 window_start, window_tokens = time.perf_counter(), 0.0
             else:
-                window_tokens += n_micro * (t.micro_batch or t.global_batch) * c.data.seq_len
+                window_tokens += n_micro * t.micro_batch * c.data.seq_len
                 logged = None
                 if step % t.log_every == 0 or step == t.steps:
                     jax.block_until_ready(metrics)

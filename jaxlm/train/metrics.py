@@ -27,8 +27,7 @@ def flops_per_token(config: Config, param_count: int) -> float:
         n -= m.max_seq_len * m.d_model  # position lookup: no matmul
     if not m.tie_embeddings:
         n -= m.vocab_size * m.d_model  # the input embedding is a lookup; the output one is a matmul
-    head_dim = m.head_dim or m.d_model // m.n_heads
-    return 6.0 * n + 12.0 * m.n_layers * m.n_heads * head_dim * config.data.seq_len
+    return 6.0 * n + 12.0 * m.n_layers * m.n_heads * m.head_dim * config.data.seq_len
 
 
 def measure_cpu_peak_flops(dtype=jnp.float32, size: int = 1024, seconds: float = 0.5) -> float:
@@ -61,7 +60,7 @@ def peak_flops(config: Config) -> tuple[float, str]:
     if per_device is not None:
         return per_device * jax.device_count(), f"table ({kind})"
     # CPU: the fake devices share the host's cores, so the probe measures the whole host.
-    dtype = jnp.dtype(config.model.matmul_dtype or config.model.dtype)
+    dtype = jnp.dtype(config.model.matmul_dtype)
     return measure_cpu_peak_flops(dtype), f"cpu matmul probe ({dtype.name} operands)"
 
 

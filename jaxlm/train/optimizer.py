@@ -106,7 +106,7 @@ class BatchRamp:
     """
 
     def __init__(self, train: TrainConfig, seq_len: int):
-        self.micro = train.micro_batch or train.global_batch
+        self.micro = train.micro_batch
         self.seq_len = seq_len
         self.stages = sorted(train.batch_ramp, key=lambda s: s.until_tokens)
         self.final = train.global_batch

@@ -157,7 +157,7 @@ def compile_for_analysis(config: Config, n_micro: int = 1):
         "lr_scale": jax.ShapeDtypeStruct([], jnp.float32),
         "spike": jax.eval_shape(spikes.init_stats),
     }
-    rows = (config.train.micro_batch or config.train.global_batch)
+    rows = config.train.micro_batch
     shape = (n_micro, rows, config.data.seq_len)
     batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32) for k in BATCH_KEYS}
     batch_sharding = rules.batch_sharding(mesh, ndim=2, leading=1)
