@@ -21,6 +21,8 @@ from flax import nnx
 
 from jaxlm.config import ModelConfig
 from jaxlm.interop import keymap
+from jaxlm.model import Transformer
+from jaxlm.model.transformer import d_ff_of
 
 
 class InteropError(ValueError):
@@ -38,7 +40,6 @@ def _dims(cfg: ModelConfig) -> tuple[int, int, int]:
 
 def expected_shapes(cfg: ModelConfig) -> dict:
     """The params pure dict (nested, of ShapeDtypeStructs) a jaxlm model of this config has."""
-    from jaxlm.model import Transformer
 
     abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     return nnx.to_pure_dict(nnx.state(abstract))
@@ -93,7 +94,6 @@ def hf_config(cfg: ModelConfig, *, bos_id: Optional[int] = None, eos_id: Optiona
     common = dict(vocab_size=cfg.vocab_size, tie_word_embeddings=cfg.tie_embeddings, bos_token_id=bos_id,
                   eos_token_id=eos_id, pad_token_id=pad_id, torch_dtype=dtype, dtype=dtype)
     if cfg.family == "llama":
-        from jaxlm.model.transformer import d_ff_of
         return dict(architectures=[ARCHITECTURES["llama"]], model_type="llama", hidden_size=cfg.d_model,
                     intermediate_size=d_ff_of(cfg), num_hidden_layers=cfg.n_layers, num_attention_heads=n,
                     num_key_value_heads=kv, head_dim=h, max_position_embeddings=cfg.max_seq_len,
@@ -103,7 +103,6 @@ def hf_config(cfg: ModelConfig, *, bos_id: Optional[int] = None, eos_id: Optiona
     if kv != n or h * n != cfg.d_model:
         raise InteropError("GPT2LMHeadModel needs n_kv_heads == n_heads and head_dim == d_model / n_heads; "
                            f"this gpt2-family model has n_heads={n}, n_kv_heads={kv}, head_dim={h}")
-    from jaxlm.model.transformer import d_ff_of
     return dict(architectures=[ARCHITECTURES["gpt2"]], model_type="gpt2", n_embd=cfg.d_model,
                 n_layer=cfg.n_layers, n_head=n, n_inner=d_ff_of(cfg), n_positions=cfg.max_seq_len,
                 n_ctx=cfg.max_seq_len, layer_norm_epsilon=cfg.norm_eps, activation_function="gelu_new",
@@ -285,7 +284,6 @@ def warm_start_params(run_cfg: ModelConfig, hf_dir: str) -> dict:
     run's max_seq_len may be shorter than the checkpoint's position table, which is then cut.
     rope_theta may differ on purpose (context extension), so it is not checked.
     """
-    from jaxlm.model.transformer import d_ff_of
 
     hf_cfg, params = load_hf(hf_dir)
     n, kv, h = _dims(run_cfg)

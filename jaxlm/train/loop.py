@@ -75,7 +75,7 @@ class Trainer:
             saved=self.resumed_extra.get("spikes"))
         if self._restored is not None:
             self.spikes.checkpoint_saved(self._restored.step)  # known good once the next step is clean
-        self.flops_per_token = metrics_lib.flops_per_token(config, self.spec.param_count)
+        self.flops_per_token = metrics_lib.flops_per_token(config.model, config.data.seq_len)
         self.peak_flops, self.peak_source = metrics_lib.peak_flops(config)
 
     # ------------------------------------------------------------------------------------------
