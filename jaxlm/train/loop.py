@@ -45,7 +45,7 @@ class Trainer:
         self.workdir = os.path.abspath(config.workdir)
         os.makedirs(self.workdir, exist_ok=True)
 
-        self.mesh = build_mesh(config)  # also resolves `mesh: auto` and checks the model fits
+        self.mesh = build_mesh(config)  # checks the model fits (`mesh: auto` is resolved before: jaxlm.plan.auto)
         self._check_batch_fits_mesh()
         self.data_info = self._open_data()
         self.spec = model_spec(config)
