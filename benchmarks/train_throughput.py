@@ -23,8 +23,9 @@ import numpy as np
 import optax
 
 from jaxlm.config import config_from_dict
+from jaxlm.model.counting import flops_per_token
 from jaxlm.parallel.mesh import build_mesh
-from jaxlm.train.metrics import flops_per_token, measure_cpu_peak_flops
+from jaxlm.train.metrics import measure_cpu_peak_flops
 from jaxlm.train.state import build_optimizer, init_state, model_spec, state_shardings
 from jaxlm.train.step import make_train_step
 
@@ -52,7 +53,7 @@ def synthetic_batch(seed=0, rows=BATCH, length=CONTEXT, vocab=VOCAB):
 def jaxlm_runner(dtype: str, loss_chunk: int):
     config = jaxlm_config(dtype, loss_chunk)
     run, spec = step_runner(config, synthetic_batch())
-    return run, flops_per_token(config, spec.param_count)
+    return run, flops_per_token(config.model, config.data.seq_len)
 
 
 def step_runner(config, batch: dict):

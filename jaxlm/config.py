@@ -98,7 +98,7 @@ class MeshConfig:
     fsdp: int = 1
     tensor: int = 1
     pipe: int = 1
-    auto: bool = False  # `mesh: auto`: sizes chosen from devices, model and batch (jaxlm.parallel.auto)
+    auto: bool = False  # `mesh: auto`: sizes chosen from devices, model and batch (jaxlm.plan.auto)
 
 
 @dataclasses.dataclass

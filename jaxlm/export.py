@@ -18,15 +18,19 @@ import os
 import sys
 from typing import Optional
 
-from jaxlm.config import Config
+from jaxlm.config import Config, ConfigError
+from jaxlm.data.format import DataFormatError
+from jaxlm.data.shards import DocumentSource, open_dataset
+from jaxlm.eval.errors import EvalError
+from jaxlm.eval.loading import load_workdir
+from jaxlm.eval.tokenizer import Tokenizer
+from jaxlm.interop import InteropError, export_hf
 
 
 def export_run(config: Config, params: dict, out_dir: str, *, dtype: str = "float32",
                tokenizer_dir: Optional[str] = None, check_documents: int = 20) -> dict:
     """Writes the model and (when the run's dataset is there) its tokenizer; returns a summary."""
-    from jaxlm.eval.tokenizer import Tokenizer
-    from jaxlm.interop import export_hf
-    from jaxlm.interop import tokenizer as hf_tokenizer
+    from jaxlm.interop import tokenizer as hf_tokenizer  # needs `tokenizers` (optional): only when exporting one
 
     tokenizer_dir = tokenizer_dir or (config.data.sources[0].path if config.data.sources else None)
     tok = None
@@ -47,9 +51,7 @@ def export_run(config: Config, params: dict, out_dir: str, *, dtype: str = "floa
 
 def _check_texts(dataset_dir: str, tok, documents: int) -> list[str]:
     """Pieces of the first validation documents (nothing when the split cannot be read)."""
-    from jaxlm.data.format import DataFormatError
-    from jaxlm.data.shards import DocumentSource, open_dataset
-    from jaxlm.interop.tokenizer import sample_texts
+    from jaxlm.interop.tokenizer import sample_texts  # needs `tokenizers` (optional), as above
 
     try:
         docs = DocumentSource(open_dataset(dataset_dir), "val")
@@ -60,11 +62,6 @@ def _check_texts(dataset_dir: str, tok, documents: int) -> list[str]:
 
 
 def main(argv=None) -> int:
-    from jaxlm.config import ConfigError
-    from jaxlm.eval.errors import EvalError
-    from jaxlm.eval.loading import load_workdir
-    from jaxlm.interop import InteropError
-
     p = argparse.ArgumentParser(prog="python -m jaxlm.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True, help="training run folder")

@@ -10,6 +10,13 @@ import sys
 
 from absl import app, flags, logging
 
+from jaxlm.config import ConfigError, load_config
+from jaxlm.data.format import DataFormatError
+from jaxlm.parallel import distributed
+from jaxlm.plan import auto
+from jaxlm.train.loop import train
+from jaxlm.train.spikes import TrainingHalted
+
 FLAGS = flags.DEFINE_string("config", None, "YAML config file (see configs/)")
 _COORD = flags.DEFINE_string("coordinator", None, "host:port of process 0, for multi-process runs "
                              "outside Cloud TPU/SLURM (which are detected)")
@@ -18,19 +25,11 @@ _PID = flags.DEFINE_integer("process_id", None, "this process's index (with --co
 
 
 def run(config_path: str, overrides: list[str]) -> dict:
-    from jaxlm.config import load_config
-    from jaxlm.train.loop import train
-
-    config = load_config(config_path, overrides)
+    config = auto.resolve_mesh(load_config(config_path, overrides))  # `mesh: auto` -> sizes
     return train(config)
 
 
 def main(argv: list[str]) -> int:
-    from jaxlm.config import ConfigError
-    from jaxlm.data.format import DataFormatError
-    from jaxlm.parallel import distributed
-    from jaxlm.train.spikes import TrainingHalted
-
     logging.set_verbosity(logging.WARNING)  # JAX's platform probing is INFO noise for users
     if not FLAGS.value:
         print("error: --config is required, e.g. python -m jaxlm.main --config configs/demo.yaml", file=sys.stderr)
@@ -51,7 +50,6 @@ def main(argv: list[str]) -> int:
 
 
 def _main_and_exit(argv: list[str]) -> None:
-    from jaxlm.parallel import distributed
     distributed.exit_process(main(argv))
 
 

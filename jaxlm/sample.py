@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jaxlm.config import ConfigError
+from jaxlm.eval.errors import EvalError
+from jaxlm.eval.generate import Generator, SamplingConfig
+from jaxlm.eval.loading import load_hf_dir, load_workdir
+from jaxlm.interop import InteropError
+
 
 def main(argv=None) -> int:
-    from jaxlm.config import ConfigError
-    from jaxlm.eval.errors import EvalError
-    from jaxlm.eval.generate import Generator, SamplingConfig
-    from jaxlm.eval.loading import load_hf_dir, load_workdir
-    from jaxlm.interop import InteropError
-
     p = argparse.ArgumentParser(prog="python -m jaxlm.sample", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)

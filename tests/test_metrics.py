@@ -2,14 +2,20 @@
 
 import importlib.util
 import json
+import os
+import socket
 import subprocess
 import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from jaxlm.config import Config, ModelConfig, TrainConfig
 from jaxlm.train import metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_tensorboard_writer_leaves_torch_unloaded_and_writes_readable_events(tmp_path):
@@ -56,3 +62,42 @@ def test_probe_product_accumulates_and_returns_float32():
     y = metrics.probe_matmul(x, x.T)
     assert y.dtype == jnp.float32
     assert float(y[0, 0]) == 300 * (1.0 + 2.0 ** -7) ** 2
+
+
+_PEAK_WORKER = textwrap.dedent("""
+    import json, sys
+    import jax
+    pid, port = int(sys.argv[1]), int(sys.argv[2])
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=pid)
+    from jaxlm.config import Config, TrainConfig
+    from jaxlm.parallel import distributed
+    from jaxlm.train import metrics
+    peak, source = metrics.peak_flops(Config(train=TrainConfig(peak_flops=None)))
+    print(json.dumps({"peak": peak, "source": source}), flush=True)
+    distributed.exit_process(0)  # the interpreter's own teardown can hang here (see exit_process)
+""")
+
+
+@pytest.mark.slow  # ~25 s on a loaded 2-core host: two JAX processes start and probe
+def test_two_processes_agree_on_one_cpu_peak():
+    # Each process probes its own share of the host; MFU must be against one figure for the run,
+    # the same on every process (the slowest process's probe x the process count).
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, "-c", _PEAK_WORKER, str(pid), str(port)], env=env, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in range(2)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    results = []
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+        results.append(json.loads(next(line for line in reversed(out.splitlines()) if line.startswith('{"peak"'))))
+    assert results[0] == results[1]  # bit for bit: one peak for the run
+    assert results[0]["source"] == "cpu matmul probe (float32 operands), slowest of 2 processes x 2"
+    assert results[0]["peak"] > 1e8
+    # process 0 says what MFU is measured against; the other process stays quiet
+    assert "mfu: against a measured matmul probe, not a datasheet peak" in outs[0][1]
+    assert "mfu:" not in outs[1][1]

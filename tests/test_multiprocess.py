@@ -71,6 +71,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     with open(tmp_path / "run" / "metrics.jsonl", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
     two = np.array([r["loss"] for r in sorted(rows, key=lambda r: r["step"]) if "loss" in r])
+    mfu = [r["mfu"] for r in rows if "mfu" in r]
+    assert mfu and all(0 < m < 1 for m in mfu)  # against one peak for the whole run (both processes)
     run_json = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run_json["process_count"] == 2 and run_json["mesh"]["data"] == 2
 

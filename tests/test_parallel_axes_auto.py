@@ -4,8 +4,8 @@ import jax
 import pytest
 
 from jaxlm.config import ConfigError, config_from_dict
-from jaxlm.parallel import auto
 from jaxlm.parallel.mesh import build_mesh
+from jaxlm.plan import auto
 from jaxlm.plan.memory import PRESETS
 
 GiB = 2**30
@@ -43,7 +43,7 @@ def test_impossible_fits_fail_with_the_reason():
 def test_cpu_has_no_memory_limit_and_the_batch_decides():
     assert auto.device_memory(jax.devices()[0]) is None
     config = _config({"vocab_size": 96, "d_model": 32, "n_layers": 2, "n_heads": 4, "max_seq_len": 1024}, global_batch=4)
-    mesh = build_mesh(config)  # 4 sequences on 8 devices: data 4 x fsdp 2 cannot split them ...
+    mesh = build_mesh(auto.resolve_mesh(config))  # 4 sequences on 8 devices: data 4 x fsdp 2 cannot split them ...
     assert dict(mesh.shape) == {"data": 4, "fsdp": 1, "tensor": 2, "pipe": 1}  # ... so tensor takes the rest
 
 
@@ -56,5 +56,14 @@ def test_build_mesh_checks_explicit_meshes_before_compile():
         build_mesh(_config(tiny, mesh={"data": 2, "pipe": 4}, global_batch=4))
     with pytest.raises(ConfigError, match=r"mesh data=3, fsdp=1, tensor=1, pipe=1 has 3 devices but 8"):
         build_mesh(_config(tiny, mesh={"data": 3}))
-    with pytest.raises(ConfigError, match=r"mesh: auto needs the model and the batch"):
-        build_mesh(_config(tiny).mesh)
+    with pytest.raises(ConfigError, match=r"mesh: auto must be resolved to sizes .* jaxlm.plan.auto.resolve_mesh"):
+        build_mesh(_config(tiny))  # choosing sizes is the planner's: the mesh builder refuses `auto`
+
+
+def test_resolving_auto_records_the_chosen_sizes():
+    tiny = {"vocab_size": 96, "d_model": 32, "n_layers": 2, "n_heads": 4, "max_seq_len": 1024}
+    config = _config(tiny, global_batch=16)
+    resolved = auto.resolve_mesh(config)
+    assert config.mesh.auto and not resolved.mesh.auto
+    assert (resolved.mesh.data, resolved.mesh.fsdp, resolved.mesh.tensor, resolved.mesh.pipe) == (8, 1, 1, 1)
+    assert auto.resolve_mesh(resolved) is resolved  # an explicit mesh is left alone

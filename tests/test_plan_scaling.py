@@ -6,7 +6,8 @@ import pytest
 from scipy.optimize import minimize_scalar
 
 from jaxlm.plan import PlanError
-from jaxlm.plan.hardware import device_peak_flops, get_device
+from jaxlm.parallel.hardware import device_peak_flops
+from jaxlm.plan.hardware import get_device
 from jaxlm.plan.scaling import LAWS, LossLaw, allocate, check_allocation, flops_from_hardware, training_flops
 
 # Chinchilla (Hoffmann et al. 2022) Table 3, approach 1: parameters -> (FLOPs, tokens)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, TypeVar
 
 from data_prep.errors import ConfigError
-from data_prep.stages.base import Stage
+from data_prep.stages.base import Filter, Mapper, Stage
 from jaxlm import schema
 
 STAGES: dict[str, type[Stage]] = {}
@@ -40,8 +40,6 @@ def _closest(word: str, choices: list[str]) -> str:
 
 def build_stage(spec: dict[str, Any]) -> Stage:
     """A configured stage from `spec`; raises StageConfigError naming what is wrong."""
-    import data_prep.stages  # noqa: F401  (registers every stage type)
-
     if not isinstance(spec, dict) or "type" not in spec:
         raise StageConfigError(
             f"a stage spec must be a mapping with a 'type' key, got {spec!r}; "
@@ -73,8 +71,6 @@ def build_stage(spec: dict[str, Any]) -> Stage:
         raise StageConfigError(f"stage {type_name!r}: {e}") from None
     stage.name = str(spec.get("name", type_name))
     if "sources" in spec:
-        from data_prep.stages.base import Filter, Mapper
-
         sources = spec["sources"]
         if not (isinstance(sources, list) and all(isinstance(x, str) for x in sources)):
             raise StageConfigError(f"stage {stage.name!r}: 'sources' must be a list of source names, got {sources!r}")

@@ -13,6 +13,6 @@ __all__ = ["EvalError", "evaluate_tasks", "format_table", "run_tasks", "scalars"
 
 def __getattr__(name):
     if name in ("evaluate_tasks", "format_table", "run_tasks", "scalars"):
-        from jaxlm.eval import harness
+        from jaxlm.eval import harness  # lazy: `python -m jaxlm.eval.<module>` needs no harness (see above)
         return getattr(harness, name)
     raise AttributeError(f"module 'jaxlm.eval' has no attribute {name!r}")

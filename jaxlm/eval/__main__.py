@@ -13,6 +13,15 @@ import argparse
 import json
 import sys
 
+from jaxlm.config import ConfigError
+from jaxlm.data.format import DataFormatError
+from jaxlm.eval import harness, perplexity
+from jaxlm.eval.contamination import NgramIndex
+from jaxlm.eval.errors import EvalError
+from jaxlm.eval.loading import load_hf_dir, load_workdir
+from jaxlm.eval.tasks import builtin_tasks, load_task
+from jaxlm.interop.hf import InteropError
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jaxlm.eval", description=__doc__,
@@ -42,12 +51,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from jaxlm.eval import harness, perplexity
-    from jaxlm.eval.contamination import NgramIndex
-    from jaxlm.eval.errors import EvalError
-    from jaxlm.eval.loading import load_hf_dir, load_workdir
-    from jaxlm.eval.tasks import builtin_tasks, load_task
-
     if args.list_tasks:
         for name in builtin_tasks():
             task = load_task(name)
@@ -102,11 +105,6 @@ def _kv(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from jaxlm.config import ConfigError
-    from jaxlm.data.format import DataFormatError
-    from jaxlm.eval.errors import EvalError
-    from jaxlm.interop.hf import InteropError
-
     args = _parser().parse_args(argv)
     try:
         return run(args)

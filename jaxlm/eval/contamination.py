@@ -1,7 +1,7 @@
 """Which benchmark items may have been seen in training: 13-gram overlap with the training text.
 
 N-grams are hashed exactly as data_prep's `decontaminate` stage hashes them (its words: lower-cased,
-punctuation stripped; `data_prep.stages.minhash.shingle_hashes`), so the two agree on what a
+punctuation stripped; `jaxlm.data.texthash.shingle_hashes`, which that stage uses too), so the two agree on what a
 match is. That stage indexes the evaluation sets to clean the training data; here the index goes
 the other way: it holds the n-grams of the TRAINING text, and an item is contaminated when any
 n-gram of its text (prompt and gold answer, without demonstrations) is in it.
@@ -19,15 +19,17 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from jaxlm.data.format import DataFormatError
+from jaxlm.data.shards import DocumentSource, open_dataset
+from jaxlm.data.texthash import shingle_hashes
 from jaxlm.eval.errors import EvalError
+from jaxlm.eval.tokenizer import Tokenizer
 
 NGRAM = 13
 
 
 def ngram_hashes(texts: Sequence[str], n: int = NGRAM) -> tuple[np.ndarray, np.ndarray]:
     """(hashes, offsets): text i's n-gram hashes are hashes[offsets[i]:offsets[i+1]] (none if < n words)."""
-    from data_prep.stages.minhash import shingle_hashes
-
     return shingle_hashes(list(texts), n, short_docs=False)
 
 
@@ -74,9 +76,6 @@ class NgramIndex:
 
 def dataset_texts(dataset_dir: str, split: str = "train") -> Iterable[str]:
     """The decoded documents of a data_prep split."""
-    from jaxlm.data.format import DataFormatError
-    from jaxlm.data.shards import DocumentSource, open_dataset
-    from jaxlm.eval.tokenizer import Tokenizer
 
     try:
         docs = DocumentSource(open_dataset(dataset_dir), split)

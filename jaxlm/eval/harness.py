@@ -31,7 +31,7 @@ from jaxlm.eval import tasks as T
 from jaxlm.eval.contamination import NgramIndex
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.generate import Generator, SamplingConfig
-from jaxlm.eval.loading import EvalModel
+from jaxlm.eval.loading import EvalModel, from_params
 from jaxlm.eval.scoring import Scorer
 from jaxlm.eval.tokenizer import Tokenizer
 
@@ -242,7 +242,6 @@ def run_tasks(model_params: dict, config, tasks: Sequence[str], *, tokenizer: Op
     arguments are those of `evaluate_task` (shots, limit, seed, data_root, batch_size,
     contamination, log_samples) and `task_files`. Log `scalars(result)` to TensorBoard.
     """
-    from jaxlm.eval.loading import from_params
 
     return evaluate_tasks(from_params(config, model_params, tokenizer, window), tasks, **kw)
 

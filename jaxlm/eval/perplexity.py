@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+from jaxlm.data.format import DataFormatError
+from jaxlm.data.shards import DocumentSource, open_dataset
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.loading import EvalModel
 from jaxlm.eval.scoring import Scorer, rolling_windows
@@ -56,8 +58,6 @@ def text_perplexity(em: EvalModel, text: str, *, stride: Optional[int] = None, s
 def dataset_perplexity(em: EvalModel, dataset_dir: str, *, split: str = "val", stride: Optional[int] = None,
                        max_documents: Optional[int] = None, batch_size: int = 8) -> dict:
     """Over the documents of a data_prep split (all of them, or the first max_documents)."""
-    from jaxlm.data.format import DataFormatError
-    from jaxlm.data.shards import DocumentSource, open_dataset
 
     if em.tokenizer is None:
         raise EvalError("bits per byte of a dataset needs its tokenizer to count the bytes")

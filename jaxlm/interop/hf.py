@@ -21,6 +21,7 @@ from flax import nnx
 
 from jaxlm.config import ModelConfig
 from jaxlm.interop import keymap
+from jaxlm.model import Transformer
 
 
 class InteropError(ValueError):
@@ -33,7 +34,6 @@ _GELU_TANH = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 def expected_shapes(cfg: ModelConfig) -> dict:
     """The params pure dict (nested, of ShapeDtypeStructs) a jaxlm model of this config has."""
-    from jaxlm.model import Transformer
 
     abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
     return nnx.to_pure_dict(nnx.state(abstract))

@@ -1,7 +1,7 @@
 """The device mesh over axes (data, fsdp, tensor, pipe), built from config and checked first.
 
-`build_mesh(config)` with the whole config also resolves `mesh: auto` (jaxlm.parallel.auto) and
-checks, before anything compiles, that the batch and the pipeline fit the mesh.
+`build_mesh(config)` with the whole config also checks, before anything compiles, that the batch
+and the pipeline fit the mesh. `mesh: auto` is resolved to sizes before (jaxlm.plan.auto).
 """
 
 from __future__ import annotations
@@ -62,13 +62,10 @@ def build_mesh(cfg: MeshConfig | Config, devices=None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     config = cfg if isinstance(cfg, Config) else None
     cfg = config.mesh if config is not None else cfg
-    if cfg.auto:
-        if config is None:
-            raise ConfigError("mesh: auto needs the model and the batch: call build_mesh(config) with the whole config")
-        from jaxlm.parallel import auto
-        sizes = auto.choose_mesh(config, len(devices), auto.device_memory(devices[0]))
-    else:
-        sizes = mesh_shape(cfg, len(devices))
+    if cfg.auto:  # choosing sizes is planning, above this layer
+        raise ConfigError("mesh: auto must be resolved to sizes before the mesh is built: pass "
+                          "jaxlm.plan.auto.resolve_mesh(config) (jaxlm.main does)")
+    sizes = mesh_shape(cfg, len(devices))
     if config is not None:
         check_fits(config, sizes)
     shape = tuple(sizes[a] for a in AXES)

@@ -14,8 +14,15 @@ import argparse
 import sys
 from typing import Optional
 
+from jaxlm.config import load_config
+from jaxlm.parallel.mesh import mesh_shape
 from jaxlm.plan import PlanError
+from jaxlm.plan.fit import fit_law, load_runs
 from jaxlm.plan.hardware import DEVICES, GiB, get_device
+from jaxlm.plan.memory import (MeshShape, Workload, count_params, estimate_memory, estimate_time, flops_per_token,
+                               parse_mesh, preset, recommend_mesh)
+from jaxlm.plan.plot import plot_isoflops
+from jaxlm.plan.scaling import LAWS, allocate, check_allocation, flops_from_hardware
 
 COMMANDS = ("size", "check", "memory", "fit")
 
@@ -68,7 +75,6 @@ def _budget(args) -> float:
         return args.flops
     if args.devices is None or args.device_type is None or args.days is None:
         raise PlanError("give a budget: --flops F, or --devices N --device-type T --days X [--mfu M]")
-    from jaxlm.plan.scaling import flops_from_hardware
 
     device = get_device(args.device_type)
     flops = flops_from_hardware(args.devices, device.peak_bf16_flops, args.days, args.mfu)
@@ -80,8 +86,6 @@ def _budget(args) -> float:
 
 
 def cmd_size(args) -> None:
-    from jaxlm.plan.scaling import LAWS, allocate
-
     flops = _budget(args)
     rows = []
     for a in allocate(flops):
@@ -94,8 +98,6 @@ def cmd_size(args) -> None:
 
 
 def cmd_check(args) -> None:
-    from jaxlm.plan.scaling import check_allocation
-
     checks = check_allocation(args.params, args.tokens)
     c0 = checks[0]
     print(f"N = {human(args.params)} parameters on D = {human(args.tokens)} tokens "
@@ -123,12 +125,8 @@ def cmd_check(args) -> None:
 
 
 def _model_and_workload(args):
-    from jaxlm.plan.memory import MeshShape, Workload, preset
-
     mesh_from_config = None
     if args.config:
-        from jaxlm.config import load_config
-
         config = load_config(args.config, args.set or [])
         model = config.model
         t = config.train
@@ -155,20 +153,13 @@ def _model_and_workload(args):
         tokens = args.tokens
     mesh = None
     if args.mesh:
-        from jaxlm.plan.memory import parse_mesh
-
         mesh = parse_mesh(args.mesh)
     elif mesh_from_config is not None and args.devices:
-        from jaxlm.parallel.mesh import mesh_shape
-
         mesh = MeshShape(**mesh_shape(mesh_from_config, args.devices))
     return model, workload, mesh, tokens
 
 
 def cmd_memory(args) -> None:
-    from jaxlm.plan.memory import count_params, estimate_memory, estimate_time, flops_per_token, recommend_mesh
-    from jaxlm.plan.scaling import LAWS
-
     model, work, mesh, tokens = _model_and_workload(args)
     device = None if args.device_type in (None, "cpu") else get_device(args.device_type)
     n = count_params(model)
@@ -215,8 +206,6 @@ def cmd_memory(args) -> None:
 
 
 def cmd_fit(args) -> None:
-    from jaxlm.plan.fit import fit_law, load_runs
-
     points = load_runs(args.runs, args.points, args.metric)
     result = fit_law(points, bootstrap=args.bootstrap, seed=args.seed)
     law = result.law
@@ -239,8 +228,6 @@ def cmd_fit(args) -> None:
             line += f"; N 90% interval [{human(interval[0])}, {human(interval[1])}]"
         print(line)
     if args.plot:
-        from jaxlm.plan.plot import plot_isoflops
-
         print(f"wrote {plot_isoflops(law, points, args.plot)}")
 
 

@@ -1,8 +1,9 @@
 """Per-device memory of a training step, its FLOPs, time and cost, and a mesh for a device count.
 
 The model is described by `jaxlm.config.ModelConfig` (the trainer's own), so the planner and the
-trainer cannot disagree on what a config means. Parameters are enumerated exactly as
-`jaxlm.model.Transformer` creates them, with their logical axis names, and each is sharded with the
+trainer cannot disagree on what a config means. Parameters and FLOPs are counted from the model
+itself (`jaxlm.model.counting`: an abstract evaluation of `Transformer`'s shapes with their logical
+axis names; the trainer's MFU uses the same FLOPs count), and each parameter is sharded with the
 trainer's own rule table (`jaxlm.parallel.rules`), so the per-device parameter bytes are exact.
 
 Activations are an estimate: elements saved per token and layer for each rematerialisation policy,
@@ -25,6 +26,10 @@ import math
 import types
 from typing import Optional
 
+from jaxlm.config import ModelConfig
+from jaxlm.model import counting
+from jaxlm.model.counting import ParamShape
+from jaxlm.parallel.rules import PARAM_RULES, spec_for
 from jaxlm.plan import PlanError
 
 GiB = 2**30
@@ -88,54 +93,16 @@ def dims(model) -> dict:
                 h=model.head_dim, V=model.vocab_size, L=model.n_layers)
 
 
-def param_table(model) -> list[tuple[str, tuple, tuple]]:
-    """(name, shape, logical axes) of every parameter; per-layer ones carry a leading `layers` dim."""
-    g = dims(model)
-    d, f, n, kv, h, V, L = (g[k] for k in ("d", "f", "n", "kv", "h", "V", "L"))
-    gpt2 = model.family == "gpt2"
-    out = [("embed", (V, d), ("vocab", "embed"))]
-    if gpt2:
-        out.append(("pos_embed", (model.max_seq_len, d), ("length", "embed")))
-
-    def norm(name, size, axis):
-        rows = [(f"{name}.scale", size, axis)]
-        if gpt2:
-            rows.append((f"{name}.bias", size, axis))
-        return rows
-
-    def dense(name, in_shape, out_shape, in_axes, out_axes, bias):
-        rows = [(f"{name}.kernel", in_shape + out_shape, in_axes + out_axes)]
-        if bias:
-            rows.append((f"{name}.bias", out_shape, out_axes))
-        return rows
-
-    layer = norm("attn_norm", (d,), ("embed",))
-    layer += dense("q", (d,), (n, h), ("embed",), ("heads", "kv"), gpt2)
-    layer += dense("k", (d,), (kv, h), ("embed",), ("heads", "kv"), gpt2)
-    layer += dense("v", (d,), (kv, h), ("embed",), ("heads", "kv"), gpt2)
-    layer += dense("o", (n, h), (d,), ("heads", "kv"), ("embed",), gpt2)
-    if model.qk_norm:
-        layer += [("q_norm.scale", (h,), ("kv",)), ("k_norm.scale", (h,), ("kv",))]
-    layer += norm("mlp_norm", (d,), ("embed",))
-    layer += dense("up", (d,), (f,), ("embed",), ("mlp",), gpt2)
-    if not gpt2:
-        layer += dense("gate", (d,), (f,), ("embed",), ("mlp",), False)
-    layer += dense("down", (f,), (d,), ("mlp",), ("embed",), gpt2)
-    out += [(f"blocks.{name}", (L,) + shape, ("layers",) + axes) for name, shape, axes in layer]
-    out += [(f"final_norm.{k}", s, a) for k, s, a in norm("", (d,), ("embed",))]
-    if not model.tie_embeddings:
-        out.append(("unembed", (d, V), ("embed", "vocab")))
-    return out
+def param_table(model) -> tuple[ParamShape, ...]:
+    """(name, shape, logical axes) of every parameter, read off the model itself (jaxlm.model.counting)."""
+    return counting.param_table(model)
 
 
-def count_params(model) -> int:
-    return sum(math.prod(shape) for _, shape, _ in param_table(model))
+count_params = counting.param_count
 
 
 def _shard_factor(shape: tuple, axes: tuple, mesh: MeshShape) -> int:
     """How many ways the trainer's rules split this parameter (pipe splits the `layers` dim)."""
-    from jaxlm.parallel.rules import PARAM_RULES, spec_for
-
     fake_mesh = types.SimpleNamespace(shape=dict(data=mesh.data, fsdp=mesh.fsdp, tensor=mesh.tensor))
     spec = spec_for(axes, shape, fake_mesh, PARAM_RULES)
     sizes = fake_mesh.shape
@@ -163,19 +130,7 @@ def params_per_device(model, mesh: MeshShape) -> tuple[float, float]:
 # FLOPs
 
 
-def flops_per_token(model, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x (parameters in matmuls) + attention scores and mixing.
-
-    Embedding lookups are not matmuls; the unembedding is (tied or not). Attention adds
-    2 (QK^T) + 2 (PV) FLOPs per head dim per key position forward, x3 with the backward pass, over
-    the full (not causally halved) score matrix — the PaLM convention most MFU figures use.
-    """
-    g = dims(model)
-    matmul = sum(math.prod(s) for name, s, _ in param_table(model)
-                 if name.startswith("blocks.") and name.endswith(".kernel"))
-    matmul += g["d"] * g["V"]
-    attention = 12 * g["L"] * g["n"] * g["h"] * seq_len
-    return 6.0 * matmul + attention
+flops_per_token = counting.flops_per_token  # the trainer's MFU uses the same count
 
 
 # ----------------------------------------------------------------------------------------------
@@ -430,8 +385,6 @@ PRESETS: dict[str, dict] = {
 
 def preset(name: str, **overrides):
     """A jaxlm ModelConfig of a well-known shape (`gpt2-124m`, `llama-8b`, ...)."""
-    from jaxlm.config import ModelConfig
-
     if name not in PRESETS:
         raise PlanError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}")
     return ModelConfig(**{**PRESETS[name], **overrides})

@@ -18,6 +18,7 @@ import os
 import sys
 from typing import Optional
 
+from jaxlm.config import ConfigError, load_config
 from jaxlm.sweep.ablation import SWITCHES, ablation_table, ablation_trials, parse_switches
 from jaxlm.sweep.report import markdown_table, write_report
 from jaxlm.sweep.runner import DEFAULT_TRAIN_CMD, RunSpec, Trial, check_resumable, run_local, run_ray
@@ -76,7 +77,6 @@ def make_trials(args) -> tuple[str, list[Trial], Optional[dict]]:
 def check_trial_configs(spec: RunSpec, trials: list[Trial]) -> None:
     """Loads every trial's config as jaxlm.main will, so a misspelt key or a bad value stops the
     sweep before the first run instead of failing every trial."""
-    from jaxlm.config import ConfigError, load_config
 
     for trial in trials:
         overrides = list(spec.extra) + [f"{k}={format_value(v)}" for k, v in trial.overrides.items()]

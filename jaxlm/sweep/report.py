@@ -9,7 +9,7 @@ from typing import Optional
 import yaml
 
 from jaxlm.sweep.runner import TrialResult
-from jaxlm.sweep.space import SweepError, format_value, set_path
+from jaxlm.sweep.space import SweepError, format_value, parse_value, set_path
 
 
 def _fmt(x: Optional[float]) -> str:
@@ -70,7 +70,6 @@ def write_hparams(results: list[TrialResult], logdir: str, metric: str) -> None:
 
 def best_config(base_config: str, extra: list[str], result: TrialResult) -> dict:
     """The base config with the sweep-wide and the best trial's overrides applied."""
-    from jaxlm.sweep.space import parse_value
 
     with open(base_config, encoding="utf-8") as f:
         tree = yaml.safe_load(f) or {}

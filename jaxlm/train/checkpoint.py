@@ -33,9 +33,12 @@ from absl import logging
 
 from jaxlm import config as config_lib
 from jaxlm.config import Config, ConfigError
+from jaxlm.parallel import rules
+from jaxlm.parallel.mesh import build_mesh
 from jaxlm.train import resume
 from jaxlm.train.incidents import Incidents
 from jaxlm.train.preemption import SignalWatcher, processes_agree
+from jaxlm.train.state import init_state, model_spec
 
 CHECKPOINT_DIR = "checkpoints"
 _META_VERSION = 1
@@ -59,7 +62,6 @@ class _Unusable(Exception):
 
 def abstract_state(config: Config, spec, optimizer, shardings: dict) -> dict:
     """The train state as ShapeDtypeStructs carrying `shardings` (the restore target); nothing is computed."""
-    from jaxlm.train.state import init_state
     shapes = jax.eval_shape(lambda: init_state(config, spec, optimizer, shardings))
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
 
@@ -459,9 +461,6 @@ def restore_params(workdir: str, step: Optional[int] = None, mesh=None) -> tuple
     default all of this process's devices with the config's logical rules (replicated unless the
     mesh has fsdp/tensor axes). `workdir` may also be a checkpoints/ folder or checkpoints/<step>.
     """
-    from jaxlm.parallel import rules
-    from jaxlm.parallel.mesh import build_mesh
-    from jaxlm.train.state import model_spec
 
     directory, only = resolve_source(workdir)
     step = only if step is None else step

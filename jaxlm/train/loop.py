@@ -46,7 +46,7 @@ class Trainer:
         self.workdir = os.path.abspath(config.workdir)
         os.makedirs(self.workdir, exist_ok=True)
 
-        self.mesh = build_mesh(config)  # also resolves `mesh: auto` and checks the model fits
+        self.mesh = build_mesh(config)  # checks the model fits (`mesh: auto` is resolved before: jaxlm.plan.auto)
         self._check_batch_fits_mesh()
         self.data_info = self._open_data()
         self.spec = model_spec(config)
@@ -76,7 +76,7 @@ class Trainer:
             saved=self.resumed_extra.get("spikes"))
         if self._restored is not None:
             self.spikes.checkpoint_saved(self._restored.step)  # known good once the next step is clean
-        self.flops_per_token = metrics_lib.flops_per_token(config, self.spec.param_count)
+        self.flops_per_token = metrics_lib.flops_per_token(config.model, config.data.seq_len)
         self.peak_flops, self.peak_source = metrics_lib.peak_flops(config)
 
     # ------------------------------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """Where metrics go: metrics.jsonl, TensorBoard event files, optionally W&B; and MFU.
 
 Only process 0 writes. MFU uses the standard count of 6·N + 12·L·H·Q·T FLOPs per token (N the
-parameters that take part in matmuls, L layers, H heads, Q head size, T sequence length).
+parameters that take part in matmuls, L layers, H heads, Q head size, T sequence length), counted
+from the model by `jaxlm.model.counting.flops_per_token`, the function the planner uses too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -15,19 +17,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxlm.config import Config
-from jaxlm.plan.hardware import device_peak_flops
-
-
-def flops_per_token(config: Config, param_count: int) -> float:
-    m = config.model
-    n = param_count
-    if m.family == "gpt2":
-        n -= m.max_seq_len * m.d_model  # position lookup: no matmul
-    if not m.tie_embeddings:
-        n -= m.vocab_size * m.d_model  # the input embedding is a lookup; the output one is a matmul
-    return 6.0 * n + 12.0 * m.n_layers * m.n_heads * m.head_dim * config.data.seq_len
+from jaxlm.model.counting import flops_per_token  # noqa: F401  (MFU's count, shared with the planner)
+from jaxlm.parallel.hardware import device_peak_flops
 
 
 def measure_cpu_peak_flops(dtype=jnp.float32, size: int = 1024, seconds: float = 0.5) -> float:
@@ -52,16 +47,42 @@ def probe_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def peak_flops(config: Config) -> tuple[float, str]:
-    """Peak FLOP/s of all devices together, and where the figure came from."""
+    """Peak FLOP/s of the whole run (every process's devices together) and where the figure came
+    from; every process returns the same figure, so they all log the same MFU. Process 0 prints
+    what the run's MFU is measured against."""
+    peak, source = _run_peak_flops(config)
+    if jax.process_index() == 0:
+        print(describe_peak(peak, source), file=sys.stderr)
+    return peak, source
+
+
+def _run_peak_flops(config: Config) -> tuple[float, str]:
     if config.train.peak_flops:
         return config.train.peak_flops * jax.device_count(), "config"
     kind = jax.devices()[0].device_kind
     per_device = device_peak_flops(kind)
     if per_device is not None:
         return per_device * jax.device_count(), f"table ({kind})"
-    # CPU: the fake devices share the host's cores, so the probe measures the whole host.
+    # CPU: a process's fake devices share its host's cores, so the probe measures what the
+    # process can use. All processes probe together (after a barrier), so processes that share a
+    # host each measure their share; the run's peak is the slowest process's figure times the
+    # process count (a synchronous step runs at the slowest process's pace).
     dtype = jnp.dtype(config.model.matmul_dtype)
-    return measure_cpu_peak_flops(dtype), f"cpu matmul probe ({dtype.name} operands)"
+    source = f"cpu matmul probe ({dtype.name} operands)"
+    processes = jax.process_count()
+    if processes == 1:
+        return measure_cpu_peak_flops(dtype), source
+    multihost_utils.sync_global_devices("jaxlm cpu peak probe")
+    measured = multihost_utils.process_allgather(np.float32(measure_cpu_peak_flops(dtype)))
+    return float(np.min(measured)) * processes, f"{source}, slowest of {processes} processes x {processes}"
+
+
+def describe_peak(peak: float, source: str) -> str:
+    """The line a run prints about what its MFU is measured against."""
+    if source.startswith("cpu matmul probe"):
+        return (f"mfu: against a measured matmul probe, not a datasheet peak: {peak / 1e9:.1f} GFLOP/s "
+                f"({source}); set train.peak_flops to use another figure")
+    return f"mfu: against a peak of {peak / 1e12:.1f} TFLOP/s ({source})"
 
 
 def tensorboard_writer(logdir: str):
@@ -92,7 +113,7 @@ class MetricsWriter:
         if config.log.tensorboard:
             self._tb = tensorboard_writer(os.path.join(workdir, "tb"))
         if config.log.wandb.enabled and config.log.wandb.mode != "disabled":
-            import wandb
+            import wandb  # optional (jaxlm[wandb]); imported only when a run logs to it
             self._wandb = wandb.init(project=config.log.wandb.project, mode=config.log.wandb.mode,
                                      dir=workdir, config=_plain(config))
 
@@ -133,5 +154,4 @@ def _number(v):
 
 
 def _plain(config: Config) -> dict:
-    import dataclasses
     return dataclasses.asdict(config)

@@ -146,7 +146,7 @@ def compile_for_analysis(config: Config, n_micro: int = 1):
     from jaxlm.model import layers
     from jaxlm.train.state import build_optimizer, model_spec, state_shardings
 
-    mesh = build_mesh(config)  # resolves `mesh: auto`, checks the batch and pipeline fit
+    mesh = build_mesh(config)  # checks the batch and pipeline fit
     spec = model_spec(config)
     optimizer = build_optimizer(config, spec)
     shardings = state_shardings(spec, optimizer, mesh)
