@@ -143,7 +143,7 @@ def _decode(graphdef, params, prompt_BP, lengths_B, key, temperature, top_k, top
         finish = jnp.where(c["done"], c["finish"], jnp.where(is_eos, 1, jnp.where(is_stop, 2, 0)))
         done = c["done"] | is_eos | is_stop
         feed = jnp.maximum(tok, 0)
-        ban = ban_next_SV[c["ban"], feed]
+        ban = ban_next_SV[c["ban"], feed].astype(jnp.int32)
         m = nnx.merge(graphdef, params)
         if use_cache:
             h, state = m.hidden(feed[:, None], (lengths_B + i)[:, None], jnp.ones((b, 1), jnp.int32),
