@@ -38,6 +38,7 @@ setup(
         "wandb": ["wandb>=0.18,<1"],
         "plan": ["matplotlib>=3.8,<4"],
         "lmeval": ["lm-eval>=0.4.9,<0.5"],
+        "safety": ["vaderSentiment>=3.3,<4"],  # BOLD's sentiment scorer
         "dev": ["pytest>=8,<10", "tensorboard>=2.16,<3", "nbclient>=0.10,<1", "nbformat>=5.9,<6", "ipykernel>=6,<8",
                 "matplotlib>=3.8,<4", "resiliparse>=0.14,<3", "datasketch>=1.6,<3"],
     },

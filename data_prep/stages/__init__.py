@@ -14,6 +14,7 @@ Types (options and published defaults are the dataclass fields of each class):
     fineweb_quality     fineweb.FineWebQuality     FineWeb's extra rules
     language            langid.LanguageFilter      py3langid (model ships in the wheel)
     blocklist           blocklist.Blocklist        a user-supplied word list
+    counterfactual      counterfactual.CounterfactualAugmentation  swap gendered words (CDA)
     quality_classifier  quality.QualityClassifier  hashed n-gram logistic regression (global)
     exact_dedup         dedup.ExactDedup           hash of normalised text (global)
     minhash_dedup       dedup.MinHashDedup         MinHash LSH, 14 bands x 8 rows (global)
@@ -27,8 +28,8 @@ from data_prep.stages.base import Drop, Filter, GlobalStage, Mapper, Stage, Stag
 from data_prep.stages.registry import STAGES, StageConfigError, build_stage, build_stages
 
 # Importing the modules registers their stage types.
-from data_prep.stages import (blocklist, c4, clean, decontam, dedup, fineweb, gopher,  # noqa: E402,F401
-                              langid, mixing, quality)
+from data_prep.stages import (blocklist, c4, clean, counterfactual, decontam, dedup, fineweb,  # noqa: E402,F401
+                              gopher, langid, mixing, quality)
 
 __all__ = ["Drop", "Filter", "GlobalStage", "Mapper", "Stage", "StageStats", "counted",
            "STAGES", "StageConfigError", "build_stage", "build_stages"]

@@ -4,6 +4,7 @@
   python -m jaxlm.eval --workdir W --val [--dataset DIR] [--max-documents N]
   python -m jaxlm.eval --workdir W --tasks hellaswag,piqa --shots 0 [--limit N] [--output results.json]
   python -m jaxlm.eval --hf DIR ...            (a transformers checkpoint folder instead of a run)
+  python -m jaxlm.eval --workdir W --suite bias [--bias-sets crows_pairs,bbq] [--data-root DIR]
   python -m jaxlm.eval --list-tasks
 """
 
@@ -15,11 +16,11 @@ import sys
 
 from jaxlm.config import ConfigError
 from jaxlm.data.format import DataFormatError
-from jaxlm.eval import harness, perplexity
+from jaxlm.eval import bias, harness, perplexity
 from jaxlm.eval.contamination import NgramIndex
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.loading import load_hf_dir, load_workdir
-from jaxlm.eval.tasks import builtin_tasks, load_task
+from jaxlm.eval.tasks import builtin_tasks, default_data_root, load_task
 from jaxlm.interop.hf import InteropError
 
 
@@ -34,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--val", action="store_true", help="the validation split of --dataset (default: the run's first source)")
     what.add_argument("--tasks", help="comma-separated task names or task spec .yaml files")
     what.add_argument("--list-tasks", action="store_true", help="print the built-in tasks and exit")
+    what.add_argument("--suite", choices=["bias"], help="bias: CrowS-Pairs, BBQ, WinoBias and Winogender (docs/safety.md)")
+    p.add_argument("--bias-sets", help="--suite bias: comma-separated subset of crows_pairs,bbq,winobias,winogender")
+    p.add_argument("--system", default="", help="--suite bias: text put before every BBQ prompt (prompt engineering)")
     p.add_argument("--dataset", help="data_prep folder for --val")
     p.add_argument("--max-documents", type=int, help="--val: only the first N documents")
     p.add_argument("--stride", type=int, help="sliding-window stride in tokens (default: half the context)")
@@ -58,8 +62,12 @@ def run(args) -> int:
         return 0
     if not (args.workdir or args.hf):
         raise EvalError("give the model: --workdir RUN_DIR or --hf CHECKPOINT_DIR")
-    if not (args.text or args.val or args.tasks):
-        raise EvalError("say what to evaluate: --text FILE, --val or --tasks NAMES")
+    if not (args.text or args.val or args.tasks or args.suite):
+        raise EvalError("say what to evaluate: --text FILE, --val, --tasks NAMES or --suite bias")
+    if args.suite:  # the data is checked before the model loads
+        sets = [s.strip() for s in (args.bias_sets or ",".join(bias.SETS)).split(",") if s.strip()]
+        data_root = args.data_root or default_data_root()
+        bias.check_data(data_root, sets)
     task_files = {}
     for spec in args.task_file:
         name, sep, path = spec.partition("=")
@@ -88,6 +96,10 @@ def run(args) -> int:
         result = perplexity.dataset_perplexity(em, dataset, stride=args.stride, max_documents=args.max_documents,
                                                batch_size=args.batch_size)
         print(_kv(result))
+    elif args.suite:
+        result = bias.evaluate_suite(em, data_root, sets, limit=args.limit, batch_size=args.batch_size,
+                                     system=args.system)
+        print(bias.format_table(result))
     else:
         result = harness.evaluate_tasks(em, names, task_files=task_files, shots=args.shots, limit=args.limit,
                                         seed=args.seed, data_root=args.data_root, batch_size=args.batch_size,

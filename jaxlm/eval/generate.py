@@ -29,6 +29,8 @@ from flax import nnx
 
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.scoring import compiled
+from jaxlm.eval.steering import Steering
+from jaxlm.eval.steering import tables as steering_tables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,8 +88,11 @@ def _stop_matches(recent_BL: jax.Array, stops_KL: jax.Array) -> jax.Array:
 
 
 def _decode(graphdef, params, prompt_BP, lengths_B, key, temperature, top_k, top_p, stops_KL, eos_id,
-            vocab_limit, *, max_new: int, use_cache: bool):
-    """Generated ids (B, max_new) (-1 after a row stops) and finish codes (B,): 0 length, 1 eos, 2 stop."""
+            vocab_limit, ban_next_SV, ban_hit_SV, bias_V, *, max_new: int, use_cache: bool):
+    """Generated ids (B, max_new) (-1 after a row stops) and finish codes (B,): 0 length, 1 eos, 2 stop.
+
+    Steering (jaxlm.eval.steering): each row carries a banned-string automaton state; a token whose
+    `ban_hit_SV` entry is set from that state is never drawn, and `bias_V` is added to the logits."""
     b, p = prompt_BP.shape
     pad_B = p - lengths_B
     col = jnp.arange(p)[None, :]
@@ -111,24 +116,34 @@ def _decode(graphdef, params, prompt_BP, lengths_B, key, temperature, top_k, top
         segments_BS = (jnp.arange(s)[None, :] >= pad_B[:, None]).astype(jnp.int32)
         h = model.hidden(prompt_BP, positions_BP, segments_BP)
     first_logits = logits_of(h[:, -1])
+    vocab = first_logits.shape[-1]  # the model's, which may pad the tokenizer's up
+    pad = vocab - ban_hit_SV.shape[1]
+    ban_hit_SV = jnp.pad(ban_hit_SV, ((0, 0), (0, pad)))
+    ban_next_SV = jnp.pad(ban_next_SV, ((0, 0), (0, pad)))
+    bias_V = jnp.pad(bias_V, (0, pad))
+
+    def steered(logits_BV, ban_B):
+        return jnp.where(ban_hit_SV[ban_B], -jnp.inf, logits_BV + bias_V)
 
     stop_len = max(1, stops_KL.shape[1])
     carry = dict(i=jnp.zeros([], jnp.int32), state=state, logits=first_logits,
                  out=jnp.full((b, max_new), -1, jnp.int32), done=lengths_B == 0,
-                 finish=jnp.zeros((b,), jnp.int32), recent=jnp.full((b, stop_len), -2, jnp.int32))
+                 finish=jnp.zeros((b,), jnp.int32), recent=jnp.full((b, stop_len), -2, jnp.int32),
+                 ban=jnp.zeros((b,), jnp.int32))
 
     def cond(c):
         return (c["i"] < max_new) & ~jnp.all(c["done"])
 
     def body(c):
         i = c["i"]
-        tok = sample_logits(c["logits"], jax.random.fold_in(key, i), temperature, top_k, top_p)
+        tok = sample_logits(steered(c["logits"], c["ban"]), jax.random.fold_in(key, i), temperature, top_k, top_p)
         tok = jnp.where(c["done"], -1, tok)
         recent = jnp.concatenate([c["recent"][:, 1:], tok[:, None]], axis=1)
         is_eos, is_stop = tok == eos_id, _stop_matches(recent, stops_KL)
         finish = jnp.where(c["done"], c["finish"], jnp.where(is_eos, 1, jnp.where(is_stop, 2, 0)))
         done = c["done"] | is_eos | is_stop
         feed = jnp.maximum(tok, 0)
+        ban = ban_next_SV[c["ban"], feed].astype(jnp.int32)
         m = nnx.merge(graphdef, params)
         if use_cache:
             h, state = m.hidden(feed[:, None], (lengths_B + i)[:, None], jnp.ones((b, 1), jnp.int32),
@@ -139,7 +154,7 @@ def _decode(graphdef, params, prompt_BP, lengths_B, key, temperature, top_k, top
             h = m.hidden(state, positions_BS, segments_BS)
             logits = logits_of(jax.lax.dynamic_index_in_dim(h, p + i, axis=1, keepdims=False))
         return dict(i=i + 1, state=state, logits=logits, out=c["out"].at[:, i].set(tok), done=done,
-                    finish=finish, recent=recent)
+                    finish=finish, recent=recent, ban=ban)
 
     final = jax.lax.while_loop(cond, body, carry)
     return final["out"], final["finish"]
@@ -157,9 +172,10 @@ class Generator:
     """
 
     def __init__(self, graphdef: Any, params: dict, window: int, *, tokenizer=None,
-                 eos_id: Optional[int] = None, batch_size: int = 8):
+                 eos_id: Optional[int] = None, batch_size: int = 8, steering: Optional[Steering] = None):
         self.graphdef, self.params, self.window = graphdef, params, window
         self.tokenizer = tokenizer
+        self.steering = steering_tables(tokenizer, steering)
         self.eos_id = eos_id if eos_id is not None else (tokenizer.eos_id if tokenizer is not None else None)
         self.batch_size = batch_size
 
@@ -205,7 +221,8 @@ class Generator:
                 lengths[r] = len(ids)
             out, finish = jax.device_get(fn(self.params, tokens, lengths, jax.random.fold_in(key, start),
                                             jnp.float32(cfg.temperature), jnp.int32(cfg.top_k),
-                                            jnp.float32(cfg.top_p), stops, jnp.int32(eos), jnp.int32(vocab)))
+                                            jnp.float32(cfg.top_p), stops, jnp.int32(eos), jnp.int32(vocab),
+                                            *self.steering))
             for r, ids in enumerate(batch):
                 row = [int(t) for t in out[r] if t >= 0]
                 reason = ("length", "eos", "stop")[int(finish[r])]
