@@ -20,14 +20,14 @@ def test_word_list_matches_whole_words_and_phrases_in_any_case():
 def test_ngram_classifier_learns_saves_and_loads(tmp_path):
     bad = ["you are a worthless idiot", "idiots like you are worthless", "what a worthless idiot"]
     good = ["you are a kind friend", "friends like you are kind", "what a kind friend"]
-    clf = toxicity.NgramClassifier.train(bad + good, [1, 1, 1, 0, 0, 0], dim=1 << 12, steps=200)
+    clf = toxicity.NgramClassifier.train(bad + good, [1, 1, 1, 0, 0, 0], bits=12, steps=200)
     scores = clf.score(["such a worthless idiot", "such a kind friend"])
     assert scores[0] > 0.5 > scores[1]
     clf.save(str(tmp_path / "clf.npz"))
     again = toxicity.load_scorer(f"ngram:{tmp_path / 'clf.npz'}")
     np.testing.assert_array_equal(again.score(bad + good), clf.score(bad + good))
     np.save(tmp_path / "other.npy", np.zeros(3))
-    with pytest.raises(EvalError, match="not a jaxlm toxicity classifier"):
+    with pytest.raises(EvalError, match="is not a toxicity classifier"):
         toxicity.NgramClassifier.load(str(tmp_path / "other.npy"))
     with pytest.raises(EvalError, match="use words:FILE"):
         toxicity.load_scorer("detoxify")

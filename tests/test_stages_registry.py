@@ -9,7 +9,7 @@ from stage_helpers import docs_of, run_stage
 
 
 def test_every_stage_builds_from_its_type_name():
-    needs = {"blocklist": None, "counterfactual": None, "decontaminate": None, "mix": {"weights": {"web": 1.0}},
+    needs = {"blocklist": None, "counterfactual": None, "toxicity_filter": None, "decontaminate": None, "mix": {"weights": {"web": 1.0}},
              "quality_classifier": None}
     for type_name in STAGES:
         if type_name in needs and needs[type_name] is None:

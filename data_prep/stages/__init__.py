@@ -15,6 +15,7 @@ Types (options and published defaults are the dataclass fields of each class):
     language            langid.LanguageFilter      py3langid (model ships in the wheel)
     blocklist           blocklist.Blocklist        a user-supplied word list
     counterfactual      counterfactual.CounterfactualAugmentation  swap gendered words (CDA)
+    toxicity_filter     toxicity.ToxicityFilter    jaxlm's toxicity classifier, per-group removal counts
     quality_classifier  quality.QualityClassifier  hashed n-gram logistic regression (global)
     exact_dedup         dedup.ExactDedup           hash of normalised text (global)
     minhash_dedup       dedup.MinHashDedup         MinHash LSH, 14 bands x 8 rows (global)
@@ -29,7 +30,7 @@ from data_prep.stages.registry import STAGES, StageConfigError, build_stage, bui
 
 # Importing the modules registers their stage types.
 from data_prep.stages import (blocklist, c4, clean, counterfactual, decontam, dedup, fineweb,  # noqa: E402,F401
-                              gopher, langid, mixing, quality)
+                              gopher, langid, mixing, quality, toxicity)
 
 __all__ = ["Drop", "Filter", "GlobalStage", "Mapper", "Stage", "StageStats", "counted",
            "STAGES", "StageConfigError", "build_stage", "build_stages"]

@@ -2,8 +2,8 @@
 
 A scorer maps texts to a probability of being toxic in [0, 1]:
   WordListScorer    1.0 when the text contains a listed word or phrase (whole words, any case)
-  NgramClassifier   logistic regression over hashed word 1-2-grams and character 4-grams, trained by
-                    jaxlm (`python -m jaxlm.eval.toxicity train --toxigen DIR --out FILE.npz`) on
+  NgramClassifier   logistic regression over hashed word 1- and 2-grams (jaxlm.data.text_classifier,
+                    the model of data_prep's quality and toxicity filters), trained by jaxlm (`python -m jaxlm.eval.toxicity train --toxigen DIR --out FILE.npz`) on
                     ToxiGen's human-written statements (hate vs neutral); held-out split by a hash of
                     the statement, so the same statement never sits on both sides
   HFClassifierScorer  a transformers sequence-classification folder the user has (e.g. a toxicity
@@ -25,11 +25,10 @@ import sys
 import zlib
 from typing import Optional, Protocol, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
+from jaxlm.data import text_classifier
+from jaxlm.data.text_classifier import LogisticModel, train_logistic
 from jaxlm.eval.errors import EvalError
 
 
@@ -60,81 +59,35 @@ class WordListScorer:
 
 
 # ----------------------------------------------------------------------------------------------
-# Hashed n-gram logistic regression
+# Hashed n-gram logistic regression (the model data_prep's quality and toxicity filters use)
 
-_WORD = re.compile(r"\w+")
-
-
-def features(text: str, dim: int) -> list[int]:
-    """Hashed ids of the text's word 1- and 2-grams and character 4-grams (lowercased), without repeats."""
-    text = " ".join(_WORD.findall(text.lower()))
-    words = text.split()
-    grams = [f"w:{w}" for w in words] + [f"b:{a} {b}" for a, b in zip(words, words[1:])]
-    padded = f" {text} "
-    grams += [f"c:{padded[i:i + 4]}" for i in range(max(0, len(padded) - 3))]
-    return sorted({zlib.crc32(g.encode("utf-8")) % dim for g in grams}) or [0]
-
-
-def _pad(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    width = max(len(r) for r in rows)
-    ids = np.zeros((len(rows), width), np.int32)
-    mask = np.zeros((len(rows), width), np.float32)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)], mask[i, :len(r)] = r, 1.0
-    return ids, mask
-
-
-def _logits(params, ids, mask):
-    return jnp.sum(params["w"][ids] * mask, axis=1) / jnp.sqrt(jnp.sum(mask, axis=1)) + params["b"]
+KIND = "toxicity"
 
 
 class NgramClassifier:
-    def __init__(self, w: np.ndarray, b: float):
-        self.w, self.b, self.dim = np.asarray(w, np.float32), float(b), int(len(w))
+    """P(toxic) from jaxlm's hashed word 1-2-gram logistic regression."""
+
+    def __init__(self, model: LogisticModel):
+        self.model = model
 
     @classmethod
-    def train(cls, texts: Sequence[str], labels: Sequence[int], dim: int = 1 << 18, steps: int = 300,
-              lr: float = 0.05, l2: float = 1e-4) -> "NgramClassifier":
-        ids, mask = _pad([features(t, dim) for t in texts])
-        y = jnp.asarray(labels, jnp.float32)
-        params = {"w": jnp.zeros(dim, jnp.float32), "b": jnp.zeros((), jnp.float32)}
-        opt = optax.adam(lr)
-
-        def loss(p):
-            return optax.sigmoid_binary_cross_entropy(_logits(p, ids, mask), y).mean() + l2 * jnp.sum(p["w"] ** 2)
-
-        @jax.jit
-        def step(p, s):
-            g = jax.grad(loss)(p)
-            updates, s = opt.update(g, s, p)
-            return optax.apply_updates(p, updates), s
-
-        state = opt.init(params)
-        for _ in range(steps):
-            params, state = step(params, state)
-        return cls(np.asarray(params["w"]), float(params["b"]))
+    def train(cls, texts: Sequence[str], labels: Sequence[int], bits: int = 18, steps: int = 300,
+              l2: float = 1e-4) -> "NgramClassifier":
+        return cls(train_logistic(list(texts), np.asarray(labels), bits=bits, l2=l2, steps=steps))
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros(0)
-        ids, mask = _pad([features(t, self.dim) for t in texts])
-        z = np.sum(self.w[ids] * mask, axis=1) / np.sqrt(mask.sum(axis=1)) + self.b
-        return 1.0 / (1.0 + np.exp(-z))
+        return self.model.scores(list(texts)) if len(texts) else np.zeros(0)
 
     def save(self, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        np.savez(path, w=self.w, b=np.float32(self.b), kind=np.array("ngram-logistic-v1"))
+        text_classifier.save(path, self.model, KIND)
 
     @classmethod
     def load(cls, path: str) -> "NgramClassifier":
         try:
-            z = np.load(path, allow_pickle=False)
-            if not isinstance(z, np.lib.npyio.NpzFile) or str(z["kind"]) != "ngram-logistic-v1":
-                raise ValueError("no 'kind' of ngram-logistic-v1")
-            return cls(z["w"], float(z["b"]))
-        except (OSError, KeyError, ValueError) as e:
-            raise EvalError(f"{path!r} is not a jaxlm toxicity classifier (.npz from `python -m "
-                            f"jaxlm.eval.toxicity train`): {e}") from None
+            return cls(text_classifier.load(path, KIND))
+        except ValueError as e:
+            raise EvalError(f"{e}; make one with `python -m jaxlm.eval.toxicity train`") from None
 
 
 class HFClassifierScorer:
