@@ -147,7 +147,7 @@ def _document(messages: list[dict], doc_id: str, source: str, split_key: str | N
 
 # --- the embedded demo set: questions about the standard library, answered by its docstrings --------
 
-_DOCTEST_START = re.compile(r"^\s*>>> ", re.MULTILINE)
+_DOCTEST_START = re.compile(r"^[ \t]*>>> ", re.MULTILINE)
 MIN_ANSWER_CHARS = 20  # shorter first paragraphs ("Return x.") teach little
 
 
