@@ -390,8 +390,8 @@ def validate(cfg: Config) -> None:
         for cap in ("max_files", "max_bytes"):
             if getattr(src, cap) is not None and getattr(src, cap) <= 0:
                 raise ConfigError(f"{key}.{cap} must be > 0 or null")
-        if src.split is not None:
-            _validate_split(src.split, f"{key}.split")
+        if src.split is not None:  # a source may go to val whole (a held-out evaluation set)
+            _validate_split(src.split, f"{key}.split", whole_val_allowed=True)
     _validate_tokenizer(cfg.tokenizer)
     _validate_chat(cfg)
     _validate_stages(cfg)
@@ -445,9 +445,12 @@ def _validate_stages(cfg: Config) -> None:
                               f"add {{type: html_extract}} to 'stages' (before the filters)")
 
 
-def _validate_split(split: SplitConfig, key: str) -> None:
+def _validate_split(split: SplitConfig, key: str, whole_val_allowed: bool = False) -> None:
+    if whole_val_allowed and split.val_fraction == 1.0 and split.by == "hash":
+        return
     if not 0.0 <= split.val_fraction < 1.0:
-        raise ConfigError(f"{key}.val_fraction must be in [0, 1), got {split.val_fraction}")
+        raise ConfigError(f"{key}.val_fraction must be in [0, 1), got {split.val_fraction}"
+                          + (" (1 puts a whole source in val, with by: hash)" if whole_val_allowed else ""))
 
 
 def _validate_tokenizer(tok: TokenizerConfig) -> None:

@@ -10,7 +10,7 @@ import sentencepiece as spm
 from flax import nnx
 
 from data_prep import prepare
-from data_prep.config import config_from_dict
+from data_prep.config import config_from_dict, load_config
 from data_prep.errors import ConfigError
 from data_prep.instruct import conversations, first_doctest, module_name
 from data_prep.tokenizer import add_pieces
@@ -23,6 +23,7 @@ from jaxlm.model import Transformer
 from tests.sft_helpers import train_tokenizer
 from tests.test_data_loader_util import random_docs, write_dataset
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHAT = [
     {"role": "system", "content": "You answer in one line."},
     {"role": "user", "content": "What does `json.dumps` do?"},
@@ -267,11 +268,14 @@ def test_doctest_and_module_names():
 
 
 def test_embedded_set_holds_out_whole_modules(tmp_path):
-    cfg = config_from_dict({"output": str(tmp_path / "py"), "sources": [{"name": "py", "type": "python_instruct",
-                                                                          "max_bytes": 400_000}],
-                            "split": {"val_fraction": 0.3}, "tokenizer": {"vocab_size": 600}, "workers": 1})
-    prepare(cfg, log=lambda _: None)
+    """The shipped sft_demo config on a sample of the standard library, with a stand-in base tokenizer."""
+    base = train_tokenizer(tmp_path / "base.model", chat_tokens=False)
     out = str(tmp_path / "py")
+    cfg = load_config(os.path.join(REPO, "data_prep", "configs", "sft_demo.yaml"),
+                      [f"output={out}", f"tokenizer.path={base}", "sources.stdlib_qa.max_bytes=400000",
+                       "split.val_fraction=0.3", "workers=1"])
+    manifest = prepare(cfg, log=lambda _: None)
+    assert manifest["chat"]["max_tokens"] == 128 and manifest["tokenizer"]["vocab_size"] == 504
     spp = spm.SentencePieceProcessor(model_file=os.path.join(out, "tokenizer.model"))
     info = open_dataset(out)
     modules = {}
@@ -280,8 +284,22 @@ def test_embedded_set_holds_out_whole_modules(tmp_path):
         modules[split] = set()
         for i in range(len(docs)):
             text = spp.decode(docs[i]["token"].tolist())
-            assert text.startswith("<|user|>\n") and text.endswith("<|end|>") and "<|assistant|>\n" in text
+            assert text.startswith("<|user|>\n") and "<|end|><|assistant|>\n" in text
+            assert text.endswith("<|end|>") or len(docs[i]) == 128  # whole, or cut at chat.max_tokens
             name = text.split("`")[1]  # the question names `module.name`
             modules[split].add(name.split(".")[0])
     assert modules["train"] and modules["val"]
     assert not modules["train"] & modules["val"]
+
+
+def test_real_instruction_recipe(shared_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # its paths are relative to the repository root (../shared/data/...)
+    base = train_tokenizer(tmp_path / "base.model", chat_tokens=False)
+    cfg = load_config(os.path.join("data_prep", "configs", "sft_instruct.yaml"),
+                      [f"output={tmp_path / 'real'}", f"tokenizer.path={base}", "workers=1"])
+    manifest = prepare(cfg, log=lambda _: None)
+    per_source = {s["name"]: s["splits"] for s in manifest["sources"]}
+    assert per_source["user_oriented"]["train"]["documents"] == 0 and per_source["mt_bench"]["train"]["documents"] == 0
+    assert per_source["user_oriented"]["val"]["documents"] > 200 and per_source["mt_bench"]["val"]["documents"] > 0
+    assert per_source["alpaca"]["train"]["documents"] > 150
+    assert manifest["stages"][0]["removed"]["read:no_response"] == 41  # MT-Bench questions without references
