@@ -56,7 +56,7 @@ def export_run(config: Config, params: dict, out_dir: str, *, dtype: str = "floa
 
 def _check_texts(dataset_dir: str, tok, documents: int) -> list[str]:
     """Pieces of the first validation documents (nothing when the split cannot be read)."""
-    from jaxlm.data.format import DataFormatError
+    from jaxlm.data.format import DataFormatError, record_tokens
     from jaxlm.data.shards import DocumentSource, open_dataset
     from jaxlm.interop.tokenizer import sample_texts
 
@@ -64,8 +64,7 @@ def _check_texts(dataset_dir: str, tok, documents: int) -> list[str]:
         docs = DocumentSource(open_dataset(dataset_dir), "val")
     except DataFormatError:
         return []
-    records = (docs[i] for i in range(min(documents, len(docs))))
-    text = "".join(tok.decode(r["token"] if r.dtype.names else r) + "\n" for r in records)  # instruction records: tokens only
+    text = "".join(tok.decode(record_tokens(docs[i])) + "\n" for i in range(min(documents, len(docs))))
     return sample_texts(text)
 
 

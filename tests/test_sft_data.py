@@ -19,6 +19,7 @@ from jaxlm.data import format as fmt
 from jaxlm.data.chat import ChatError, ChatTemplate, ChatTemplateError, dataset_template
 from jaxlm.data.loader import build_loader
 from jaxlm.data.shards import DocumentSource, open_dataset
+from jaxlm.eval.contamination import dataset_texts
 from jaxlm.model import Transformer
 from tests.sft_helpers import train_tokenizer
 from tests.test_data_loader_util import random_docs, write_dataset
@@ -154,6 +155,16 @@ def test_loader_trains_on_response_targets_only_and_keeps_examples_whole(tmp_pat
         assert np.array_equal(loss, np.r_[ex["mask"][1:n], 0])
 
 
+def test_pretraining_text_mixed_into_instruction_data_is_trained_on_every_token(tmp_path):
+    text = write_dataset(tmp_path / "text", {"train": [np.arange(100, 110)], "val": [np.arange(5)]}, shards=1)
+    sft = write_dataset(tmp_path / "sft", {"train": [masked(np.arange(10, 16), [0, 0, 0, 1, 1, 1])], "val": []}, shards=1)
+    batch = next(iter(build_loader([(text, 1.0), (sft, 1.0)], seq_len=20, batch_rows=1, num_epochs=1, shuffle=False,
+                                   prefetch=0)))
+    loss, seg = batch["loss_mask"][0], batch["segment_ids"][0]
+    assert seg.tolist()[:16] == [1] * 10 + [2] * 6  # whole examples: the text document, then the conversation
+    assert loss.tolist()[:16] == [1] * 9 + [0] + [0, 0, 1, 1, 1, 0]
+
+
 def test_packed_examples_do_not_see_each_other_in_the_model(tmp_path):
     a = masked(np.arange(10, 17), [0, 0, 0, 1, 1, 1, 1])
     b = masked(np.arange(30, 36), [0, 0, 1, 1, 1, 1])
@@ -244,6 +255,9 @@ def test_data_prep_writes_masked_records_with_an_existing_tokenizer_grown_safely
     assert chat["trained_tokens"] == sum(int(docs[i]["mask"].sum()) for i in range(len(docs)))
     ids, mask = template.encode(new, [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}])
     assert any(np.array_equal(docs[i]["token"][: len(ids)], ids) for i in range(len(docs)))
+    # readers of decoded text (contamination index, perplexity, export checks) see the conversations
+    texts = list(dataset_texts(out, "train"))
+    assert "<|user|>\nAdd the numbers.\n\n2 and 3<|end|><|assistant|>\n5<|end|>" in texts
 
 
 def test_text_rewriting_stages_are_refused_on_instruction_sources(tmp_path):

@@ -80,6 +80,11 @@ def decode_record(record: bytes, dtype: np.dtype, kind: str = "tokens") -> np.nd
     return out
 
 
+def record_tokens(doc: np.ndarray) -> np.ndarray:
+    """A decoded record's token ids, whatever its kind (the mask of a "tokens_mask" record left out)."""
+    return doc["token"] if doc.dtype.names else doc
+
+
 def record_kind(manifest: dict[str, Any]) -> str:
     return manifest.get("record_kind", "tokens") if manifest.get("format_version", 1) >= 2 else "tokens"
 

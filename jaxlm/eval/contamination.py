@@ -74,7 +74,7 @@ class NgramIndex:
 
 def dataset_texts(dataset_dir: str, split: str = "train") -> Iterable[str]:
     """The decoded documents of a data_prep split."""
-    from jaxlm.data.format import DataFormatError
+    from jaxlm.data.format import DataFormatError, record_tokens
     from jaxlm.data.shards import DocumentSource, open_dataset
     from jaxlm.eval.tokenizer import Tokenizer
 
@@ -84,7 +84,7 @@ def dataset_texts(dataset_dir: str, split: str = "train") -> Iterable[str]:
         raise EvalError(str(e)) from None
     tok = Tokenizer.from_dataset(dataset_dir)
     for i in range(len(docs)):
-        yield tok.decode(docs[i])
+        yield tok.decode(record_tokens(docs[i]))
 
 
 def main(argv: list[str] | None = None) -> int:

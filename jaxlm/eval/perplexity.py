@@ -56,7 +56,7 @@ def text_perplexity(em: EvalModel, text: str, *, stride: Optional[int] = None, s
 def dataset_perplexity(em: EvalModel, dataset_dir: str, *, split: str = "val", stride: Optional[int] = None,
                        max_documents: Optional[int] = None, batch_size: int = 8) -> dict:
     """Over the documents of a data_prep split (all of them, or the first max_documents)."""
-    from jaxlm.data.format import DataFormatError
+    from jaxlm.data.format import DataFormatError, record_tokens
     from jaxlm.data.shards import DocumentSource, open_dataset
 
     if em.tokenizer is None:
@@ -72,7 +72,7 @@ def dataset_perplexity(em: EvalModel, dataset_dir: str, *, split: str = "val", s
     requests, n_bytes = [], 0
     count = len(docs) if max_documents is None else min(max_documents, len(docs))
     for i in range(count):
-        ids = [int(t) for t in docs[i]]
+        ids = [int(t) for t in record_tokens(docs[i])]  # instruction records: the whole conversation
         if len(ids) < 2:
             continue
         # rolling() scores tokens 1.., i.e. all but the first (BOS when the dataset has one)
