@@ -67,6 +67,11 @@ def summary(manifest: dict[str, Any]) -> str:
     for split in format.SPLITS:
         sp_ = manifest["splits"][split]
         rows.append(f"{split}: {sp_['documents']:,} documents, {sp_['tokens']:,} tokens in {len(sp_['shards'])} shard(s)")
+    chat = manifest.get("chat")
+    if chat:
+        rows.append(f"instruction records: {chat['trained_tokens']:,} response tokens trained; "
+                    f"{chat['examples_truncated']:,} example(s) cut to chat.max_tokens={chat['max_tokens']}, "
+                    f"{chat['examples_dropped']:,} dropped (no response token left)")
     tok = manifest["tokenizer"]
     rows.append(f"tokenizer: {tok['model_type']} {tok['vocab_size']:,} pieces; dtype {manifest['dtype']}; "
                 f"{manifest['compression']['bytes_per_token']} bytes/token overall; {manifest.get('elapsed_seconds', 0):.1f} s")
