@@ -27,7 +27,8 @@ def build_manifest(cfg: Config, files: dict[str, list[str]], tok_info: dict, tra
                    stats: list[StageStats], stage_reports: dict[str, dict]) -> dict[str, Any]:
     """`encoded` is the pipeline's EncodeStats; `stats` every step's StageStats, reading to encoding;
     `stage_reports` the global stages' reduce reports (dedup clusters, contamination, mix shares)."""
-    specials = 1 + int(cfg.tokenizer.add_bos)  # tokens per record that are not text
+    # tokens per record that are not text; an instruction record's template markers are counted as tokens
+    specials = 0 if cfg.instruct() else 1 + int(cfg.tokenizer.add_bos)
 
     def bytes_per_token(counts) -> float | None:
         text_tokens = counts["tokens"] - specials * counts["documents"]
@@ -47,7 +48,7 @@ def build_manifest(cfg: Config, files: dict[str, list[str]], tok_info: dict, tra
         "stage_reports": stage_reports,
         "encode": {"workers": encoded.workers, "roundtrip_check": encoded.checks},
         "compression": {
-            "unit": "UTF-8 bytes per token, BOS/EOS not counted",
+            "unit": "UTF-8 bytes per token, " + ("chat template tokens counted" if cfg.instruct() else "BOS/EOS not counted"),
             "bytes_per_token": bytes_per_token(total),
             "per_source": {s["name"]: bytes_per_token(s) for s in source_entries},
         },
