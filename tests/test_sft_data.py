@@ -155,6 +155,21 @@ def test_loader_trains_on_response_targets_only_and_keeps_examples_whole(tmp_pat
         assert np.array_equal(loss, np.r_[ex["mask"][1:n], 0])
 
 
+def test_masked_stream_resumes_exactly(tmp_path):
+    rng = np.random.default_rng(1)
+    examples = [masked(rng.integers(10, 500, n), rng.integers(0, 2, n)) for n in rng.integers(3, 12, 40)]
+    root = write_dataset(tmp_path / "sft", {"train": examples, "val": examples[:2]})
+    whole = list(build_loader([(root, 1.0)], seq_len=16, batch_rows=2, num_epochs=2, seed=4, prefetch=0))
+    first = build_loader([(root, 1.0)], seq_len=16, batch_rows=2, num_epochs=2, seed=4, prefetch=0)
+    for _ in range(5):
+        next(first)
+    resumed = build_loader([(root, 1.0)], seq_len=16, batch_rows=2, num_epochs=2, seed=4, prefetch=0)
+    resumed.set_state(first.get_state())
+    rest = list(resumed)
+    assert len(rest) == len(whole) - 5
+    assert all(np.array_equal(a[k], b[k]) for a, b in zip(rest, whole[5:]) for k in a)
+
+
 def test_pretraining_text_mixed_into_instruction_data_is_trained_on_every_token(tmp_path):
     text = write_dataset(tmp_path / "text", {"train": [np.arange(100, 110)], "val": [np.arange(5)]}, shards=1)
     sft = write_dataset(tmp_path / "sft", {"train": [masked(np.arange(10, 16), [0, 0, 0, 1, 1, 1])], "val": []}, shards=1)
