@@ -30,7 +30,7 @@ CHAT = [
     {"role": "user", "content": "What does `json.dumps` do?"},
     {"role": "assistant", "content": "Serialize obj to a JSON formatted str."},
     {"role": "user", "content": "And naïve café 日本語?"},
-    {"role": "assistant", "content": "Text 😀 too."},
+    {"role": "assistant", "content": "Text 😀 𝔘 too."},  # 𝔘: not a piece, byte-fallback pieces
 ]
 
 
@@ -54,7 +54,7 @@ def test_mask_covers_exactly_each_assistant_turn_and_its_end_of_turn(sp):
     assert ids.tolist() == sp.encode(ChatTemplate().render(CHAT))  # one tokenization of the whole text
     spans = runs(mask)
     assert [sp.decode(ids[s:e].tolist()) for s, e in spans] == [
-        "Serialize obj to a JSON formatted str.<|end|>", "Text 😀 too.<|end|>"]
+        "Serialize obj to a JSON formatted str.<|end|>", "Text 😀 𝔘 too.<|end|>"]
     end = sp.piece_to_id("<|end|>")
     assert [int(ids[e - 1]) for _, e in spans] == [end, end]  # the end-of-turn token is trained
     untrained = sp.decode(ids[mask == 0].tolist())

@@ -153,7 +153,7 @@ def encode_with_spans(sp, text: str, spans: Sequence[tuple[int, int]]) -> tuple[
             raise ChatTemplateError(f"token {pieces[t].piece!r} crosses the edge of a response in {text[max(0, s - 20):s + 20]!r}; "
                                     "end the template's role header with a newline or a special token")
         mask |= inside.astype(np.uint8)
-        # a character encoded as several byte-fallback pieces: the later ones carry an empty span
+        # a character encoded as several byte-fallback pieces: all but the last carry an empty span
         mask |= ((begin >= bs) & (begin < be) & (end == begin)).astype(np.uint8)
     return ids, mask
 
