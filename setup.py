@@ -22,6 +22,7 @@ setup(
         "tqdm>=4.66,<5",
         "scipy>=1.11,<2",
         "protobuf>=4,<8",
+        "jinja2>=3.1,<4",  # chat templates (jaxlm/data/chat.py), rendered as transformers renders them
         # data_prep: cleaning, language id, parquet sources
         "trafilatura>=2.0,<3",
         "lxml_html_clean>=0.4,<1",  # trafilatura needs it; older pips miss lxml's [html-clean] extra

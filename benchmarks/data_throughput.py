@@ -117,7 +117,7 @@ def tokenizer_throughput(args, texts: list[str], model_proto: bytes, work: str) 
         plan = [shards.GroupPlan("train", "bench", 0, 4, 4)]
         out = tempfile.mkdtemp(dir=work)
         os.makedirs(os.path.join(out, format.SHARD_DIR))
-        shards.write_shards(plan, lambda split, source: ((str(i), t) for i, t in enumerate(texts)), out, dtype,
+        shards.write_shards(plan, lambda split, source: ((str(i), t, None) for i, t in enumerate(texts)), out, dtype,
                             model_proto, False, n, lambda *record: None)
 
     def sentencepiece_threads():
@@ -126,7 +126,7 @@ def tokenizer_throughput(args, texts: list[str], model_proto: bytes, work: str) 
 
     # same token ids from both one-core paths, or the comparison is meaningless
     ids = sp.encode(batches[0][:8], add_eos=True)
-    assert [np.frombuffer(r, dtype).tolist() for r, _ in encoder(batches[0][:8])] == ids
+    assert [np.frombuffer(r, dtype).tolist() for r, _, _ in encoder(batches[0][:8])] == ids
 
     rows = [("SentencePiece encode (reference)", 1, sentencepiece_one_core),
             ("data_prep encode stage", 1, data_prep_one_core),

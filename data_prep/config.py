@@ -23,8 +23,11 @@ import yaml
 from data_prep.errors import ConfigError
 from jaxlm import schema
 
-SOURCE_TYPES = ("txt", "jsonl", "parquet", "html", "warc", "hf", "pydoc_topics", "python_stdlib")
-FILE_SOURCE_TYPES = ("txt", "jsonl", "parquet", "html", "warc")
+SOURCE_TYPES = ("txt", "jsonl", "parquet", "html", "warc", "hf", "pydoc_topics", "python_stdlib",
+                "alpaca", "self_instruct", "chat", "cot", "python_instruct")
+# instruction examples (data_prep/instruct.py): conversations, written as records with a loss mask
+INSTRUCT_SOURCE_TYPES = ("alpaca", "self_instruct", "chat", "cot", "python_instruct")
+FILE_SOURCE_TYPES = ("txt", "jsonl", "parquet", "html", "warc", "alpaca", "self_instruct", "chat", "cot")
 HTML_SOURCE_TYPES = ("html", "warc")  # their documents are raw HTML: an html_extract stage must apply to them
 HF_KEYS = ("dataset", "dataset_config", "dataset_split", "streaming")
 RESERVED_STAGE_NAMES = ("read", "split", "encode")  # the pipeline's own steps, reported beside the stages
@@ -49,15 +52,18 @@ class SourceConfig:
     # html: every file is one page; warc: every HTML response record of a WARC file is one page;
     # both have their text extracted by an `html_extract` stage.
     # hf: a Hugging Face dataset, read with `datasets.load_dataset` (pip install "jaxlm[hf]")
-    type: Literal["txt", "jsonl", "parquet", "html", "warc", "hf", "pydoc_topics", "python_stdlib"]
+    # alpaca, self_instruct, chat, cot: instruction examples (JSON list or JSONL files), python_instruct:
+    # the embedded demo set from the standard library's docstrings (see data_prep/instruct.py)
+    type: Literal["txt", "jsonl", "parquet", "html", "warc", "hf", "pydoc_topics", "python_stdlib",
+                  "alpaca", "self_instruct", "chat", "cot", "python_instruct"]
     # files or globs (txt, jsonl, parquet, html, warc); hf: the builder's data_files (e.g. dataset: json)
     paths: list[str] = dataclasses.field(default_factory=list)
     text_field: str = "text"  # jsonl key / parquet column / hf column holding the document
     weight: float = 1.0  # target share for a `mix` stage that sets no weights; else only recorded
     # txt only: null = the whole file is one document; "blank_line" = paragraphs; "line" = every line
     doc_separator: Optional[Literal["blank_line", "line"]] = None
-    max_files: Optional[int] = None  # python_stdlib: cap on files (chosen by a stable hash of the path)
-    max_bytes: Optional[int] = None  # python_stdlib: cap on total source bytes
+    max_files: Optional[int] = None  # python_stdlib, python_instruct: cap on files (chosen by a stable hash of the path)
+    max_bytes: Optional[int] = None  # python_stdlib, python_instruct: cap on total source bytes
     split: Optional[SplitConfig] = None  # null = the dataset's `split`
     # hf only: load_dataset(dataset, dataset_config, split=dataset_split, streaming=streaming)
     dataset: Optional[str] = None  # a Hub name ("HuggingFaceFW/fineweb"), a builder ("json") or a folder
@@ -95,6 +101,26 @@ class TokenizerConfig:
 
 
 @dataclasses.dataclass
+class ChatConfig:
+    """How instruction examples become records (used when a source is an instruction type).
+
+    template: a Jinja2 chat template file; null = jaxlm's default (jaxlm/data/chat.py). It is copied
+      into the output as chat_template.jinja, beside tokenizer.model.
+    special_tokens: pieces the template uses; null = the default template's. Any the tokenizer lacks
+      are appended to it as user-defined pieces (old ids unchanged) or, when one is trained, reserved.
+    end_of_turn: the token that ends a turn (generation stops there); null = the default's <|end|>.
+    max_tokens: examples longer than this many tokens are truncated to their first max_tokens (the
+      tail is dropped; an example left without any response token is dropped); both counted in the
+      manifest. Set it to the context length of the model to be tuned.
+    """
+
+    template: Optional[str] = None
+    special_tokens: Optional[list[str]] = None
+    end_of_turn: Optional[str] = None
+    max_tokens: int = 2048
+
+
+@dataclasses.dataclass
 class ShardConfig:
     # each (split, source) pair is cut into ceil(text MB / target_mb) shards of whole documents
     target_mb: float = 256.0
@@ -127,6 +153,7 @@ class Config:
     executor: ExecutorConfig = dataclasses.field(default_factory=ExecutorConfig)
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
+    chat: ChatConfig = dataclasses.field(default_factory=ChatConfig)
     shards: ShardConfig = dataclasses.field(default_factory=ShardConfig)
     workers: int = 0  # processes on this machine (stage tasks, encoding); 0 = every core
 
@@ -135,6 +162,10 @@ class Config:
 
     def split_for(self, source: SourceConfig) -> SplitConfig:
         return source.split if source.split is not None else self.split
+
+    def instruct(self) -> bool:
+        """Whether the dataset holds instruction examples (records with a loss mask)."""
+        return any(src.type in INSTRUCT_SOURCE_TYPES for src in self.sources)
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -206,21 +237,36 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}.dataset_split must name a split of the dataset, e.g. train")
         if src.doc_separator is not None and src.type != "txt":
             raise ConfigError(f"{key}.doc_separator applies to txt sources only")
-        if (src.max_files is not None or src.max_bytes is not None) and src.type != "python_stdlib":
-            raise ConfigError(f"{key}.max_files / max_bytes apply to python_stdlib sources only")
+        if (src.max_files is not None or src.max_bytes is not None) and src.type not in ("python_stdlib", "python_instruct"):
+            raise ConfigError(f"{key}.max_files / max_bytes apply to python_stdlib sources only "
+                              "(and python_instruct, made from the same files)")
         for cap in ("max_files", "max_bytes"):
             if getattr(src, cap) is not None and getattr(src, cap) <= 0:
                 raise ConfigError(f"{key}.{cap} must be > 0 or null")
-        if src.split is not None:
-            _validate_split(src.split, f"{key}.split")
+        if src.split is not None:  # a source may go to val whole (a held-out evaluation set)
+            _validate_split(src.split, f"{key}.split", whole_val_allowed=True)
     _validate_tokenizer(cfg.tokenizer)
+    _validate_chat(cfg)
     _validate_stages(cfg)
+
+
+def _validate_chat(cfg: Config) -> None:
+    chat = cfg.chat
+    if chat.template is not None and not os.path.isfile(chat.template):
+        raise ConfigError(f"chat.template {chat.template!r} does not exist; give a Jinja2 file or remove the key for the default")
+    if chat.template is not None and chat.end_of_turn is None:
+        raise ConfigError("chat.end_of_turn is required with chat.template: the token your template ends a turn with")
+    if chat.max_tokens < 2:
+        raise ConfigError(f"chat.max_tokens must be >= 2, got {chat.max_tokens}")
+    if any(not isinstance(t, str) or not t for t in chat.special_tokens or []):
+        raise ConfigError("chat.special_tokens must be non-empty strings")
 
 
 def _validate_stages(cfg: Config) -> None:
     """Builds every stage (unknown types, keys and values fail here, before any work) and checks
     that the source names they use exist."""
     from data_prep.stages import build_stages  # the stage modules are only needed from here on
+    from data_prep.stages.base import Mapper
 
     stages = build_stages(cfg.stages)
     names = [src.name for src in cfg.sources]
@@ -236,6 +282,15 @@ def _validate_stages(cfg: Config) -> None:
         if unweighted:
             raise ConfigError(f"stages.{stage.name}.weights has no weight for source(s) {unweighted}; "
                               "give each source a target share (0 drops it), or leave out 'weights' to use the sources' weights")
+    # instruction examples carry their structure in meta["messages"]: a stage that rewrites text would
+    # leave it out of step, so only stages that keep or drop whole documents may see them
+    for src in (s for s in cfg.sources if s.type in INSTRUCT_SOURCE_TYPES):
+        for spec, stage in zip(cfg.stages, stages):
+            rewrites = spec["type"] == "decontaminate" and spec.get("policy", "drop") != "drop"
+            if rewrites or (isinstance(stage, Mapper) and stage.applies_to_source(src.name)):
+                raise ConfigError(f"stage {stage.name!r} rewrites text, which would break the prompt/response structure "
+                                  f"of instruction source {src.name!r}; limit it with 'sources:' to other sources "
+                                  "(decontaminate: use policy: drop)")
     for src in cfg.sources:
         if src.type in HTML_SOURCE_TYPES and not any(spec["type"] == "html_extract" and stage.applies_to_source(src.name)
                                                      for spec, stage in zip(cfg.stages, stages)):
@@ -243,9 +298,12 @@ def _validate_stages(cfg: Config) -> None:
                               f"add {{type: html_extract}} to 'stages' (before the filters)")
 
 
-def _validate_split(split: SplitConfig, key: str) -> None:
+def _validate_split(split: SplitConfig, key: str, whole_val_allowed: bool = False) -> None:
+    if whole_val_allowed and split.val_fraction == 1.0 and split.by == "hash":
+        return
     if not 0.0 <= split.val_fraction < 1.0:
-        raise ConfigError(f"{key}.val_fraction must be in [0, 1), got {split.val_fraction}")
+        raise ConfigError(f"{key}.val_fraction must be in [0, 1), got {split.val_fraction}"
+                          + (" (1 puts a whole source in val, with by: hash)" if whole_val_allowed else ""))
 
 
 def _validate_tokenizer(tok: TokenizerConfig) -> None:

@@ -27,7 +27,8 @@ def build_manifest(cfg: Config, files: dict[str, list[str]], tok_info: dict, tra
                    stats: list[StageStats], stage_reports: dict[str, dict]) -> dict[str, Any]:
     """`encoded` is the pipeline's EncodeStats; `stats` every step's StageStats, reading to encoding;
     `stage_reports` the global stages' reduce reports (dedup clusters, contamination, mix shares)."""
-    specials = 1 + int(cfg.tokenizer.add_bos)  # tokens per record that are not text
+    # tokens per record that are not text; an instruction record's template markers are counted as tokens
+    specials = 0 if cfg.instruct() else 1 + int(cfg.tokenizer.add_bos)
 
     def bytes_per_token(counts) -> float | None:
         text_tokens = counts["tokens"] - specials * counts["documents"]
@@ -47,7 +48,7 @@ def build_manifest(cfg: Config, files: dict[str, list[str]], tok_info: dict, tra
         "stage_reports": stage_reports,
         "encode": {"workers": encoded.workers, "roundtrip_check": encoded.checks},
         "compression": {
-            "unit": "UTF-8 bytes per token, BOS/EOS not counted",
+            "unit": "UTF-8 bytes per token, " + ("chat template tokens counted" if cfg.instruct() else "BOS/EOS not counted"),
             "bytes_per_token": bytes_per_token(total),
             "per_source": {s["name"]: bytes_per_token(s) for s in source_entries},
         },
@@ -67,6 +68,11 @@ def summary(manifest: dict[str, Any]) -> str:
     for split in format.SPLITS:
         sp_ = manifest["splits"][split]
         rows.append(f"{split}: {sp_['documents']:,} documents, {sp_['tokens']:,} tokens in {len(sp_['shards'])} shard(s)")
+    chat = manifest.get("chat")
+    if chat:
+        rows.append(f"instruction records: {chat['trained_tokens']:,} response tokens trained; "
+                    f"{chat['examples_truncated']:,} example(s) cut to chat.max_tokens={chat['max_tokens']}, "
+                    f"{chat['examples_dropped']:,} dropped (no response token left)")
     tok = manifest["tokenizer"]
     rows.append(f"tokenizer: {tok['model_type']} {tok['vocab_size']:,} pieces; dtype {manifest['dtype']}; "
                 f"{manifest['compression']['bytes_per_token']} bytes/token overall; {manifest.get('elapsed_seconds', 0):.1f} s")

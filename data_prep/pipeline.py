@@ -4,6 +4,12 @@
       -> split -> spool (JSONL on disk) -> tokenizer: train on a sample of the train split, or install one
       -> encode on every core -> ArrayRecord shards -> report.md, removed.jsonl.gz -> manifest.json (last)
 
+Instruction sources (data_prep/instruct.py) make an instruction dataset: the chat template is
+written beside the tokenizer (chat_template.jinja), its special tokens are added to the tokenizer
+when it lacks them, and every record carries a loss mask (record_kind "tokens_mask"). Examples
+carry their messages through the stages and the spool; only stages that keep or drop whole
+documents may apply to them (config validation says so).
+
 Every step counts what it passes on, removes (with a reason and the place: "file:line" or the
 document id) and repairs in a `StageStats`; manifest.json lists them all ("stages") and report.md
 shows them as tables. The scratch files live in `<output>/.work`: the spool is deleted when the run
@@ -12,6 +18,7 @@ ends, the stages' task files when it succeeds. A killed run, started again, resu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -27,12 +34,13 @@ from data_prep.config import Config
 from data_prep.document import Document
 from data_prep.errors import DataPrepError, SourceError
 from data_prep.executors import cores
-from data_prep.manifest import build_manifest
+from data_prep.manifest import build_manifest, sha256_file
 from data_prep.split import SplitStage
 from data_prep.stages import counted
 from data_prep.stages.files import atomic_write_json
 from data_prep.stages.report import write_report
 from data_prep.stats import StageStats
+from jaxlm.data import chat as chat_lib
 from jaxlm.data import format
 
 WORK_DIR = ".work"  # scratch files inside the output folder (spool, stage tasks), removed at the end
@@ -101,14 +109,20 @@ def _run(cfg: Config, files: dict[str, list[str]], work: str, log: Callable[[str
         raise DataPrepError("no document ended up in the train split; lower split.val_fraction, "
                             "loosen the stages' thresholds or add data (see the counts above)")
 
-    # tokenizer
+    # tokenizer (an instruction dataset's needs the chat template's special tokens as pieces)
     t = time.perf_counter()
     model_path = os.path.join(out, format.TOKENIZER)
+    specials = chat_special_tokens(cfg)
     if tok.path:
         training = tokenizer.install_existing(tok, model_path)
+        if specials:  # appended after the existing pieces: old ids unchanged
+            training["added_pieces"] = tokenizer.add_pieces(model_path, specials)
     else:
-        training = tokenizer.train(tok, sampler, model_path, os.path.join(out, "tokenizer.log"), cfg.seed)
+        trained_cfg = dataclasses.replace(tok, user_defined_symbols=list(tok.user_defined_symbols) +
+                                          [p for p in specials if p not in tok.user_defined_symbols])
+        training = tokenizer.train(trained_cfg, sampler, model_path, os.path.join(out, "tokenizer.log"), cfg.seed)
     tok_info = tokenizer.describe(model_path)
+    chat = write_chat_template(cfg, model_path) if cfg.instruct() else None
     loaded = training.get("trainer_log", {}).get("sentences_loaded")
     if loaded is not None and loaded != training["sentences_sampled"]:
         log(f"warning: SentencePiece trained on {loaded:,} of the {training['sentences_sampled']:,} sentences given "
@@ -118,7 +132,7 @@ def _run(cfg: Config, files: dict[str, list[str]], work: str, log: Callable[[str
 
     # pass 2: encode in parallel and write the shards
     t = time.perf_counter()
-    encoded = _encode_and_write(cfg, spool, model_path, tok_info, log)
+    encoded = _encode_and_write(cfg, spool, model_path, tok_info, log, chat)
     log(f"encoded {encoded.stats.docs_out:,} documents into {encoded.stats.counters.get('tokens', 0):,} tokens "
         f"on {encoded.workers} process(es) in {time.perf_counter() - t:.1f} s")
 
@@ -127,7 +141,38 @@ def _run(cfg: Config, files: dict[str, list[str]], work: str, log: Callable[[str
     removed = tasks.write_removal_log(stage_dir, os.path.join(out, REMOVED))
     write_report(os.path.join(out, REPORT), stats, result.reports, title=f"data_prep report: {out}")
     log(f"report: {os.path.join(out, REPORT)}; {removed:,} removal(s) listed in {os.path.join(out, REMOVED)}")
-    return build_manifest(cfg, files, tok_info, training, encoded, stats, result.reports)
+    manifest = build_manifest(cfg, files, tok_info, training, encoded, stats, result.reports)
+    if chat is not None:
+        manifest["record_kind"] = "tokens_mask"
+        manifest["chat"] = {"template": chat_lib.TEMPLATE_FILE, "sha256": sha256_file(os.path.join(out, chat_lib.TEMPLATE_FILE)),
+                            "special_tokens": list(chat.template.special_tokens), "end_of_turn": chat.template.end_of_turn,
+                            "bos_token": chat.template.bos_token, "eos_token": chat.template.eos_token,
+                            "max_tokens": chat.max_tokens, "truncation": "keep the first max_tokens tokens",
+                            **encoded.chat}
+    return manifest
+
+
+def chat_special_tokens(cfg: Config) -> list[str]:
+    """The special tokens an instruction dataset's tokenizer must have as pieces ([] otherwise)."""
+    if not cfg.instruct():
+        return []
+    if cfg.chat.special_tokens is not None:
+        return list(cfg.chat.special_tokens)
+    return [] if cfg.chat.template is not None else list(chat_lib.SPECIAL_TOKENS)
+
+
+def write_chat_template(cfg: Config, model_path: str) -> shards.ChatEncoding:
+    """Writes chat_template.jinja beside the tokenizer; checks its tokens are single pieces."""
+    sp = spm.SentencePieceProcessor(model_file=model_path)
+    piece = lambda i: sp.id_to_piece(i) if i >= 0 else ""  # noqa: E731
+    template = chat_lib.load_template(cfg.chat.template, chat_special_tokens(cfg), end_of_turn=cfg.chat.end_of_turn,
+                                      bos_token=piece(sp.bos_id()), eos_token=piece(sp.eos_id()))
+    for token in {*template.special_tokens, template.end_of_turn}:
+        if sp.piece_to_id(token) == sp.unk_id():
+            raise DataPrepError(f"chat token {token!r} is not a piece of the tokenizer; list it in chat.special_tokens")
+    with open(os.path.join(cfg.output, chat_lib.TEMPLATE_FILE), "w", encoding="utf-8") as f:
+        f.write(template.source)
+    return shards.ChatEncoding(template, cfg.chat.max_tokens)
 
 
 def _warnings(stats: StageStats) -> list[str]:
@@ -165,15 +210,17 @@ class Spool:
         if key not in self._files:
             self._files[key] = open(self._path(key), "w", encoding="utf-8")
             self.groups[key] = {"documents": 0, "bytes": 0}
-        self._files[key].write(json.dumps([doc.id, doc.text]) + "\n")  # ASCII-safe even for odd ids
+        row = [doc.id, doc.text] + ([doc.meta["messages"]] if "messages" in doc.meta else [])
+        self._files[key].write(json.dumps(row) + "\n")  # ASCII-safe even for odd ids
         self.groups[key]["documents"] += 1
         self.groups[key]["bytes"] += len(doc.text.encode("utf-8"))
 
-    def read(self, split: str, source: str) -> Iterator[tuple[str, str]]:
+    def read(self, split: str, source: str) -> Iterator[tuple[str, str, list[dict] | None]]:
+        """(id, text, messages of an instruction example or None) per document."""
         with open(self._path((split, source)), encoding="utf-8") as f:
             for line in f:
-                doc_id, text = json.loads(line)
-                yield doc_id, text
+                row = json.loads(line)
+                yield row[0], row[1], (row[2] if len(row) > 2 else None)
 
     def __enter__(self) -> "Spool":
         return self
@@ -188,6 +235,7 @@ class EncodeStats:
 
     def __init__(self, cfg: Config, sp: spm.SentencePieceProcessor, dtype: np.dtype, workers: int):
         self.sp, self.dtype, self.workers = sp, dtype, workers
+        self.masked = cfg.instruct()  # records carry a loss mask: one byte per token after the ids
         self.check_limit = cfg.tokenizer.roundtrip_check_documents
         self.text_start = int(cfg.tokenizer.add_bos)  # records are [BOS] + text tokens + EOS
         self.stats = StageStats("encode", counters={"tokens": 0, "empty_documents": 0})
@@ -196,9 +244,22 @@ class EncodeStats:
                            for s in cfg.sources}
         self.splits = {k: {"documents": 0, "tokens": 0, "shards": []} for k in format.SPLITS}
         self.checks = {k: {"documents_checked": 0, "mismatched": 0, "examples": []} for k in format.SPLITS}
+        # instruction datasets: what the max_tokens cut did, and how many tokens are trained
+        self.chat = {"examples_truncated": 0, "examples_dropped": 0, "tokens_cut": 0, "trained_tokens": 0}
 
-    def add(self, split: str, source: str, doc_id: str, text: str, record: bytes, unk: int) -> None:
-        tokens = len(record) // self.dtype.itemsize
+    def add(self, split: str, source: str, doc_id: str, text: str, record: bytes | None, unk: int, info: dict) -> None:
+        stats = self.stats
+        if info:
+            self.chat["examples_truncated"] += info["truncated"]
+            self.chat["tokens_cut"] += max(0, info["tokens"] - len(record or b"") // (self.dtype.itemsize + 1))
+            self.chat["trained_tokens"] += info["trained"]
+        if record is None:  # an example cut to max_tokens before its first response token
+            self.chat["examples_dropped"] += 1
+            stats.docs_in += 1
+            stats.bytes_in += len(text.encode("utf-8"))
+            stats.remove(Document(text, doc_id, source), "no_trained_token_within_max_tokens")
+            return
+        tokens = len(record) // (self.dtype.itemsize + int(self.masked))
         nbytes = len(text.encode("utf-8"))
         src = self.per_source[source]
         for counts in (src, src["splits"][split], self.splits[split]):
@@ -206,7 +267,6 @@ class EncodeStats:
             counts["tokens"] += tokens
         src["bytes"] += nbytes
         src["unk_tokens"] += unk
-        stats = self.stats
         stats.docs_in += 1
         stats.docs_out += 1
         stats.bytes_in += nbytes
@@ -216,10 +276,15 @@ class EncodeStats:
         if unk:
             stats.repair("characters_encoded_as_unk", doc_id, unk)
         check = self.checks[split]
-        if check["documents_checked"] < self.check_limit:
+        if check["documents_checked"] < self.check_limit and not info.get("truncated"):
             check["documents_checked"] += 1
-            ids = format.decode_record(record, self.dtype)[self.text_start : -1].tolist()
-            if self.sp.decode(ids) != text:
+            if info.get("roundtrip") is not None:  # a conversation: its ids decode to the template's text
+                same = info["roundtrip"]
+            else:
+                ids = format.decode_record(record, self.dtype, "tokens_mask" if self.masked else "tokens")
+                ids = ids["token"] if self.masked else ids
+                same = self.sp.decode(ids[self.text_start : -1].tolist()) == text
+            if not same:
                 check["mismatched"] += 1
                 if len(check["examples"]) < 10:
                     check["examples"].append(doc_id)
@@ -239,7 +304,8 @@ class EncodeStats:
         return lines
 
 
-def _encode_and_write(cfg: Config, spool: Spool, model_path: str, tok_info: dict, log) -> EncodeStats:
+def _encode_and_write(cfg: Config, spool: Spool, model_path: str, tok_info: dict, log,
+                      chat: shards.ChatEncoding | None = None) -> EncodeStats:
     with open(model_path, "rb") as f:
         model_proto = f.read()
     dtype = format.token_dtype(tok_info["vocab_size"])
@@ -247,7 +313,8 @@ def _encode_and_write(cfg: Config, spool: Spool, model_path: str, tok_info: dict
     encoded = EncodeStats(cfg, spm.SentencePieceProcessor(model_proto=model_proto), dtype, workers)
     order = [s.name for s in cfg.sources]
     plan = shards.plan_shards(spool.groups, order, cfg.shards.target_mb)
-    written = shards.write_shards(plan, spool.read, cfg.output, dtype, model_proto, cfg.tokenizer.add_bos, workers, encoded.add)
+    written = shards.write_shards(plan, spool.read, cfg.output, dtype, model_proto, cfg.tokenizer.add_bos, workers,
+                                  encoded.add, chat)
     for split, entries in written.items():
         encoded.splits[split]["shards"] = entries
     for line in encoded.warnings():
@@ -289,7 +356,7 @@ def _prepare_output(cfg: Config, overwrite: bool) -> dict[str, Any] | None:
         for name in os.listdir(shard_dir):
             if name.endswith(".array_record"):
                 os.remove(os.path.join(shard_dir, name))
-    for name in (format.TOKENIZER, "tokenizer.log", REPORT, REMOVED):
+    for name in (format.TOKENIZER, chat_lib.TEMPLATE_FILE, "tokenizer.log", REPORT, REMOVED):
         if os.path.isfile(os.path.join(out, name)):
             os.remove(os.path.join(out, name))
     if overwrite:

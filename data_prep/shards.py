@@ -1,7 +1,11 @@
 """Encode documents into records on every core, and write them to ArrayRecord shards.
 
 A record is `jaxlm.data.format.encode_record([BOS] + ids + [EOS])`: one per document, so an empty
-document becomes a record holding only EOS (and BOS). Shards hold whole documents of one source
+document becomes a record holding only EOS (and BOS). In an instruction dataset (`chat` given)
+every record is `encode_masked_record(ids, mask)`: a conversation as its chat template renders it
+(no BOS/EOS beyond what the template writes) with the loss mask of `jaxlm.data.chat`, cut to
+`max_tokens` (tail dropped; an example left with no trained token is not written); plain documents
+mixed in keep [BOS] + ids + [EOS] with every token trained, under the same cut. Shards hold whole documents of one source
 and one split; a group's documents go round-robin over its shards in stream order, so the output
 is a pure function of the input order (byte-identical across runs and worker counts).
 """
@@ -22,6 +26,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 
 from data_prep.manifest import sha256_file
 from jaxlm.data import format
+from jaxlm.data.chat import ChatTemplate
 
 WRITER_OPTIONS = "group_size:1"  # one record per chunk: what Grain needs for fast random access
 BATCH_BYTES = 1 << 20  # text per task sent to a worker: large enough to amortise the hand-off
@@ -29,32 +34,61 @@ BATCH_BYTES = 1 << 20  # text per task sent to a worker: large enough to amortis
 Meta = TypeVar("Meta")
 
 
-class RecordEncoder:
-    """Text -> record bytes with one SentencePiece model; the unit each worker process runs."""
+@dataclasses.dataclass(frozen=True)
+class ChatEncoding:
+    """How an instruction dataset's records are made (picklable, sent to every worker)."""
 
-    def __init__(self, model_proto: bytes, add_bos: bool):
+    template: ChatTemplate
+    max_tokens: int
+
+
+# per record: (bytes, or None when the example is dropped; unk tokens; what happened to it:
+# {"tokens", "trained", "truncated", "dropped", "roundtrip"} for instruction datasets, else {})
+Encoded = tuple[bytes | None, int, dict]
+
+
+class RecordEncoder:
+    """Text or conversations -> record bytes with one SentencePiece model; the unit each worker process runs."""
+
+    def __init__(self, model_proto: bytes, add_bos: bool, chat: ChatEncoding | None = None):
         self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
         self.add_bos = add_bos
+        self.chat = chat
         self.dtype = format.token_dtype(self.sp.vocab_size())
         self.unk_id = self.sp.unk_id()
 
-    def __call__(self, texts: list[str]) -> list[tuple[bytes, int]]:
-        """(record bytes, number of unk tokens) per text."""
-        # num_threads=1: the parallelism is the process pool, one core per worker
-        ids = self.sp.encode(texts, add_bos=self.add_bos, add_eos=True, num_threads=1)
-        return [(format.encode_record(row, self.dtype), row.count(self.unk_id)) for row in ids]
+    def __call__(self, payloads: list[str | list[dict]]) -> list[Encoded]:
+        """A text is a document; a list of messages is a conversation (instruction datasets only)."""
+        if self.chat is None:
+            # num_threads=1: the parallelism is the process pool, one core per worker
+            ids = self.sp.encode(payloads, add_bos=self.add_bos, add_eos=True, num_threads=1)
+            return [(format.encode_record(row, self.dtype), row.count(self.unk_id), {}) for row in ids]
+        return [self._masked(p) for p in payloads]
+
+    def _masked(self, payload: str | list[dict]) -> Encoded:
+        if isinstance(payload, str):
+            ids = np.array(self.sp.encode(payload, add_bos=self.add_bos, add_eos=True), np.int64)
+            mask, roundtrip = np.ones(len(ids), np.uint8), None
+        else:
+            ids, mask = self.chat.template.encode(self.sp, payload)
+            roundtrip = self.sp.decode(ids.tolist()) == self.chat.template.render(payload)
+        info = {"tokens": len(ids), "truncated": len(ids) > self.chat.max_tokens, "roundtrip": roundtrip}
+        ids, mask = ids[: self.chat.max_tokens], mask[: self.chat.max_tokens]
+        info.update(trained=int(mask.sum()), dropped=not mask.any())
+        record = None if info["dropped"] else format.encode_masked_record(ids, mask, self.dtype)
+        return record, int((ids == self.unk_id).sum()), info
 
 
 _worker_encoder: RecordEncoder | None = None
 
 
-def _init_worker(model_proto: bytes, add_bos: bool) -> None:
+def _init_worker(model_proto: bytes, add_bos: bool, chat: ChatEncoding | None) -> None:
     global _worker_encoder
-    _worker_encoder = RecordEncoder(model_proto, add_bos)
+    _worker_encoder = RecordEncoder(model_proto, add_bos, chat)
 
 
-def _encode_in_worker(texts: list[str]) -> list[tuple[bytes, int]]:
-    return _worker_encoder(texts)
+def _encode_in_worker(payloads: list) -> list[Encoded]:
+    return _worker_encoder(payloads)
 
 
 class EncoderPool:
@@ -65,15 +99,15 @@ class EncoderPool:
     With workers <= 1 everything runs in this process.
     """
 
-    def __init__(self, model_proto: bytes, add_bos: bool, workers: int):
+    def __init__(self, model_proto: bytes, add_bos: bool, workers: int, chat: ChatEncoding | None = None):
         self.workers = workers
-        self._local = RecordEncoder(model_proto, add_bos) if workers <= 1 else None
+        self._local = RecordEncoder(model_proto, add_bos, chat) if workers <= 1 else None
         self._pool = None
         if workers > 1:
             context = multiprocessing.get_context("spawn")
-            self._pool = context.Pool(workers, initializer=_init_worker, initargs=(model_proto, add_bos))
+            self._pool = context.Pool(workers, initializer=_init_worker, initargs=(model_proto, add_bos, chat))
 
-    def map(self, batches: Iterable[tuple[Meta, list[str]]]) -> Iterator[tuple[Meta, list[tuple[bytes, int]]]]:
+    def map(self, batches: Iterable[tuple[Meta, list]]) -> Iterator[tuple[Meta, list[Encoded]]]:
         """At most 2 * workers batches are in flight, so memory stays bounded however large the input."""
         if self._pool is None:
             for meta, texts in batches:
@@ -104,13 +138,14 @@ class EncoderPool:
         self.close()
 
 
-def batched(items: Iterable[tuple[Any, str]], max_bytes: int = BATCH_BYTES, max_items: int = 4096) -> Iterator[tuple[list[Any], list[str]]]:
-    """Groups (meta, text) pairs into batches of about max_bytes of text."""
+def batched(items: Iterable[tuple[Any, str | list[dict]]], max_bytes: int = BATCH_BYTES,
+            max_items: int = 4096) -> Iterator[tuple[list[Any], list]]:
+    """Groups (meta, text or conversation) pairs into batches of about max_bytes of text."""
     metas, texts, size = [], [], 0
     for meta, text in items:
         metas.append(meta)
         texts.append(text)
-        size += len(text)
+        size += len(text) if isinstance(text, str) else sum(len(m["content"]) for m in text)
         if size >= max_bytes or len(texts) >= max_items:
             yield metas, texts
             metas, texts, size = [], [], 0
@@ -150,9 +185,9 @@ def plan_shards(groups: dict[tuple[str, str], dict[str, int]], sources: list[str
 class ShardGroupWriter:
     """Writes one group's records round-robin over its shards; closes to manifest entries."""
 
-    def __init__(self, dataset_dir: str, group: GroupPlan, dtype: np.dtype):
+    def __init__(self, dataset_dir: str, group: GroupPlan, dtype: np.dtype, masked: bool = False):
         self.paths = [format.shard_name(group.split, group.first + i, group.total) for i in range(group.count)]
-        self.source, self.itemsize = group.source, dtype.itemsize
+        self.source, self.itemsize = group.source, dtype.itemsize + int(masked)  # bytes per token
         self._dir = dataset_dir
         self._writers = [ArrayRecordWriter(os.path.join(dataset_dir, p), WRITER_OPTIONS) for p in self.paths]
         self._records = [0] * group.count
@@ -179,34 +214,37 @@ class ShardGroupWriter:
 
 def write_shards(
     plan: list[GroupPlan],
-    read_group: Callable[[str, str], Iterable[tuple[str, str]]],
+    read_group: Callable[[str, str], Iterable[tuple[str, str, list[dict] | None]]],
     dataset_dir: str,
     dtype: np.dtype,
     model_proto: bytes,
     add_bos: bool,
     workers: int,
-    on_record: Callable[[str, str, str, str, bytes, int], None],
+    on_record: Callable[[str, str, str, str, bytes | None, int, dict], None],
+    chat: ChatEncoding | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Encodes every group's (doc id, text) stream and writes its shards; returns manifest entries per split.
+    """Encodes every group's (doc id, text, messages or None) stream and writes its shards; returns
+    manifest entries per split. With `chat`, every record is a masked record (an instruction dataset).
 
-    `on_record(split, source, doc_id, text, record, unk_tokens)` sees every record, in order.
+    `on_record(split, source, doc_id, text, record or None, unk_tokens, info)` sees every document, in order.
     """
     def items():
         for group in plan:
-            for doc_id, text in read_group(group.split, group.source):
-                yield (group, doc_id, text), text
+            for doc_id, text, messages in read_group(group.split, group.source):
+                yield (group, doc_id, text), (text if messages is None else messages)
 
     written: dict[str, list[dict[str, Any]]] = {split: [] for split in format.SPLITS}
     writer, current = None, None
-    with EncoderPool(model_proto, add_bos, workers) as pool:
+    with EncoderPool(model_proto, add_bos, workers, chat) as pool:
         for metas, results in pool.map(batched(items())):
-            for (group, doc_id, text), (record, unk) in zip(metas, results):
+            for (group, doc_id, text), (record, unk, info) in zip(metas, results):
                 if group != current:
                     if writer is not None:
                         written[current.split] += writer.close()
-                    writer, current = ShardGroupWriter(dataset_dir, group, dtype), group
-                writer.write(record)
-                on_record(group.split, group.source, doc_id, text, record, unk)
+                    writer, current = ShardGroupWriter(dataset_dir, group, dtype, chat is not None), group
+                if record is not None:
+                    writer.write(record)
+                on_record(group.split, group.source, doc_id, text, record, unk, info)
     if writer is not None:
         written[current.split] += writer.close()
     return written

@@ -26,7 +26,9 @@ class SplitStage:
     by: position -> each document is cut in two, its last val_fraction (in characters) to val.
     Cut parts get ids `<id>[:cut]` and `<id>[cut:]`; an empty document stays whole (in train).
     Copies a `mix` stage made (meta["repeat"], id "<id>#rep<k>") go where their original goes,
-    so no val document is repeated in train.
+    so no val document is repeated in train. A document with meta["split_key"] is split by that key
+    instead of its id, so documents sharing it stay together (the embedded instruction set holds
+    out whole modules).
     """
 
     name = "split"
@@ -40,6 +42,7 @@ class SplitStage:
             rule = self.rules[doc.source]
             if rule.by == "hash":
                 key = doc.id.rsplit("#rep", 1)[0] if doc.meta.get("repeat") else doc.id
+                key = doc.meta.get("split_key", key)
                 parts = [(doc, "val" if hash_fraction(self.seed, key) < rule.val_fraction else "train")]
             else:
                 cut = position_cut(len(doc.text), rule.val_fraction)

@@ -201,6 +201,26 @@ def install_existing(cfg: TokenizerConfig, model_path: str) -> dict[str, Any]:
     return {"existing_model": cfg.path}
 
 
+def add_pieces(model_path: str, pieces: list[str]) -> list[str]:
+    """Appends the `pieces` the model lacks as user-defined pieces (always one token, never split or
+    merged); every existing piece keeps its id, so text without them encodes exactly as before.
+    Rewrites `model_path` and returns the pieces added, in id order."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    with open(model_path, "rb") as f:
+        proto.ParseFromString(f.read())
+    have = {p.piece for p in proto.pieces}
+    added = [p for p in dict.fromkeys(pieces) if p not in have]
+    for piece in added:
+        new = proto.pieces.add()
+        new.piece, new.score, new.type = piece, 0.0, sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED
+    if added:
+        with open(model_path, "wb") as f:
+            f.write(proto.SerializeToString())
+    return added
+
+
 def describe(model_path: str) -> dict[str, Any]:
     """The manifest's `tokenizer` block for a model file in the dataset folder."""
     sp = spm.SentencePieceProcessor(model_file=model_path)

@@ -8,7 +8,9 @@ tokenizer.json / tokenizer_config.json (see jaxlm.interop.tokenizer), so that
 
   AutoModelForCausalLM.from_pretrained(DIR); AutoTokenizer.from_pretrained(DIR)
 
-work offline. The tokenizer is checked against SentencePiece on validation text.
+work offline. The tokenizer is checked against SentencePiece on validation text. A run tuned on
+an instruction dataset also ships its chat template (tokenizer_config.json `chat_template`, turn
+tokens special) and stops generating at the end-of-turn token (generation_config eos_token_id).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import sys
 from typing import Optional
 
 from jaxlm.config import Config, ConfigError
-from jaxlm.data.format import DataFormatError
+from jaxlm.data.chat import dataset_template
+from jaxlm.data.format import DataFormatError, record_tokens
 from jaxlm.data.shards import DocumentSource, open_dataset
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.loading import load_workdir
@@ -33,17 +36,23 @@ def export_run(config: Config, params: dict, out_dir: str, *, dtype: str = "floa
     from jaxlm.interop import tokenizer as hf_tokenizer  # needs `tokenizers` (optional): only when exporting one
 
     tokenizer_dir = tokenizer_dir or (config.data.sources[0].path if config.data.sources else None)
-    tok = None
+    tok, chat = None, None
     if tokenizer_dir and os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.model")):
         tok = Tokenizer.from_dataset(tokenizer_dir)
+        if os.path.isfile(os.path.join(tokenizer_dir, "manifest.json")):
+            chat = dataset_template(tokenizer_dir)
+    eos = tok.eos_id if tok else None
+    if chat is not None:  # generation ends at the end of the assistant's turn (or at EOS)
+        eos = [tok.sp.piece_to_id(chat.end_of_turn)] + ([eos] if eos is not None else [])
     files = export_hf(config.model, params, out_dir, dtype=dtype,
-                      bos_id=tok.bos_id if tok else None, eos_id=tok.eos_id if tok else None,
+                      bos_id=tok.bos_id if tok else None, eos_id=eos,
                       pad_id=(tok.sp.pad_id() if tok and tok.sp.pad_id() >= 0 else None))
     summary = dict(out=out_dir, family=config.model.family, files=files, tokenizer=None)
     if tok is not None:
         texts = _check_texts(tokenizer_dir, tok, check_documents)
         report = hf_tokenizer.export(tok.model_file, out_dir, add_bos=tok.add_bos,
-                                     max_length=min(config.data.seq_len, config.model.max_seq_len), check_texts=texts)
+                                     max_length=min(config.data.seq_len, config.model.max_seq_len), check_texts=texts,
+                                     chat=chat)
         summary["files"] = files + report["files"]
         summary["tokenizer"] = dict(checked_texts=report["checked_texts"], mismatches=report["mismatch_count"])
     return summary
@@ -57,7 +66,7 @@ def _check_texts(dataset_dir: str, tok, documents: int) -> list[str]:
         docs = DocumentSource(open_dataset(dataset_dir), "val")
     except DataFormatError:
         return []
-    text = "".join(tok.decode(docs[i]) + "\n" for i in range(min(documents, len(docs))))
+    text = "".join(tok.decode(record_tokens(docs[i])) + "\n" for i in range(min(documents, len(docs))))
     return sample_texts(text)
 
 

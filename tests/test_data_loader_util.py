@@ -19,8 +19,11 @@ TOKENIZER_SHA = hashlib.sha256(b"test tokenizer").hexdigest()
 
 
 def write_dataset(root, splits: dict, *, vocab_size: int = 1000, shards: int = 2, tokenizer_sha: str = TOKENIZER_SHA) -> str:
-    """splits: {"train": [token arrays], "val": [...]}; each split's documents in order over `shards` files."""
+    """splits: {"train": [token arrays], "val": [...]}; each split's documents in order over `shards` files.
+
+    Documents that are `fmt.MASKED_TOKEN` arrays make a "tokens_mask" dataset (instruction records)."""
     root = str(root)
+    masked = any(getattr(d, "dtype", None) == fmt.MASKED_TOKEN for docs in splits.values() for d in docs)
     os.makedirs(os.path.join(root, fmt.SHARD_DIR), exist_ok=True)
     dtype = fmt.token_dtype(vocab_size)
     manifest_splits = {}
@@ -33,7 +36,8 @@ def write_dataset(root, splits: dict, *, vocab_size: int = 1000, shards: int = 2
             writer = ArrayRecordWriter(path, "group_size:1")
             part = docs[bounds[i] : bounds[i + 1]]
             for doc in part:
-                writer.write(fmt.encode_record(doc, dtype))
+                writer.write(fmt.encode_masked_record(doc["token"], doc["mask"], dtype) if masked
+                             else fmt.encode_record(doc, dtype))
             writer.close()
             with open(path, "rb") as f:
                 data = f.read()
@@ -51,6 +55,7 @@ def write_dataset(root, splits: dict, *, vocab_size: int = 1000, shards: int = 2
         }
     manifest = {
         "format_version": fmt.FORMAT_VERSION,
+        "record_kind": "tokens_mask" if masked else "tokens",
         "dtype": dtype.name,
         "tokenizer": {
             "path": fmt.TOKENIZER, "sha256": tokenizer_sha, "vocab_size": vocab_size,

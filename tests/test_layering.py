@@ -28,10 +28,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("plan", ("jaxlm.plan",)),
     ("commands", ("jaxlm.main", "jaxlm.sample", "jaxlm.export", "jaxlm.sweep", "jaxlm.humaneval")),
 ]
-# The only jaxlm modules data_prep may import: the record format, the shared text hashing, the
-# hashed n-gram classifier built on it, and the typed-config builder. They import nothing else from jaxlm, so data_prep never pulls in the
+# The only jaxlm modules data_prep may import: the record format and the chat template its
+# instruction records are written with, the shared text hashing, the hashed n-gram classifier built
+# on it, and the typed-config builder. They import nothing else from jaxlm, so data_prep never pulls in the
 # training stack.
-DATA_PREP_MAY_IMPORT = ("jaxlm.data.format", "jaxlm.data.texthash", "jaxlm.data.text_classifier", "jaxlm.schema")
+DATA_PREP_MAY_IMPORT = ("jaxlm.data.format", "jaxlm.data.chat", "jaxlm.data.texthash", "jaxlm.data.text_classifier",
+                        "jaxlm.schema")
 ROOTS = ("jaxlm", "data_prep")
 
 

@@ -20,8 +20,8 @@ import glob
 import os
 from collections.abc import Iterator
 
-from data_prep import corpus
-from data_prep.config import FILE_SOURCE_TYPES, SourceConfig
+from data_prep import corpus, instruct
+from data_prep.config import FILE_SOURCE_TYPES, INSTRUCT_SOURCE_TYPES, SourceConfig
 from data_prep.document import Document
 from data_prep.errors import SourceError
 from data_prep.sources.common import decode_utf8, open_binary, require, valid_text
@@ -46,7 +46,7 @@ def resolve_files(src: SourceConfig) -> list[str]:
     """
     if src.type == "pydoc_topics":
         return [name for name, _ in corpus.pydoc_topics()]
-    if src.type == "python_stdlib":
+    if src.type in ("python_stdlib", "python_instruct"):
         return corpus.stdlib_files(src.max_files, src.max_bytes)
     if src.type == "hf":
         return hf_shards(src)
@@ -87,7 +87,9 @@ def read_source(src: SourceConfig, files: list[str], stats: StageStats) -> Itera
 def read_file(src: SourceConfig, path: str, name: str, stats: StageStats) -> Iterator[Document]:
     """The documents of one file (a topic for pydoc_topics); `name` is how ids and reports call it."""
     where = f"{src.name}/{name}"
-    if src.type == "pydoc_topics":
+    if src.type in INSTRUCT_SOURCE_TYPES:
+        yield from instruct.read_examples(src, path, where, stats)
+    elif src.type == "pydoc_topics":
         yield Document(valid_text(corpus.pydoc_topic(path), where, stats), f"{src.name}/topics:{name}", src.name)
     elif src.type == "python_stdlib":
         yield from read_txt(src, os.path.join(corpus.stdlib_dir(), path), where, stats)

@@ -7,10 +7,20 @@ A prepared dataset is a folder:
     shards/val-00000-of-00001.array_record
     manifest.json                        see `read_manifest`
 
-Record format: one ArrayRecord record per document. A record is the document's token ids as a
-little-endian integer array with no header; the element type is the manifest's `dtype`
-("uint16" when the vocabulary has at most 65,536 entries, else "uint32"). BOS (when configured)
-and EOS are already part of the record, so the reader never needs the tokenizer.
+Record format: one ArrayRecord record per document (or example). The manifest's `record_kind` says
+which of two layouts every record of the dataset has:
+
+  "tokens"       (pre-training) the document's token ids as a little-endian integer array with no
+                 header; the element type is the manifest's `dtype` ("uint16" when the vocabulary
+                 has at most 65,536 entries, else "uint32"). BOS (when configured) and EOS are
+                 already part of the record, so the reader never needs the tokenizer.
+  "tokens_mask"  (instruction tuning) the n token ids as above, then n loss-mask bytes (uint8,
+                 1 = the token is trained: a response token, see `jaxlm.data.chat`). Decoded as one
+                 structured array with fields "token" and "mask".
+
+Versions: format_version 1 (no `record_kind`; always "tokens") is read exactly as before;
+format_version 2 adds `record_kind` (absent = "tokens") and, for "tokens_mask", the manifest's
+`chat` block (template file, special tokens, truncation counts).
 
 This module imports numpy only, so that the offline pipeline can use it without JAX.
 """
@@ -26,8 +36,11 @@ import numpy as np
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.model"
 SHARD_DIR = "shards"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 SPLITS = ("train", "val")
+RECORD_KINDS = ("tokens", "tokens_mask")
+MASKED_TOKEN = np.dtype([("token", "<u4"), ("mask", "u1")])  # a decoded "tokens_mask" record
 
 
 class DataFormatError(ValueError):
@@ -43,8 +56,37 @@ def encode_record(tokens, dtype: np.dtype) -> bytes:
     return np.asarray(tokens, dtype=dtype).tobytes()
 
 
-def decode_record(record: bytes, dtype: np.dtype) -> np.ndarray:
-    return np.frombuffer(record, dtype=dtype)
+def encode_masked_record(tokens, mask, dtype: np.dtype) -> bytes:
+    tokens, mask = np.asarray(tokens, dtype=dtype), np.asarray(mask, dtype=np.uint8)
+    if tokens.shape != mask.shape or tokens.ndim != 1:
+        raise ValueError(f"tokens {tokens.shape} and mask {mask.shape} must be 1-D and of one length")
+    return tokens.tobytes() + mask.tobytes()
+
+
+def decode_record(record: bytes, dtype: np.dtype, kind: str = "tokens") -> np.ndarray:
+    """A record's tokens (kind "tokens"), or a MASKED_TOKEN array (kind "tokens_mask").
+
+    Raises ValueError when the length does not fit the layout."""
+    if kind == "tokens":
+        if len(record) % dtype.itemsize:
+            raise ValueError(f"has {len(record)} bytes, not a whole number of {dtype} tokens")
+        return np.frombuffer(record, dtype=dtype)
+    n, rest = divmod(len(record), dtype.itemsize + 1)
+    if rest:
+        raise ValueError(f"has {len(record)} bytes, not n {dtype} tokens and n mask bytes")
+    out = np.empty(n, MASKED_TOKEN)
+    out["token"] = np.frombuffer(record, dtype=dtype, count=n)
+    out["mask"] = np.frombuffer(record, dtype=np.uint8, offset=n * dtype.itemsize)
+    return out
+
+
+def record_tokens(doc: np.ndarray) -> np.ndarray:
+    """A decoded record's token ids, whatever its kind (the mask of a "tokens_mask" record left out)."""
+    return doc["token"] if doc.dtype.names else doc
+
+
+def record_kind(manifest: dict[str, Any]) -> str:
+    return manifest.get("record_kind", "tokens") if manifest.get("format_version", 1) >= 2 else "tokens"
 
 
 def shard_name(split: str, index: int, count: int) -> str:
@@ -55,7 +97,7 @@ def read_manifest(dataset_dir: str) -> dict[str, Any]:
     """Reads and checks `manifest.json`; raises DataFormatError with the fix when it is unusable.
 
     The fields the reader relies on:
-      format_version, dtype, tokenizer{sha256, vocab_size, bos_id, eos_id, pad_id},
+      format_version, record_kind (version 2), dtype, tokenizer{sha256, vocab_size, bos_id, eos_id, pad_id},
       splits{train|val: {documents, tokens, shards: [{path, sha256, records, tokens, bytes}]}}
     """
     path = os.path.join(dataset_dir, MANIFEST)
@@ -77,9 +119,12 @@ def read_manifest(dataset_dir: str) -> dict[str, Any]:
     for key in ("format_version", "dtype", "tokenizer", "splits"):
         if key not in manifest:
             raise DataFormatError(f"{path} has no {key!r} field; it was not written by this data_prep. Re-run it.")
-    if manifest["format_version"] != FORMAT_VERSION:
+    if manifest["format_version"] not in READABLE_VERSIONS:
         raise DataFormatError(
-            f"{path} has format_version {manifest['format_version']}, this jaxlm reads {FORMAT_VERSION}; "
+            f"{path} has format_version {manifest['format_version']}, this jaxlm reads {list(READABLE_VERSIONS)}; "
             "re-run data_prep with this version."
         )
+    if record_kind(manifest) not in RECORD_KINDS:
+        raise DataFormatError(f"{path} has record_kind {manifest['record_kind']!r}, this jaxlm reads {list(RECORD_KINDS)}; "
+                              "re-run data_prep with this version.")
     return manifest

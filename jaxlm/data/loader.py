@@ -6,6 +6,10 @@ Pipeline (Grain), per source dataset:
 then the sources are interleaved by weight (`mixing.MixedDocuments`; weights = document shares),
 packed into rows (`packing`), and batches are prefetched in a background thread.
 
+Instruction data (datasets whose records carry a loss mask, record_kind "tokens_mask") is packed
+as whole examples (`packing`: never split across rows, truncated to seq_len), and `loss_mask`
+is 1 only on response tokens. Pre-training sources mixed in are trained on every token.
+
 Reading (ArrayRecord lookups and decoding) runs in `worker_count` Grain worker processes, or in
 threads when it is 0. The workers only read documents in order; packing happens after them, so
 the batches and the state do not depend on worker_count or prefetch: a run may resume with other
@@ -25,6 +29,7 @@ import grain
 import numpy as np
 from absl import flags
 
+from jaxlm.data import format as fmt
 from jaxlm.data.format import DataFormatError
 from jaxlm.data.mixing import MixedDocuments
 from jaxlm.data.packing import PackedBatchDataset
@@ -128,9 +133,12 @@ def build_loader(
         if info.split(split).documents == 0:
             raise DataFormatError(f"split {split!r} of dataset {info.path!r} has no documents; re-run data_prep with more data.")
 
+    masked = any(info.record_kind == "tokens_mask" for info in infos)
     streams = []
     for index, info in enumerate(infos):
         docs = grain.MapDataset.source(DocumentSource(info, split))
+        if masked and info.record_kind == "tokens":  # one record layout per mixture: every token trained
+            docs = docs.map(_all_trained)
         if shuffle:  # grain reshuffles each epoch with seed + epoch
             docs = docs.shuffle(seed=_source_seed(seed, index))
         if num_epochs != 1:
@@ -139,7 +147,8 @@ def build_loader(
     docs = streams[0] if len(streams) == 1 else MixedDocuments(streams, [w for _, w in sources])
 
     if shuffle_rows > 0:
-        rows = PackedBatchDataset(docs, seq_len=seq_len, rows=1, open_reader=_DocumentReader(worker_count))
+        rows = PackedBatchDataset(docs, seq_len=seq_len, rows=1, open_reader=_DocumentReader(worker_count),
+                                  whole_examples=masked)
         rows = rows.map(_first_row)
         # One row order per process: a source with fewer documents than processes (Tiny Shakespeare
         # is one) gives every process the same rows, and a shared order then repeated them across
@@ -148,7 +157,8 @@ def build_loader(
         rows = grain.experimental.WindowShuffleIterDataset(rows, window_size=shuffle_rows, seed=row_seed)
         batches = rows.batch(batch_rows, drop_remainder=False)
     else:
-        batches = PackedBatchDataset(docs, seq_len=seq_len, rows=batch_rows, open_reader=_DocumentReader(worker_count))
+        batches = PackedBatchDataset(docs, seq_len=seq_len, rows=batch_rows, open_reader=_DocumentReader(worker_count),
+                                     whole_examples=masked)
     if prefetch:
         batches = grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=prefetch)
     fingerprint = {
@@ -164,6 +174,12 @@ def build_loader(
         "shuffle_rows": int(shuffle_rows),
     }
     return Loader(batches, json.loads(json.dumps(fingerprint)))  # the form a restored state compares equal to
+
+
+def _all_trained(tokens: np.ndarray) -> np.ndarray:
+    out = np.empty(len(tokens), fmt.MASKED_TOKEN)
+    out["token"], out["mask"] = tokens, 1
+    return out
 
 
 def _first_row(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -57,6 +57,7 @@ class DatasetInfo:
     pad_id: int | None
     splits: dict[str, SplitInfo]
     manifest: dict[str, Any]
+    record_kind: str = "tokens"  # "tokens_mask": documents are format.MASKED_TOKEN arrays (token, loss mask)
 
     def split(self, name: str) -> SplitInfo:
         if name not in self.splits:
@@ -105,6 +106,7 @@ def open_dataset(path: str, expected_vocab_size: int | None = None, *, verify: b
         pad_id=tok.get("pad_id"),
         splits=splits,
         manifest=manifest,
+        record_kind=fmt.record_kind(manifest),
     )
 
 
@@ -172,7 +174,8 @@ def _sha256(path: str) -> str:
 
 
 class DocumentSource:
-    """Random access to one split's documents as token arrays, in shard order.
+    """Random access to one split's documents as token arrays (MASKED_TOKEN arrays for a
+    "tokens_mask" dataset), in shard order.
 
     A Grain data source (len + getitem, picklable for worker processes). Errors name the shard.
     """
@@ -181,7 +184,7 @@ class DocumentSource:
         shards = info.split(split).shards
         self._paths = [s.path for s in shards]
         self._ends = np.cumsum([s.records for s in shards]).tolist()  # record index where each shard ends
-        self._dtype = info.dtype
+        self._dtype, self._kind = info.dtype, info.record_kind
         # "path[start:end]" tells ArrayRecordDataSource the counts, which open_dataset already checked,
         # so it opens no file here; readers open lazily in whichever process reads.
         nonempty = [f"{s.path}[0:{s.records}]" for s in shards if s.records]
@@ -195,9 +198,10 @@ class DocumentSource:
             record = self._records[index]
         except Exception as e:  # the reader raises RuntimeError("Corrupted Riegeli/records file ...")
             raise self._error(index, f"cannot be read ({e})") from e
-        if len(record) % self._dtype.itemsize:
-            raise self._error(index, f"has {len(record)} bytes, not a whole number of {self._dtype} tokens")
-        return fmt.decode_record(record, self._dtype)
+        try:
+            return fmt.decode_record(record, self._dtype, self._kind)
+        except ValueError as e:
+            raise self._error(index, str(e)) from None
 
     def _error(self, index: int, what: str) -> DataFormatError:
         shard = bisect.bisect_right(self._ends, index)

@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from jaxlm.data.format import DataFormatError
+from jaxlm.data.format import DataFormatError, record_tokens
 from jaxlm.data.shards import DocumentSource, open_dataset
 from jaxlm.data.texthash import shingle_hashes
 from jaxlm.eval.errors import EvalError
@@ -83,7 +83,7 @@ def dataset_texts(dataset_dir: str, split: str = "train") -> Iterable[str]:
         raise EvalError(str(e)) from None
     tok = Tokenizer.from_dataset(dataset_dir)
     for i in range(len(docs)):
-        yield tok.decode(docs[i])
+        yield tok.decode(record_tokens(docs[i]))
 
 
 def main(argv: list[str] | None = None) -> int:

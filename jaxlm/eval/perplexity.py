@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from jaxlm.data.format import DataFormatError
+from jaxlm.data.format import DataFormatError, record_tokens
 from jaxlm.data.shards import DocumentSource, open_dataset
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.loading import EvalModel
@@ -72,7 +72,7 @@ def dataset_perplexity(em: EvalModel, dataset_dir: str, *, split: str = "val", s
     requests, n_bytes = [], 0
     count = len(docs) if max_documents is None else min(max_documents, len(docs))
     for i in range(count):
-        ids = [int(t) for t in docs[i]]
+        ids = [int(t) for t in record_tokens(docs[i])]  # instruction records: the whole conversation
         if len(ids) < 2:
             continue
         # rolling() scores tokens 1.., i.e. all but the first (BOS when the dataset has one)

@@ -78,7 +78,7 @@ def check_params(cfg: ModelConfig, params: dict, what: str = "the parameters") -
 # Config translation
 
 
-def hf_config(cfg: ModelConfig, *, bos_id: Optional[int] = None, eos_id: Optional[int] = None,
+def hf_config(cfg: ModelConfig, *, bos_id: Optional[int] = None, eos_id: Optional[int | list[int]] = None,
               pad_id: Optional[int] = None, dtype: str = "float32") -> dict:
     """config.json for a jaxlm model; raises InteropError for what the HF class cannot express."""
     n, kv, h = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -199,8 +199,9 @@ def from_hf_tensors(cfg: ModelConfig, tensors: dict[str, np.ndarray], where: str
 
 
 def export_hf(cfg: ModelConfig, params: dict, out_dir: str, *, bos_id: Optional[int] = None,
-              eos_id: Optional[int] = None, pad_id: Optional[int] = None, dtype: str = "float32") -> list[str]:
-    """Writes config.json, generation_config.json and model.safetensors; returns the files written."""
+              eos_id: Optional[int | list[int]] = None, pad_id: Optional[int] = None, dtype: str = "float32") -> list[str]:
+    """Writes config.json, generation_config.json and model.safetensors; returns the files written.
+    eos_id may list several ids (a chat model stops at its end-of-turn token or at EOS)."""
     from safetensors.numpy import save_file
 
     if dtype not in ("float32", "float16"):  # numpy has no bfloat16; float32 converts exactly to it later

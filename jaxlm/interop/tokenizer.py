@@ -24,6 +24,8 @@ from typing import Optional, Sequence
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE, Unigram
 
+from jaxlm.data.chat import ChatTemplate
+
 _NORMAL, _UNKNOWN, _CONTROL, _USER, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 _UNIGRAM, _BPE, _WORD, _CHAR = 1, 2, 3, 4
 
@@ -77,7 +79,9 @@ def build(model_file: str, add_bos: bool = False) -> Tokenizer:
     if splits:
         tok.pre_tokenizer = pre_tokenizers.Sequence(splits)
 
-    # User-defined pieces are matched before everything else and never merged; control pieces are special.
+    # User-defined pieces (with chat turn tokens) are matched before everything else and never merged;
+    # control pieces are special, and like SentencePiece the tokenizer reads "<s>" in text as text
+    # (tokenizer_config.json: split_special_tokens).
     tok.add_tokens([AddedToken(p, normalized=False, special=False) for p, _, kind in pieces if kind == _USER])
     tok.add_special_tokens([AddedToken(p, normalized=False, special=True) for p, _, kind in pieces
                             if kind in (_CONTROL, _UNKNOWN)])
@@ -96,8 +100,12 @@ def _special(proto, index: int) -> Optional[str]:
 
 
 def export(model_file: str, out_dir: str, *, add_bos: bool = False, max_length: Optional[int] = None,
-           check_texts: Sequence[str] = ()) -> dict:
+           check_texts: Sequence[str] = (), chat: Optional[ChatTemplate] = None) -> dict:
     """Writes tokenizer.model, tokenizer.json, tokenizer_config.json and special_tokens_map.json.
+
+    chat: the dataset's chat template (instruction-tuned models): written as tokenizer_config.json's
+    `chat_template`, so `tokenizer.apply_chat_template` renders and tokenizes conversations exactly as
+    jaxlm trained on them (its turn tokens are user-defined pieces, matched in text like SentencePiece).
 
     Returns {"files": [...], "checked_texts": n, "mismatches": [first differing texts]}: the HF
     tokenizer's ids compared with SentencePiece's on `check_texts`.
@@ -114,7 +122,10 @@ def export(model_file: str, out_dir: str, *, add_bos: bool = False, max_length: 
                (("bos_token", spec.bos_id), ("eos_token", spec.eos_id), ("unk_token", spec.unk_id), ("pad_token", spec.pad_id))}
     special = {k: v for k, v in special.items() if v is not None}
     config = dict(tokenizer_class="PreTrainedTokenizerFast", clean_up_tokenization_spaces=False,
-                  add_bos_token=add_bos, add_eos_token=False, model_max_length=max_length or int(1e30), **special)
+                  add_bos_token=add_bos, add_eos_token=False, model_max_length=max_length or int(1e30),
+                  split_special_tokens=True, **special)
+    if chat is not None:
+        config["chat_template"] = chat.source
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
     with open(os.path.join(out_dir, "special_tokens_map.json"), "w", encoding="utf-8") as f:
