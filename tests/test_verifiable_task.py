@@ -7,7 +7,7 @@ import pytest
 
 from data_prep import arithmetic
 from jaxlm.eval.errors import EvalError
-from jaxlm.eval.verifiers import final_answer, final_number, load_verifier
+from jaxlm.eval.verifiers import final_number, load_verifier
 
 
 def evaluate(working: str) -> int:
@@ -36,18 +36,13 @@ def test_problems_are_seeded_disjoint_and_correct(tmp_path):
     assert len(rows) == 2 and set(rows[0]) == {"instruction", "input", "output", "answer"}
 
 
-@pytest.mark.parametrize("text,answer", [("3 + 4 = 7\n#### 7", "7"), ("so she has 1,234 now", "1234"),
-                                         ("#### -5 and later 9", "-5"), ("no number", None),
-                                         ("It is 2.50 dollars", "2.50")])
-def test_final_answer(text, answer):
-    assert final_answer(text) == answer
-
-
 def test_verifier():
     assert final_number("12 + 3 = 15\n#### 15", "15") == 1.0
     assert final_number("#### 15.0", "15") == 1.0
     assert final_number("#### 14", "15") == 0.0
     assert final_number("", "15") == 0.0
+    assert final_number("so the answer is 15", "15") == 0.0  # no "####": not in the taught form
+    assert final_number("#### 1,234", "1234") == 1.0
     assert load_verifier("jaxlm.eval.verifiers:final_number") is final_number
     for bad in ("final_number", "jaxlm.eval.verifiers:nope", "no.such.module:f"):
         with pytest.raises(EvalError):

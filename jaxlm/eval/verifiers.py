@@ -7,36 +7,18 @@ importable function with the same signature works.
 from __future__ import annotations
 
 import importlib
-import re
-from typing import Callable, Optional
+from typing import Callable
 
+from jaxlm.eval.answers import final_answer
 from jaxlm.eval.errors import EvalError
-
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-_MARKED = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
-
-
-def final_answer(text: str) -> Optional[str]:
-    """The number after the first "####" (GSM8K's marker), else the last number in the text;
-    thousands separators removed."""
-    m = _MARKED.search(text)
-    if m:
-        return m.group(1).replace(",", "")
-    numbers = _NUMBER.findall(text)
-    return numbers[-1].replace(",", "") if numbers else None
-
-
-def _same_number(a: str, b: str) -> bool:
-    try:
-        return float(a) == float(b)
-    except ValueError:
-        return a.strip() == b.strip()
+from jaxlm.eval.tasks import normalize_number
 
 
 def final_number(response: str, answer: str) -> float:
-    """1.0 when the response's final answer equals the reference number, else 0.0."""
+    """1.0 when the response's final answer (after its last "####", as `answers.final_answer`
+    reads it) equals the reference answer, else 0.0: the model must answer in the taught form."""
     got = final_answer(response)
-    return 1.0 if got is not None and _same_number(got, answer) else 0.0
+    return 1.0 if got is not None and got == normalize_number(answer) else 0.0
 
 
 def load_verifier(spec: str) -> Callable[[str, str], float]:
