@@ -12,7 +12,7 @@ import pytest
 from eval_helpers import make_tokenizer_dir, random_params, tiny_config
 from jaxlm.eval.generate import Generator, SamplingConfig
 from jaxlm.eval.loading import load_hf_dir
-from jaxlm.humaneval.chat import find_chat_template, model_input
+from jaxlm.humaneval.chat import ChatFormat, find_chat_format, model_input
 from jaxlm.humaneval.errors import HumanEvalError
 from jaxlm.humaneval.inputs import Prompt, read_prompts
 from jaxlm.humaneval.setup_round import open_round, parse_sources
@@ -64,17 +64,18 @@ def test_models_generate_up_front_through_their_template(models, tmp_path, capsy
     assert "generating plain" in capsys.readouterr().err  # the progress bar
 
     got = stored_responses(store.path)
-    assert find_chat_template(plain) is None and find_chat_template(chat) == TEMPLATE
-    for path, template in ((plain, None), (chat, TEMPLATE)):
+    assert find_chat_format(plain) is None and find_chat_format(chat) == ChatFormat(TEMPLATE)
+    for path, template in ((plain, None), (chat, ChatFormat(TEMPLATE))):
         em = load_hf_dir(path)
         inputs = [model_input(p, template) for p in prompts]
         generator = Generator(em.graphdef, em.params, em.window, tokenizer=em.tokenizer)
         want = [g.text for g in generator.generate(inputs, SamplingConfig(max_new_tokens=8))]
         assert [got[os.path.basename(path)][i][0] for i in range(3)] == want
-    assert model_input(prompts[2], TEMPLATE) == "user: The fox\nbot: "
-    assert model_input(prompts[0], TEMPLATE) == "user: The quick brown\nbot: "
+    fmt = ChatFormat(TEMPLATE)
+    assert model_input(prompts[2], fmt) == "user: The fox\nbot: "
+    assert model_input(prompts[0], fmt) == "user: The quick brown\nbot: "
     system = Prompt("x", ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}))
-    assert model_input(system, TEMPLATE) == "system: Be brief.\nuser: Hi\nbot: "
+    assert model_input(system, fmt) == "system: Be brief.\nuser: Hi\nbot: "
     assert model_input(prompts[0], None) == "The quick brown"
     assert len(set(got["plain"][i][0] for i in range(3))) > 1  # real, prompt-dependent output
 
@@ -93,6 +94,16 @@ def test_samples_differ_and_greedy_samples_are_refused(models, tmp_path):
     assert all(len(set(samples)) > 1 for samples in got["plain"].values())  # samples of one prompt differ
     assert got["ref"][0] == ["ref The quick brown 0", "ref The quick brown 1", "ref The quick brown 2"]
     assert store.counts()["items"] == 6
+
+
+def test_chat_format_from_a_dataset_manifest_or_tokenizer_config(tmp_path):
+    (tmp_path / "turns.jinja").write_text(TEMPLATE)
+    (tmp_path / "manifest.json").write_text(json.dumps({"chat": {"template": "turns.jinja", "end_of_turn": "<|end|>"}}))
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages[0].content }}!"}))
+    assert find_chat_format(str(tmp_path / "hf"), str(tmp_path)) == ChatFormat("{{ messages[0].content }}!")
+    assert find_chat_format(str(tmp_path)) == ChatFormat(TEMPLATE, "<|end|>")
+    assert model_input(Prompt("hey"), find_chat_format(str(tmp_path / "hf"))) == "hey!"
 
 
 @pytest.mark.slow

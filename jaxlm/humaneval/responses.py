@@ -15,7 +15,7 @@ from jaxlm.config import ConfigError
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.generate import Generator, SamplingConfig
 from jaxlm.eval.loading import load_hf_dir, load_workdir
-from jaxlm.humaneval.chat import find_chat_template, model_input
+from jaxlm.humaneval.chat import find_chat_format, model_input
 from jaxlm.humaneval.errors import HumanEvalError
 from jaxlm.humaneval.inputs import Prompt
 from jaxlm.interop import InteropError
@@ -44,9 +44,11 @@ def _generate(name, path, kind, prompts, samples, sampling, batch_size):
     tok = em.tokenizer
     if tok is None:
         raise EvalError(f"{path} has no tokenizer.model to turn prompts into tokens")
-    template = find_chat_template(path, os.path.dirname(tok.model_file))
+    chat = find_chat_format(path, os.path.dirname(tok.model_file))
+    if chat is not None and chat.end_of_turn:
+        sampling = dataclasses.replace(sampling, stop=tuple(sampling.stop) + (chat.end_of_turn,))
     eos = tok.sp.id_to_piece(tok.eos_id) if tok.eos_id is not None else ""
-    inputs = [model_input(p, template, eos) for p in prompts for _ in range(samples)]
+    inputs = [model_input(p, chat, eos) for p in prompts for _ in range(samples)]
     generator = Generator(em.graphdef, em.params, em.window, tokenizer=tok, batch_size=batch_size)
     texts: list[str] = []
     with tqdm(total=len(inputs), desc=f"generating {name}", unit="response", file=sys.stderr) as bar:
