@@ -182,6 +182,8 @@ def test_tally_and_export_commands(tmp_path, capsys):
     assert "must end in .csv or .json" in capsys.readouterr().err
     assert main(["tally", str(tmp_path / "none.db")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["serve", "--db", str(tmp_path / "r.db"), "--instructions", str(tmp_path / "none.txt")]) == 2
+    assert "instructions file" in capsys.readouterr().err
 
 
 def test_csv_keeps_formulas_as_text():
@@ -205,3 +207,5 @@ def test_serve_fails_clearly_before_serving(tmp_path, capsys):
     assert main(["serve", "--a", str(tmp_path / "nope"), "--b", str(tmp_path / "r.jsonl"),
                  "--db", str(tmp_path / "r.db"), "--port", "0"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["serve", "--db", str(tmp_path / "r.db"), "--instructions", str(tmp_path / "none.txt")]) == 2
+    assert "instructions file" in capsys.readouterr().err

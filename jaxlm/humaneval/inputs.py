@@ -15,6 +15,8 @@ import json
 import os
 from typing import Optional
 
+from jaxlm.eval.errors import EvalError
+from jaxlm.eval.tasks import _jsonl as json_lines  # one JSON lines reader (with line numbers) for jaxlm
 from jaxlm.humaneval.errors import HumanEvalError
 
 
@@ -30,21 +32,13 @@ class Prompt:
 
 
 def _json_lines(path: str) -> list[tuple[int, dict]]:
+    """(line number, object) of every non-empty line, read by the task loader's JSON lines reader."""
     if not os.path.isfile(path):
         raise HumanEvalError(f"file {path!r} does not exist")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise HumanEvalError(f"{path}:{n} is not valid JSON ({e.msg}); write one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise HumanEvalError(f"{path}:{n} is not a JSON object; write one object per line")
-            rows.append((n, row))
-    return rows
+    try:
+        return list(json_lines(path))
+    except EvalError as e:
+        raise HumanEvalError(f"{e}; write one JSON object per line") from None
 
 
 def _prompt_of(row: dict, where: str) -> Prompt:

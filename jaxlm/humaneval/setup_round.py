@@ -60,11 +60,8 @@ def parse_sources(a: Optional[str], b: Optional[str], named: Sequence[str], resp
 
 
 def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    with open(path, "rb") as f:  # prompt and response files are small
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def fingerprint(sources: Sequence[Source], prompts_path: Optional[str], round_settings: dict) -> str:
