@@ -209,3 +209,43 @@ def test_serve_fails_clearly_before_serving(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["serve", "--db", str(tmp_path / "r.db"), "--instructions", str(tmp_path / "none.txt")]) == 2
     assert "instructions file" in capsys.readouterr().err
+
+
+def test_chat_prompts_join_and_exports_over_http(tmp_path):
+    """A live server (no browser): joining by form, a chat prompt's turns, a forged form, the exports."""
+    import urllib.parse
+    import urllib.request
+
+    from humaneval_browser import Server, free_port, get
+
+    chat = [{"role": "system", "content": "Answer <briefly>."}, {"role": "user", "content": "2+2?"}]
+    with open(tmp_path / "r.jsonl", "w") as f:
+        for system, answer in (("x", "4"), ("y", "=1+3")):
+            f.write(json.dumps({"system": system, "messages": chat, "response": answer}) + "\n")
+    server = Server(["--responses", str(tmp_path / "r.jsonl"), "--db", str(tmp_path / "r.db")], free_port(),
+                    tmp_path / "log")
+    try:
+        form = urllib.parse.urlencode({"name": "<i>dana</i>"}).encode()
+        with urllib.request.urlopen(server.links["raters join at"], data=form, timeout=10) as r:
+            rater_url, page = r.url, r.read().decode()
+        assert "/r/" in rater_url and "&lt;i&gt;dana&lt;/i&gt;" in page and "<i>dana" not in page
+        assert '<span class="role">system</span><div class="text">Answer &lt;briefly&gt;.</div>' in page
+        assert '<span class="role">user</span><div class="text">2+2?</div>' in page
+        forged = urllib.parse.urlencode({"item": "999", "choice": "left"}).encode()
+        try:
+            urllib.request.urlopen(rater_url + "/rate", data=forged, timeout=10)
+            raise AssertionError("a rating of an item never shown was accepted")
+        except urllib.error.HTTPError as e:
+            assert e.code == 400
+        item = page.split('name="item" value="')[1].split('"')[0]
+        good = urllib.parse.urlencode({"item": item, "choice": "right", "comment": "ok"}).encode()
+        with urllib.request.urlopen(rater_url + "/rate", data=good, timeout=10) as r:
+            assert "You rated 1 item." in " ".join(r.read().decode().split())
+        status, text = get(server.links["results (keep private)"] + "/ratings.csv")
+        assert status == 200 and text.splitlines()[0].startswith("rating,rated_at,rater")
+        assert text.rstrip().endswith(",'=1+3")  # a formula-looking response stays text in a spreadsheet
+        status, text = get(server.links["results (keep private)"] + "/ratings.json")
+        assert status == 200 and json.loads(text)[0]["second_response"] == "=1+3"
+        assert get(server.links["raters join at"].replace("/join/", "/results/") + "/ratings.csv")[0] == 404
+    finally:
+        server.stop()
