@@ -91,6 +91,16 @@ def test_held_items_caps_and_left_right(tmp_path):
     assert all(r["winner"] == r["left_system"] for r in rows)
 
 
+def test_raters_arriving_at_once_get_different_items(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = make_round(tmp_path, n_prompts=8, overlap=0.0)
+    raters = [store.add_rater(f"r{i}") for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:  # as the server's worker threads do
+        got = list(pool.map(lambda r: next_item(store, r.id, 0), raters))
+    assert sorted(got) == sorted(c[0] for c in store.open_items(-1, 0))  # each unshared item to one rater
+
+
 def test_three_systems_stay_balanced_while_rating(tmp_path):
     store = make_round(tmp_path, systems=("a", "b", "c"), n_prompts=12, overlap=0.0)
     rater = store.add_rater("r")

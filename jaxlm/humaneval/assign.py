@@ -18,12 +18,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import random
+import threading
 import time
 from typing import Optional
 
 from jaxlm.humaneval.store import Item, Store
 
 LEASE_S = 30 * 60  # an unshared item shown to a rater is held for them this long
+_CHOOSING = threading.Lock()  # the server's worker threads choose one at a time: no item handed out twice
 
 
 def build_items(n_prompts: int, samples: int, n_systems: int, overlap: float, seed: int) -> list[Item]:
@@ -44,6 +46,11 @@ def _draw(seed: int, *key) -> int:
 
 def next_item(store: Store, rater_id: int, seed: int, per_rater: Optional[int] = None) -> Optional[int]:
     """The item to show this rater now (assigning it), or None when they are done."""
+    with _CHOOSING:
+        return _next_item(store, rater_id, seed, per_rater)
+
+
+def _next_item(store: Store, rater_id: int, seed: int, per_rater: Optional[int]) -> Optional[int]:
     pending = store.pending(rater_id)
     if pending is not None:
         return pending

@@ -192,12 +192,11 @@ class Store:
         screen order (system names are not part of it)."""
         with self.connect() as con:
             row = con.execute(
-                "SELECT p.text, p.messages, i.sample, i.first_system, i.second_system, a.left_system "
+                "SELECT p.id, p.text, p.messages, i.sample, i.first_system, i.second_system, a.left_system "
                 "FROM assignments a JOIN items i ON i.id = a.item_id JOIN prompts p ON p.id = i.prompt_id "
                 "WHERE a.rater_id = ? AND a.item_id = ?", (rater_id, item_id)).fetchone()
-            text, messages, sample, first, second, left = row
+            prompt_id, text, messages, sample, first, second, left = row
             right = second if left == first else first
-            prompt_id = con.execute("SELECT prompt_id FROM items WHERE id = ?", (item_id,)).fetchone()[0]
             said = lambda s: con.execute("SELECT text FROM responses WHERE system_id = ? AND prompt_id = ? "  # noqa: E731
                                          "AND sample = ?", (s, prompt_id, sample)).fetchone()[0]
             return dict(item=item_id, prompt=text, messages=json.loads(messages) if messages else None,
