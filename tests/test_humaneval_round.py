@@ -1,13 +1,19 @@
 """A rating round without a browser: items and pair balance, who sees what next (shared items,
 never twice, holds, caps), the SQLite store, prompt and response files, setting up and resuming a
-round, and the tally/export commands."""
+round, the tally/export commands, and a live server over HTTP."""
 
 import collections
 import json
 import socket
+import sqlite3
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from humaneval_browser import Server, free_port, get
 from jaxlm.humaneval.__main__ import main
 from jaxlm.humaneval.assign import build_items, next_item, remaining
 from jaxlm.humaneval.errors import HumanEvalError
@@ -92,8 +98,6 @@ def test_held_items_caps_and_left_right(tmp_path):
 
 
 def test_raters_arriving_at_once_get_different_items(tmp_path):
-    from concurrent.futures import ThreadPoolExecutor
-
     store = make_round(tmp_path, n_prompts=8, overlap=0.0)
     raters = [store.add_rater(f"r{i}") for i in range(8)]
     with ThreadPoolExecutor(8) as pool:  # as the server's worker threads do
@@ -115,7 +119,6 @@ def test_store_refuses_what_is_not_a_round(tmp_path):
     junk.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(HumanEvalError, match="new --db"):
         Store(str(junk))
-    import sqlite3
     other = sqlite3.connect(tmp_path / "other.db")
     other.execute("CREATE TABLE t (x)")
     other.commit()
@@ -192,7 +195,8 @@ def test_tally_and_export_commands(tmp_path, capsys):
     assert "must end in .csv or .json" in capsys.readouterr().err
     assert main(["tally", str(tmp_path / "none.db")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["serve", "--db", str(tmp_path / "r.db"), "--instructions", str(tmp_path / "none.txt")]) == 2
+    assert main(["serve", "--db", str(tmp_path / "r.db"), "--instructions", str(tmp_path / "none.txt"),
+                 "--port", str(free_port())]) == 2
     assert "instructions file" in capsys.readouterr().err
 
 
@@ -205,8 +209,10 @@ def test_csv_keeps_formulas_as_text():
 
 
 def test_serve_fails_clearly_before_serving(tmp_path, capsys):
-    assert main(["serve", "--db", str(tmp_path / "new.db"), "--port", "0"]) == 2
+    assert main(["serve", "--db", str(tmp_path / "new.db"), "--port", str(free_port())]) == 2
     assert "holds no round" in capsys.readouterr().err
+    assert main(["serve", "--db", str(tmp_path / "new.db"), "--port", "0"]) == 2
+    assert "--port must be between 1 and 65535" in capsys.readouterr().err
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -215,19 +221,15 @@ def test_serve_fails_clearly_before_serving(tmp_path, capsys):
                      "--db", str(tmp_path / "r.db"), "--port", str(port)]) == 2
     assert "pick another --port" in capsys.readouterr().err
     assert main(["serve", "--a", str(tmp_path / "nope"), "--b", str(tmp_path / "r.jsonl"),
-                 "--db", str(tmp_path / "r.db"), "--port", "0"]) == 2
+                 "--db", str(tmp_path / "r.db"), "--port", str(free_port())]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["serve", "--db", str(tmp_path / "r.db"), "--instructions", str(tmp_path / "none.txt")]) == 2
+    assert main(["serve", "--db", str(tmp_path / "r.db"), "--instructions", str(tmp_path / "none.txt"),
+                 "--port", str(free_port())]) == 2
     assert "instructions file" in capsys.readouterr().err
 
 
 def test_chat_prompts_join_and_exports_over_http(tmp_path):
     """A live server (no browser): joining by form, a chat prompt's turns, a forged form, the exports."""
-    import urllib.parse
-    import urllib.request
-
-    from humaneval_browser import Server, free_port, get
-
     chat = [{"role": "system", "content": "Answer <briefly>."}, {"role": "user", "content": "2+2?"}]
     with open(tmp_path / "r.jsonl", "w") as f:
         for system, answer in (("x", "4"), ("y", "=1+3")):

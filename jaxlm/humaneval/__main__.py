@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--per-rater", type=int, help="at most this many items per rater")
     s.add_argument("--rater", action="append", default=[], metavar="NAME", help="make a rater and print their link")
     s.add_argument("--instructions", metavar="FILE", help="text file of instructions shown to raters")
-    s.add_argument("--seed", type=int, default=0, help="seed of item order, pairs and left/right draws")
+    s.add_argument("--seed", type=int, default=0, help="seed of item order, pairs, left/right draws and sampling")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8765)
     s.add_argument("--url", help="base URL for the printed links (default http://HOST:PORT)")
@@ -94,6 +94,8 @@ def _check_port(host: str, port: int) -> None:
 
 
 def serve(args) -> int:
+    if not 0 < args.port < 65536:
+        raise HumanEvalError(f"--port must be between 1 and 65535, got {args.port}")
     if args.per_rater is not None and args.per_rater < 1:
         raise HumanEvalError(f"--per-rater must be at least 1, got {args.per_rater}")
     instructions = ""
