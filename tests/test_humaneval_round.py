@@ -71,7 +71,7 @@ def test_shared_items_go_to_everyone_the_rest_to_one(tmp_path):
     shared = {c[0] for c in store.open_items(-1, 0) if c[3]}  # (id, first, second, shared, ...)
     assert len(shared) == 2 and set(got_ben) == shared  # ben gets only what is shared
     assert set(got_ana[:2]) == shared  # shared items come first
-    assert store.counts() == dict(prompts=6, items=6, shared=2, rated_items=6, ratings=8, raters=2)
+    assert store.counts() == dict(prompts=6, items=6, shared=2, rated_items=6, ratings=8, raters=2, skips=0)
     assert remaining(store, ana.id) == 0 and next_item(store, ana.id, 0) is None
 
 
@@ -95,6 +95,23 @@ def test_held_items_caps_and_left_right(tmp_path):
     rows = capped.ratings()
     assert {r["left_system"] for r in rows} == {"x", "y"}
     assert all(r["winner"] == r["left_system"] for r in rows)
+
+
+def test_skipped_items_are_not_ratings_and_go_back_to_the_others(tmp_path):
+    store = make_round(tmp_path, n_prompts=4, overlap=0.25)  # one shared item, three unshared
+    ana, ben = store.add_rater("ana"), store.add_rater("ben")
+    shared = next_item(store, ana.id, 0)
+    assert store.skip(ana.id, shared) and not store.skip(ana.id, shared)
+    assert not store.add_rating(ana.id, shared, "left", "")  # a late second key press changes nothing
+    unshared = next_item(store, ana.id, 0)
+    assert unshared != shared and store.skip(ana.id, unshared)
+    got_ana = rate_all(store, ana)
+    assert shared not in got_ana and unshared not in got_ana and len(got_ana) == 2
+    assert set(rate_all(store, ben)) == {shared, unshared}  # the shared one, and the one ana passed on
+    assert store.counts()["skips"] == 2 and store.counts()["ratings"] == 4
+    assert {r["rater"] for r in store.ratings() if r["item"] == unshared} == {"ben"}
+    with pytest.raises(HumanEvalError, match="never shown"):
+        store.skip(ben.id, 999)
 
 
 def test_raters_arriving_at_once_get_different_items(tmp_path):
@@ -250,6 +267,11 @@ def test_chat_prompts_join_and_exports_over_http(tmp_path):
         except urllib.error.HTTPError as e:
             assert e.code == 400
         item = page.split('name="item" value="')[1].split('"')[0]
+        skip = urllib.parse.urlencode({"item": item, "choice": "skip"}).encode()
+        with urllib.request.urlopen(rater_url + "/rate", data=skip, timeout=10) as r:
+            assert "You rated 0 items." in " ".join(r.read().decode().split())  # the only item, passed on
+        with sqlite3.connect(tmp_path / "r.db") as con:  # bring it back to rate it after all
+            con.execute("UPDATE assignments SET skipped_at = NULL")
         good = urllib.parse.urlencode({"item": item, "choice": "right", "comment": "ok"}).encode()
         with urllib.request.urlopen(rater_url + "/rate", data=good, timeout=10) as r:
             assert "You rated 1 item." in " ".join(r.read().decode().split())

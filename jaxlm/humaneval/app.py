@@ -106,9 +106,12 @@ def make_app(store: Store, per_rater: Optional[int] = None, instructions: str = 
         choice, comment = str(form.get("choice", "")), str(form.get("comment", ""))[:4000]
         try:
             item = int(str(form.get("item", "")))
-            if choice not in CHOICES:
+            if choice == "skip":
+                await run_in_threadpool(store.skip, rater.id, item)
+            elif choice in CHOICES:
+                await run_in_threadpool(store.add_rating, rater.id, item, choice, comment.strip())
+            else:
                 raise HumanEvalError(f"unknown choice {choice!r}")
-            await run_in_threadpool(store.add_rating, rater.id, item, choice, comment.strip())
         except (ValueError, HumanEvalError):
             return page(request, "message.html", 400, title="Rating not recorded",
                         message="That form was not one this server gave you. Go back to your link and rate again.")

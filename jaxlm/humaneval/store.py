@@ -1,6 +1,6 @@
 """A rating round in one SQLite file: its systems, prompts, responses and items (pairs of responses
-to compare), the raters, which item each rater was shown (and in which left/right order), and one
-row per rating. Every request opens its own connection and commits before it answers, in WAL mode
+to compare), the raters, which item each rater was shown (in which left/right order, and whether
+they skipped it as one they cannot judge), and one row per rating. Every request opens its own connection and commits before it answers, in WAL mode
 with full sync, so a rating acknowledged to the browser survives a crash or restart."""
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS raters (
   id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, token TEXT NOT NULL UNIQUE, created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS assignments (
   rater_id INTEGER NOT NULL REFERENCES raters(id), item_id INTEGER NOT NULL REFERENCES items(id),
-  left_system INTEGER NOT NULL REFERENCES systems(id), shown_at REAL NOT NULL, PRIMARY KEY (rater_id, item_id));
+  left_system INTEGER NOT NULL REFERENCES systems(id), shown_at REAL NOT NULL,
+  skipped_at REAL, PRIMARY KEY (rater_id, item_id));
 CREATE TABLE IF NOT EXISTS ratings (
   id INTEGER PRIMARY KEY, rater_id INTEGER NOT NULL REFERENCES raters(id),
   item_id INTEGER NOT NULL REFERENCES items(id), left_system INTEGER NOT NULL REFERENCES systems(id),
@@ -128,7 +129,8 @@ class Store:
             return dict(prompts=one("SELECT COUNT(*) FROM prompts"), items=one("SELECT COUNT(*) FROM items"),
                         shared=one("SELECT COUNT(*) FROM items WHERE shared"),
                         rated_items=one("SELECT COUNT(DISTINCT item_id) FROM ratings"),
-                        ratings=one("SELECT COUNT(*) FROM ratings"), raters=one("SELECT COUNT(*) FROM raters"))
+                        ratings=one("SELECT COUNT(*) FROM ratings"), raters=one("SELECT COUNT(*) FROM raters"),
+                        skips=one("SELECT COUNT(*) FROM assignments WHERE skipped_at IS NOT NULL"))
 
     # --- raters ------------------------------------------------------------------------------
 
@@ -151,25 +153,28 @@ class Store:
     # --- showing items -----------------------------------------------------------------------
 
     def pending(self, rater_id: int) -> Optional[int]:
-        """The item shown to this rater and not rated yet, if any."""
+        """The item shown to this rater and neither rated nor skipped yet, if any."""
         with self.connect() as con:
-            row = con.execute("SELECT a.item_id FROM assignments a WHERE a.rater_id = ? AND NOT EXISTS "
+            row = con.execute("SELECT a.item_id FROM assignments a WHERE a.rater_id = ? AND a.skipped_at IS NULL "
+                              "AND NOT EXISTS "
                               "(SELECT 1 FROM ratings r WHERE r.rater_id = a.rater_id AND r.item_id = a.item_id) "
                               "ORDER BY a.shown_at LIMIT 1", (rater_id,)).fetchone()
         return row[0] if row else None
 
     def open_items(self, rater_id: int, leased_since: float) -> list[tuple[int, int, int, bool, int, int]]:
-        """Items this rater has not rated: (id, first system, second system, shared, ratings by
-        anyone, other raters holding it unrated since `leased_since`)."""
+        """Items this rater has neither rated nor skipped: (id, first system, second system, shared,
+        ratings by anyone, other raters holding it unrated since `leased_since`)."""
         with self.connect() as con:
             return [(r[0], r[1], r[2], bool(r[3]), r[4], r[5]) for r in con.execute(
                 "SELECT i.id, i.first_system, i.second_system, i.shared,"
                 " (SELECT COUNT(*) FROM ratings r WHERE r.item_id = i.id),"
                 " (SELECT COUNT(*) FROM assignments a WHERE a.item_id = i.id AND a.rater_id != ?"
-                "   AND a.shown_at >= ? AND NOT EXISTS (SELECT 1 FROM ratings r"
+                "   AND a.shown_at >= ? AND a.skipped_at IS NULL AND NOT EXISTS (SELECT 1 FROM ratings r"
                 "   WHERE r.item_id = a.item_id AND r.rater_id = a.rater_id))"
                 " FROM items i WHERE NOT EXISTS (SELECT 1 FROM ratings r WHERE r.item_id = i.id AND r.rater_id = ?)"
-                " ORDER BY i.id", (rater_id, leased_since, rater_id))]
+                " AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.id AND a.rater_id = ?"
+                "   AND a.skipped_at IS NOT NULL)"
+                " ORDER BY i.id", (rater_id, leased_since, rater_id, rater_id))]
 
     def pair_loads(self) -> dict[tuple[int, int], int]:
         """Ratings so far per pair of systems."""
@@ -184,8 +189,8 @@ class Store:
 
     def assign(self, rater_id: int, item_id: int, left_system: int) -> None:
         with self.connect() as con:
-            con.execute("INSERT OR IGNORE INTO assignments VALUES (?, ?, ?, ?)",
-                        (rater_id, item_id, left_system, time.time()))
+            con.execute("INSERT OR IGNORE INTO assignments (rater_id, item_id, left_system, shown_at) "
+                        "VALUES (?, ?, ?, ?)", (rater_id, item_id, left_system, time.time()))
 
     def item_view(self, rater_id: int, item_id: int) -> dict:
         """What the rater sees of an item assigned to them: the prompt and the two responses in their
@@ -202,6 +207,18 @@ class Store:
             return dict(item=item_id, prompt=text, messages=json.loads(messages) if messages else None,
                         left=said(left), right=said(right))
 
+    def skip(self, rater_id: int, item_id: int) -> bool:
+        """Marks an item shown to this rater as one they cannot judge: it is not shown to them again,
+        counts as no rating, and an unshared one goes back to the others. False when already done."""
+        with self.connect() as con:
+            if con.execute("SELECT 1 FROM assignments WHERE rater_id = ? AND item_id = ?",
+                           (rater_id, item_id)).fetchone() is None:
+                raise HumanEvalError(f"item {item_id} was never shown to this rater")
+            cur = con.execute("UPDATE assignments SET skipped_at = ? WHERE rater_id = ? AND item_id = ? AND "
+                              "skipped_at IS NULL AND NOT EXISTS (SELECT 1 FROM ratings r WHERE r.rater_id = ? "
+                              "AND r.item_id = ?)", (time.time(), rater_id, item_id, rater_id, item_id))
+            return cur.rowcount == 1
+
     # --- ratings -----------------------------------------------------------------------------
 
     def add_rating(self, rater_id: int, item_id: int, choice: str, comment: str) -> bool:
@@ -209,10 +226,12 @@ class Store:
         if choice not in CHOICES:
             raise HumanEvalError(f"choice must be one of {CHOICES}, got {choice!r}")
         with self.connect() as con:
-            shown = con.execute("SELECT left_system, shown_at FROM assignments WHERE rater_id = ? AND item_id = ?",
-                                (rater_id, item_id)).fetchone()
+            shown = con.execute("SELECT left_system, shown_at, skipped_at FROM assignments WHERE rater_id = ? "
+                                "AND item_id = ?", (rater_id, item_id)).fetchone()
             if shown is None:
                 raise HumanEvalError(f"item {item_id} was never shown to this rater")
+            if shown[2] is not None:
+                return False  # skipped already (a second key press): the skip stands
             cur = con.execute("INSERT OR IGNORE INTO ratings (rater_id, item_id, left_system, choice, comment, "
                               "shown_at, rated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                               (rater_id, item_id, shown[0], choice, comment, shown[1], time.time()))

@@ -1,10 +1,10 @@
 // Keyboard shortcuts for the rating page: 1/a left better, 2/b right better, 3/t tie, 4/x both bad,
-// c writes a comment, Esc leaves the comment box. A second key or click while the page moves on
+// s skips (cannot judge), c writes a comment, Esc leaves the comment box. A second key or click while the page moves on
 // is ignored, so one decision is one rating.
 (function () {
   var form = document.getElementById("rate-form");
   if (!form) return;
-  var keys = {"1": "left", "a": "left", "2": "right", "b": "right", "3": "tie", "t": "tie", "4": "both_bad", "x": "both_bad"};
+  var keys = {"1": "left", "a": "left", "2": "right", "b": "right", "3": "tie", "t": "tie", "4": "both_bad", "x": "both_bad", "s": "skip"};
   var sent = false;
   form.addEventListener("submit", function (e) {
     if (sent) { e.preventDefault(); return; }
