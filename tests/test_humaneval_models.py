@@ -19,26 +19,26 @@ from jaxlm.humaneval.setup_round import open_round, parse_sources
 from jaxlm.humaneval.store import Store
 from jaxlm.interop import export_hf
 
-TEMPLATE = ("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
-            "{% if add_generation_prompt %}bot: {% endif %}")
+TEMPLATE = ("{% for m in messages %}{{ m.role[0] }}:{{ m.content }}\n{% endfor %}"  # short: one prompt length bucket
+            "{% if add_generation_prompt %}a:{% endif %}")
 GREEDY = dict(max_new_tokens=8, temperature=0.0, top_k=0, top_p=1.0, stop=[], seed=0)  # one compiled decoder
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """Two random models exported as transformers folders, the second with a chat template."""
+    """A random model exported as a transformers folder, and a copy of it with a chat template."""
     root = tmp_path_factory.mktemp("models")
-    tok = make_tokenizer_dir(str(root / "tok"))
-    return hf_folder(root / "plain", tok, seed=0), hf_folder(root / "chat", tok, seed=1, template=TEMPLATE)
+    plain = hf_folder(root / "plain", make_tokenizer_dir(str(root / "tok")), seed=0)
+    shutil.copytree(plain, root / "chat")
+    (root / "chat" / "chat_template.jinja").write_text(TEMPLATE)
+    return plain, str(root / "chat")
 
 
-def hf_folder(path, tok_dir, seed, template=None):
+def hf_folder(path, tok_dir, seed):
     cfg = tiny_config(vocab_size=360, seq_len=64).model
     _, _, params = random_params(cfg, seed)
     export_hf(cfg, params, str(path), eos_id=2)
     shutil.copy(os.path.join(tok_dir, "tokenizer.model"), path / "tokenizer.model")
-    if template:
-        (path / "chat_template.jinja").write_text(template)
     return str(path)
 
 
@@ -72,12 +72,13 @@ def test_models_generate_up_front_through_their_template(models, tmp_path, capsy
         want = [g.text for g in generator.generate(inputs, SamplingConfig(max_new_tokens=8))]
         assert [got[os.path.basename(path)][i][0] for i in range(3)] == want
     fmt = ChatFormat(TEMPLATE)
-    assert model_input(prompts[2], fmt) == "user: The fox\nbot: "
-    assert model_input(prompts[0], fmt) == "user: The quick brown\nbot: "
+    assert model_input(prompts[2], fmt) == "u:The fox\na:"
+    assert model_input(prompts[0], fmt) == "u:The quick brown\na:"
     system = Prompt("x", ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}))
-    assert model_input(system, fmt) == "system: Be brief.\nuser: Hi\nbot: "
+    assert model_input(system, fmt) == "s:Be brief.\nu:Hi\na:"
     assert model_input(prompts[0], None) == "The quick brown"
     assert len(set(got["plain"][i][0] for i in range(3))) > 1  # real, prompt-dependent output
+    assert got["chat"][0] != got["plain"][0]  # the same weights, given the template's text
 
 
 def test_samples_differ_and_greedy_samples_are_refused(models, tmp_path):
