@@ -68,7 +68,7 @@ def test_shared_items_go_to_everyone_the_rest_to_one(tmp_path):
     got_ana = [first] + rate_all(store, ana)[1:]
     assert len(got_ana) == 6 and len(set(got_ana)) == 6
     got_ben = rate_all(store, ben)
-    shared = {c[0] for c in store.open_items(-1, 0) if c[3]}  # (id, first, second, shared, ...)
+    shared = {c.id for c in store.open_items(-1, 0) if c.shared}
     assert len(shared) == 2 and set(got_ben) == shared  # ben gets only what is shared
     assert set(got_ana[:2]) == shared  # shared items come first
     assert store.counts() == dict(prompts=6, items=6, shared=2, rated_items=6, ratings=8, raters=2, skips=0)
@@ -119,7 +119,7 @@ def test_raters_arriving_at_once_get_different_items(tmp_path):
     raters = [store.add_rater(f"r{i}") for i in range(8)]
     with ThreadPoolExecutor(8) as pool:  # as the server's worker threads do
         got = list(pool.map(lambda r: next_item(store, r.id, 0), raters))
-    assert sorted(got) == sorted(c[0] for c in store.open_items(-1, 0))  # each unshared item to one rater
+    assert sorted(got) == sorted(c.id for c in store.open_items(-1, 0))  # each unshared item to one rater
 
 
 def test_three_systems_stay_balanced_while_rating(tmp_path):

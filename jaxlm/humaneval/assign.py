@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Optional
 
-from jaxlm.humaneval.store import Item, Store
+from jaxlm.humaneval.store import Item, OpenItem, Store
 
 LEASE_S = 30 * 60  # an unshared item shown to a rater is held for them this long
 _CHOOSING = threading.Lock()  # the server's worker threads choose one at a time: no item handed out twice
@@ -44,6 +44,10 @@ def _draw(seed: int, *key) -> int:
     return int.from_bytes(hashlib.sha256(repr((seed, key)).encode()).digest()[:8], "big")
 
 
+def _available(c: OpenItem) -> bool:
+    return c.shared or (c.ratings == 0 and c.held == 0)
+
+
 def next_item(store: Store, rater_id: int, seed: int, per_rater: Optional[int] = None) -> Optional[int]:
     """The item to show this rater now (assigning it), or None when they are done."""
     with _CHOOSING:
@@ -56,21 +60,20 @@ def _next_item(store: Store, rater_id: int, seed: int, per_rater: Optional[int])
         return pending
     if per_rater is not None and store.rated_count(rater_id) >= per_rater:
         return None
-    candidates = [c for c in store.open_items(rater_id, time.time() - LEASE_S)
-                  if c[3] or (c[4] == 0 and c[5] == 0)]
+    candidates = [c for c in store.open_items(rater_id, time.time() - LEASE_S) if _available(c)]
     if not candidates:
         return None
     loads = store.pair_loads()
-    item_id, first, second, *_ = min(candidates, key=lambda c: (
-        not c[3], loads.get((c[1], c[2]), 0), _draw(seed, "order", rater_id, c[0])))
-    left = first if _draw(seed, "side", rater_id, item_id) % 2 == 0 else second
-    store.assign(rater_id, item_id, left)
-    return item_id
+    best = min(candidates, key=lambda c: (not c.shared, loads.get((c.first, c.second), 0),
+                                          _draw(seed, "order", rater_id, c.id)))
+    left = best.first if _draw(seed, "side", rater_id, best.id) % 2 == 0 else best.second
+    store.assign(rater_id, best.id, left)
+    return best.id
 
 
 def remaining(store: Store, rater_id: int, per_rater: Optional[int] = None) -> int:
     """About how many items this rater still has to go (their held item included)."""
-    open_ids = {c[0] for c in store.open_items(rater_id, time.time() - LEASE_S) if c[3] or (c[4] == 0 and c[5] == 0)}
+    open_ids = {c.id for c in store.open_items(rater_id, time.time() - LEASE_S) if _available(c)}
     pending = store.pending(rater_id)
     free = len(open_ids | ({pending} if pending is not None else set()))
     if per_rater is not None:

@@ -12,7 +12,7 @@ import os
 import secrets
 import sqlite3
 import time
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, NamedTuple, Optional, Sequence
 
 from jaxlm.humaneval.errors import HumanEvalError
 
@@ -49,6 +49,15 @@ class Item:
     first: int  # indices into the round's systems, first < second
     second: int
     shared: bool  # every rater rates it (for agreement)
+
+
+class OpenItem(NamedTuple):
+    id: int
+    first: int
+    second: int
+    shared: bool
+    ratings: int  # by anyone
+    held: int  # other raters holding it unrated (shown since the lease began)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,11 +170,10 @@ class Store:
                               "ORDER BY a.shown_at LIMIT 1", (rater_id,)).fetchone()
         return row[0] if row else None
 
-    def open_items(self, rater_id: int, leased_since: float) -> list[tuple[int, int, int, bool, int, int]]:
-        """Items this rater has neither rated nor skipped: (id, first system, second system, shared,
-        ratings by anyone, other raters holding it unrated since `leased_since`)."""
+    def open_items(self, rater_id: int, leased_since: float) -> list[OpenItem]:
+        """Items this rater has neither rated nor skipped, with who else rated or holds them."""
         with self.connect() as con:
-            return [(r[0], r[1], r[2], bool(r[3]), r[4], r[5]) for r in con.execute(
+            return [OpenItem(r[0], r[1], r[2], bool(r[3]), r[4], r[5]) for r in con.execute(
                 "SELECT i.id, i.first_system, i.second_system, i.shared,"
                 " (SELECT COUNT(*) FROM ratings r WHERE r.item_id = i.id),"
                 " (SELECT COUNT(*) FROM assignments a WHERE a.item_id = i.id AND a.rater_id != ?"
