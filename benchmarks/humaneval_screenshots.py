@@ -82,6 +82,7 @@ def judge(rng, left, right):
 
 
 def main():
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -114,7 +115,7 @@ def main():
                 choice = judge(rng, left, right)
                 before = driver.find_element(By.ID, "progress-text").text
                 ActionChains(driver).send_keys({"left": "1", "right": "2", "tie": "3", "both_bad": "4"}[choice]).perform()
-                WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.ID, "done") or (
+                WebDriverWait(driver, 10, ignored_exceptions=(StaleElementReferenceException,)).until(lambda d: d.find_elements(By.ID, "done") or (
                     d.find_elements(By.ID, "progress-text") and d.find_element(By.ID, "progress-text").text != before))
                 i += 1
         driver.get(server.links["results (keep private)"])

@@ -60,6 +60,7 @@ def _rate_one(driver, rater, texts, use_keys, comment=None):
 
 
 def _wait_moved_on(driver, before):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -69,12 +70,14 @@ def _wait_moved_on(driver, before):
         texts = d.find_elements(By.ID, "progress-text")
         return bool(texts) and texts[0].text != before[1]
 
-    WebDriverWait(driver, 10).until(moved)
+    # an element read while the next page replaces this one goes stale: look again
+    WebDriverWait(driver, 10, ignored_exceptions=(StaleElementReferenceException,)).until(moved)
 
 
 def test_two_raters_restart_and_results(tmp_path):
     from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     texts = _responses(tmp_path / "responses.jsonl")
     db = tmp_path / "round.db"
@@ -93,6 +96,7 @@ def test_two_raters_restart_and_results(tmp_path):
         driver.get(server.links["raters join at"])
         driver.find_element(By.ID, "name").send_keys("ana")
         driver.find_element(By.ID, "join").click()
+        WebDriverWait(driver, 10).until(lambda d: "/r/" in d.current_url)
         ana_link = driver.current_url
         for rater, link in (("ana", ana_link), ("ben", server.links["rater ben"])):
             driver.get(link)
