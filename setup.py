@@ -6,7 +6,8 @@ setup(
     description="Train large language models from scratch in JAX: raw text to an evaluated model.",
     python_requires=">=3.10",
     packages=find_packages(include=["jaxlm", "jaxlm.*", "data_prep", "data_prep.*"]),
-    package_data={"data_prep": ["configs/*.yaml"], "jaxlm": ["eval/templates/*.yaml"]},
+    package_data={"data_prep": ["configs/*.yaml"],
+                  "jaxlm": ["eval/templates/*.yaml", "humaneval/templates/*.html", "humaneval/static/*"]},
     install_requires=[
         "jax>=0.7,<0.13",
         "flax>=0.11,<0.13",
@@ -40,7 +41,10 @@ setup(
         "plan": ["matplotlib>=3.8,<4"],
         "lmeval": ["lm-eval>=0.4.9,<0.5"],
         "safety": ["vaderSentiment>=3.3,<4"],  # BOLD's sentiment scorer
+        # python -m jaxlm.humaneval: the rating web app
+        "humaneval": ["starlette>=0.37,<2", "uvicorn>=0.29,<1", "python-multipart>=0.0.9,<1", "jinja2>=3.1,<4"],
         "dev": ["pytest>=8,<10", "tensorboard>=2.16,<3", "nbclient>=0.10,<1", "nbformat>=5.9,<6", "ipykernel>=6,<8",
-                "matplotlib>=3.8,<4", "resiliparse>=0.14,<3", "datasketch>=1.6,<3"],
+                "matplotlib>=3.8,<4", "resiliparse>=0.14,<3", "datasketch>=1.6,<3",
+                "selenium>=4.20,<5"],  # drives Debian's chromium in the humaneval browser test
     },
 )
