@@ -159,6 +159,8 @@ def build(tp, value: Any, key: str = "", root=None):
     tp = _unannotated(strip_optional(tp))[0]
     if tp is Any:
         return value
+    if value is None and dataclasses.is_dataclass(tp) and not optional:
+        value = {}  # a YAML section whose keys are all commented out
     if value is None:
         if optional:
             return None

@@ -112,5 +112,6 @@ def test_derived_defaults_are_resolved_once_and_written_out(tmp_path):
 def test_configs_without_data_build():
     c = config_from_dict({"model": {"d_model": 32}})  # eval, export and restore build configs like this
     assert c.data.sources == []
+    assert config_from_dict(yaml.safe_load("model:\ntrain: {steps: 3}\n")).train.steps == 3  # an empty section
     with pytest.raises(ConfigError, match=r"data.sources\[0\].weight must be positive"):
         _cfg({"data": {"sources": [{"path": "d", "weight": 0}]}})
