@@ -10,7 +10,6 @@ import textwrap
 
 import jax
 import jax.numpy as jnp
-import pytest
 
 from jaxlm.config import Config, ModelConfig, TrainConfig
 from jaxlm.train import metrics
@@ -79,7 +78,6 @@ _PEAK_WORKER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow  # ~25 s on a loaded 2-core host: two JAX processes start and probe
 def test_two_processes_agree_on_one_cpu_peak():
     # Each process probes its own share of the host; MFU must be against one figure for the run,
     # the same on every process (the slowest process's probe x the process count).
