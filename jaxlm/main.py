@@ -17,12 +17,39 @@ _NPROC = flags.DEFINE_integer("num_processes", None, "number of processes (with 
 _PID = flags.DEFINE_integer("process_id", None, "this process's index (with --coordinator)")
 
 
+def eval_tasks_hook(config):
+    """The n-shot tasks of train.eval_tasks every train.eval_tasks_every steps (a loop hook), their
+    scores written to metrics.jsonl and TensorBoard; None when the config asks for none."""
+    from jaxlm.eval import run_tasks, scalars
+    from jaxlm.parallel import rules
+    from jaxlm.train.loop import Hook
+
+    t = config.train
+    if not (t.eval_tasks and t.eval_tasks_every):
+        return None
+
+    def run_eval_tasks(trainer, step: int) -> None:
+        with rules.activation_sharding(trainer.mesh):  # the model's activations on the run's mesh
+            result = run_tasks(trainer.state["params"], trainer.config, t.eval_tasks, shots=t.eval_tasks_shots,
+                               limit=t.eval_tasks_limit, data_root=t.eval_tasks_data or None)
+        if trainer.is_main:
+            trainer.writer.write(step, scalars(result))
+
+    return Hook("eval_tasks", t.eval_tasks_every, run_eval_tasks)
+
+
+def train(config) -> dict:
+    """jaxlm.train.loop.train with the hooks this entry point registers (the n-shot tasks)."""
+    from jaxlm.train import loop
+
+    hooks = [h for h in [eval_tasks_hook(config)] if h is not None]
+    return loop.train(config, hooks)
+
+
 def run(config_path: str, overrides: list[str]) -> dict:
     from jaxlm.config import load_config
-    from jaxlm.train.loop import train
 
-    config = load_config(config_path, overrides)
-    return train(config)
+    return train(load_config(config_path, overrides))
 
 
 def main(argv: list[str]) -> int:

@@ -16,7 +16,8 @@ from jaxlm.parallel.mesh import build_mesh
 from jaxlm.train import checkpoint as ckpt
 from jaxlm.train.incidents import Incidents, read_incidents
 from jaxlm.train.resume import loader_state_for
-from jaxlm.train.state import build_optimizer, init_state, model_spec, state_shardings
+from jaxlm.train import setup as run_setup
+from jaxlm.train.state import init_state
 
 
 def small_config(workdir, mesh=None, **checkpoint):
@@ -31,11 +32,8 @@ def small_config(workdir, mesh=None, **checkpoint):
 
 
 def setup(config, devices=None):
-    mesh = build_mesh(config.mesh, devices)
-    spec = model_spec(config)
-    optimizer = build_optimizer(config, spec)
-    shardings = state_shardings(spec, optimizer, mesh)
-    return spec, optimizer, shardings
+    run = run_setup.build(config, mesh=build_mesh(config.mesh, devices))
+    return run.spec, run.scheme.optimizer, run.shardings
 
 
 @pytest.fixture(scope="module")
@@ -252,3 +250,4 @@ def test_discard_after_a_rollback_moves_newer_checkpoints_aside(tmp_path, base):
     manager.close()
     assert sorted(os.listdir(tmp_path / "checkpoints.rolled_back")) == ["6", "9"]
     assert [i["step"] for i in read_incidents(str(tmp_path)) if i["kind"] == "checkpoint_discarded"] == [6, 9]
+
