@@ -13,7 +13,7 @@ import pytest
 
 from jaxlm.config import ConfigError, config_from_dict
 from jaxlm.parallel.mesh import build_mesh
-from jaxlm.train import checkpoint as ckpt
+from jaxlm.train import checkpoint as ckpt, checkpoint_reader as reader
 from jaxlm.train.incidents import Incidents, read_incidents
 from jaxlm.train.resume import loader_state_for
 from jaxlm.train import setup as run_setup
@@ -89,17 +89,17 @@ def test_save_due_by_steps_time_and_end(tmp_path):
 
 def test_checksums_catch_one_flipped_bit_and_ignore_sharding(base):
     state = base[3]
-    sums = ckpt.checksums(state)
+    sums = reader.checksums(state)
     assert set(sums) >= {"step", "lr_scale"} and all(isinstance(v, int) for v in sums.values())
     params = jax.device_get(state["params"])
-    assert ckpt.checksums(params) == {k[len("params/"):]: v for k, v in sums.items() if k.startswith("params/")}
+    assert reader.checksums(params) == {k[len("params/"):]: v for k, v in sums.items() if k.startswith("params/")}
     leaf = max(jax.tree.leaves(params), key=lambda x: x.size).reshape(-1)  # float32
     flipped = leaf.copy()
     flipped.view(np.uint32)[17] ^= 1 << 9  # one bit of one float
-    assert ckpt.checksums(flipped) != ckpt.checksums(leaf)
+    assert reader.checksums(flipped) != reader.checksums(leaf)
     swapped = leaf.copy()
     swapped[[3, 4]] = swapped[[4, 3]]
-    assert swapped[3] != swapped[4] and ckpt.checksums(swapped) != ckpt.checksums(leaf)
+    assert swapped[3] != swapped[4] and reader.checksums(swapped) != reader.checksums(leaf)
 
 
 @pytest.mark.parametrize("mesh, devices", [({"data": 1, "fsdp": 2, "tensor": 2}, 4),  # 8 devices -> 4
@@ -150,12 +150,12 @@ def test_restore_params_exports_parameters_only(tmp_path, base):
     manager.save(4, state, loader_state())
     manager.wait()
     manager.close()
-    restored_config, params = ckpt.restore_params(str(tmp_path))
+    restored_config, params = reader.read_params(str(tmp_path))
     assert restored_config == config
     assert_trees_equal(params, state["params"])
     assert all(leaf.is_fully_addressable for leaf in jax.tree.leaves(params))
     with pytest.raises(ckpt.CheckpointError, match="no finished checkpoint"):
-        ckpt.restore_params(str(tmp_path / "checkpoints"), step=5)
+        reader.read_params(str(tmp_path / "checkpoints"), step=5)
 
 
 def test_corrupt_checkpoint_is_reported_set_aside_and_the_previous_one_used(tmp_path, base):
