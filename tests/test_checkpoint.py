@@ -1,6 +1,7 @@
 """CheckpointManager in-process: what is kept, when saves are due, checksums, resharded restores,
 parameter export, and the data-position rules of a hot swap. Kill/resume runs: test_resume*.py."""
 
+import errno
 import os
 import signal
 import subprocess
@@ -251,3 +252,21 @@ def test_discard_after_a_rollback_moves_newer_checkpoints_aside(tmp_path, base):
     assert sorted(os.listdir(tmp_path / "checkpoints.rolled_back")) == ["6", "9"]
     assert [i["step"] for i in read_incidents(str(tmp_path)) if i["kind"] == "checkpoint_discarded"] == [6, 9]
 
+
+@pytest.mark.parametrize("error", [MemoryError("out of host memory"), OSError(errno.EIO, "Input/output error")])
+def test_a_failure_that_is_not_the_checkpoints_stops_the_restore_and_moves_nothing(tmp_path, base, monkeypatch,
+                                                                                   error):
+    config = small_config(tmp_path)
+    spec, optimizer, shardings, state = base
+    manager = ckpt.CheckpointManager(str(tmp_path), config, incidents=Incidents(str(tmp_path)))
+    manager.save(3, state, loader_state(3))
+    manager.wait()
+
+    def fail(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(ckpt, "restore_arrays", fail)  # the machine fails while the arrays are read
+    with pytest.raises(type(error)):
+        manager.restore_latest(ckpt.abstract_state(config, spec, optimizer, shardings))
+    manager.close()
+    assert os.path.isdir(tmp_path / "checkpoints" / "3") and not os.path.exists(tmp_path / "checkpoints.corrupt")
+    assert not [i for i in read_incidents(str(tmp_path)) if i["kind"] == "checkpoint_corrupt"]

@@ -10,8 +10,10 @@ short by a kill is never listed; leftovers are removed before the next save.
 
 Restoring walks from the newest checkpoint back: one whose items are missing, unreadable or whose
 arrays do not match their checksums is recorded in incidents.jsonl, moved to
-`checkpoints.corrupt/`, and the one before it is tried. Arrays are placed with the restoring run's
-shardings, so a checkpoint resumes on another mesh or device count. See docs/checkpointing.md.
+`checkpoints.corrupt/`, and the one before it is tried. Any other failure (out of memory, a
+permission or I/O error) stops the run with that error and moves nothing. Arrays are placed with
+the restoring run's shardings, so a checkpoint resumes on another mesh or device count. See
+docs/checkpointing.md.
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from jaxlm import config as config_lib
 from jaxlm.config import Config, ConfigError
 from jaxlm.train import resume
 from jaxlm.train.checkpoint_reader import (  # the on-disk format, shared with evaluation's reader
-    CHECKPOINT_DIR, META_VERSION, CheckpointError, MetaSave, Unusable, checksum_tree, item_handlers, leaves_by_path,
-    read_meta, resolve_source, restore_arrays, saved_arrays, shapes_of, verify)
+    CHECKPOINT_DIR, META_VERSION, CheckpointError, MetaSave, Unusable, checksum_tree, is_format_failure, item_handlers,
+    leaves_by_path, read_meta, resolve_source, restore_arrays, saved_arrays, shapes_of, verify)
 from jaxlm.train.incidents import Incidents
 from jaxlm.train.preemption import SignalWatcher, processes_agree
 
@@ -277,6 +279,8 @@ class CheckpointManager:
         except Unusable as e:
             problem = str(e)
         except Exception as e:  # noqa: BLE001 - truncated files, missing items, tensorstore errors...
+            if not is_format_failure(e):
+                raise  # memory, permissions, I/O: not the checkpoint's fault; it stays where it is
             problem = f"its arrays cannot be read ({type(e).__name__}: {str(e)[:300]})"
         if not _all_ok(problem is None):
             raise Unusable(problem or "another process could not read its part")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import json
 import os
 from typing import Any, Optional
@@ -137,6 +138,25 @@ def resolve_source(path: str) -> tuple[str, Optional[int]]:
 # ----------------------------------------------------------------------------------------------
 # Reading
 
+# Errors that say nothing about the checkpoint: memory, permissions, a full or failing disk, a
+# network filesystem timing out. They stop the run with the error (the checkpoints stay where they
+# are); anything else while reading (a missing item, truncated data, a format it cannot parse) is
+# the checkpoint's fault.
+_NOT_THE_CHECKPOINT = {errno.EACCES, errno.EPERM, errno.EIO, errno.ENOSPC, errno.ENOMEM, errno.ETIMEDOUT,
+                       errno.EAGAIN, errno.EINTR, errno.ESTALE, errno.EMFILE, errno.ENFILE}
+
+
+def is_format_failure(e: BaseException) -> bool:
+    """Whether reading failed because of the checkpoint itself (unreadable or corrupt), not the machine."""
+    if isinstance(e, MemoryError):
+        return False
+    if isinstance(e, OSError) and e.errno in _NOT_THE_CHECKPOINT:
+        return False
+    text = str(e)
+    return not any(s in text for s in ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory"))
+
+
+
 def item_handlers() -> dict:
     return {"state": ocp.PyTreeCheckpointHandler(), "meta": MetaHandler()}
 
@@ -145,7 +165,9 @@ def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
     """The meta item of checkpoint `step`; Unusable when it cannot be read or is not jaxlm's."""
     try:
         meta = mngr.restore(step, args=ocp.args.Composite(meta=MetaRestore()))["meta"]
-    except Exception as e:  # noqa: BLE001 - any failure to read means the checkpoint is unusable
+    except Exception as e:  # noqa: BLE001 - a format failure means the checkpoint is unusable
+        if not is_format_failure(e):
+            raise
         raise Unusable(f"its meta item cannot be read ({type(e).__name__}: {str(e)[:300]})") from None
     if not isinstance(meta, dict) or meta.get("version") != META_VERSION or "checksums" not in meta:
         raise Unusable("its meta item is not a jaxlm checkpoint description")
@@ -157,6 +179,8 @@ def saved_arrays(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
     try:
         tree = mngr.item_metadata(step)["state"].tree
     except Exception as e:  # noqa: BLE001
+        if not is_format_failure(e):
+            raise
         raise Unusable(f"its state item has no readable metadata ({type(e).__name__}: {str(e)[:300]})") from None
     return leaves_by_path(tree)
 
@@ -215,6 +239,8 @@ def read_params(workdir: str, step: Optional[int] = None, mesh=None) -> tuple[Co
                 try:
                     params = restore_arrays(mngr, s, target)
                 except Exception as e:  # noqa: BLE001 - truncated files, missing items, tensorstore errors...
+                    if not is_format_failure(e):
+                        raise
                     raise Unusable(f"its arrays cannot be read ({type(e).__name__}: {str(e)[:300]})") from None
                 verify(params, meta["checksums"], saved)
                 return config, params["params"]
