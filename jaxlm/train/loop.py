@@ -49,7 +49,7 @@ class Trainer:
                               "registers; train with jaxlm.main.train(config), or set train.eval_tasks_every=0")
         self.is_main = jax.process_index() == 0
         self.workdir = os.path.abspath(config.workdir)
-        os.makedirs(self.workdir, exist_ok=True)
+        records.check_writable(self.workdir, config)  # also creates it
 
         # The mesh (checked against the batch first), objective, state layout and compiled steps.
         self.setup = setup_lib.build(config)
@@ -58,13 +58,17 @@ class Trainer:
         self.data_info = setup_lib.open_data(config)
         self.ramp = BatchRamp(config.train, config.data.seq_len)
         self.writer = metrics_lib.MetricsWriter(self.workdir, config, enabled=self.is_main)
-        if self.is_main:
-            records.write_run_files(self.workdir, config, self.mesh, self.spec.param_count)
         self.incidents = Incidents(self.workdir, enabled=self.is_main, writer=self.writer)
         self.checkpoints = checkpoint.CheckpointManager(self.workdir, config, is_main=self.is_main,
                                                         incidents=self.incidents)
         self.train_step, self.eval_step = self.setup.train_step, self.setup.eval_step
         self.state = self._restore_or_init()  # auto-resume: the latest good checkpoint, else a fresh state
+        start = int(self.state["step"])
+        if start < t.steps and self.is_main:  # a launch that trains: its records (a refused or finished one writes none)
+            launch = records.write_run_files(self.workdir, config, self.mesh, self.spec.param_count, start)
+            self.writer.write(start, {"launch": launch})  # every launch shows in metrics.jsonl, with its time
+            if launch > 1:  # e.g. after a crash, maybe before any checkpoint: rows from `start` on repeat
+                self.incidents.record("restart", start, launch=launch, resumed=self._restored is not None)
         self.loader = setup_lib.make_loader(config, "train")
         self.resumed_extra = self._resume_data(self._restored)  # the checkpoint's `extra` ({} on a fresh start)
         self.spikes = spikes.SpikeMonitor(  # loss-spike handling, host side (spikes.py)
