@@ -29,12 +29,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxlm.config import config_from_dict  # noqa: E402
-from jaxlm.model import layers  # noqa: E402
-from jaxlm.parallel import rules  # noqa: E402
 from jaxlm.parallel.mesh import build_mesh  # noqa: E402
-from jaxlm.train import checkpoint as ckpt  # noqa: E402
-from jaxlm.train.state import build_optimizer, init_state, model_spec, state_shardings  # noqa: E402
-from jaxlm.train.step import BATCH_KEYS, make_train_step  # noqa: E402
+from jaxlm.train import checkpoint as ckpt, checkpoint_reader, setup  # noqa: E402
 
 
 def main() -> None:
@@ -69,14 +65,8 @@ def make_config(args, workdir: str, async_save: bool):
 
 def run(args, root: str) -> None:
     config = make_config(args, root, async_save=True)
-    mesh = build_mesh(config.mesh, jax.devices()[:1])
-    spec = model_spec(config)
-    optimizer = build_optimizer(config, spec)
-    shardings = state_shardings(spec, optimizer, mesh)
-    batch_sharding = rules.batch_sharding(mesh, ndim=2, leading=1)
-    layers.set_activation_constraint(rules.activation_constraint(mesh))
-    step_fn = jax.jit(make_train_step(config, spec, optimizer), in_shardings=(shardings, {k: batch_sharding for k in BATCH_KEYS}),
-                      out_shardings=(shardings, None), donate_argnums=0)
+    run = setup.build(config, mesh=build_mesh(config.mesh, jax.devices()[:1]))
+    spec, batch_sharding, step_fn = run.spec, run.batch_sharding, run.train_step
     rng = np.random.default_rng(0)
     tokens = rng.integers(3, args.vocab, (1, args.batch, args.seq_len + 1))
     batch = {"inputs": tokens[..., :-1], "targets": tokens[..., 1:], "segment_ids": np.ones_like(tokens[..., 1:]),
@@ -84,7 +74,7 @@ def run(args, root: str) -> None:
              "loss_mask": np.ones_like(tokens[..., 1:])}
     batch = {k: jax.device_put(np.asarray(v, np.int32), batch_sharding) for k, v in batch.items()}
 
-    state = init_state(config, spec, optimizer, shardings)
+    state = run.init()
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
     print(f"model: {spec.param_count / 1e6:.1f} M parameters; train state {state_bytes / 1e6:.0f} MB "
           f"(params + AdamW moments, float32); 1 CPU device; {platform.processor() or platform.machine()}, "
@@ -104,9 +94,9 @@ def run(args, root: str) -> None:
 
     loader_state = {"version": 1, "stream": {"position": 0, "offset": 0}, "setup": {}}
     base = steps(args.steps)
-    ckpt.checksums(state)  # compile
+    checkpoint_reader.checksums(state)  # compile
     start = time.perf_counter()
-    ckpt.checksums(state)
+    checkpoint_reader.checksums(state)
     checksum_s = time.perf_counter() - start
 
     results = {}
@@ -123,7 +113,7 @@ def run(args, root: str) -> None:
         manager.close()
 
     # Restore: a fresh manager finds the latest checkpoint and places it; then one step.
-    target = ckpt.abstract_state(config, spec, optimizer, shardings)
+    target = run.abstract()
     del state
     start = time.perf_counter()
     manager = ckpt.CheckpointManager(os.path.join(root, "async"), make_config(args, root, True))
@@ -133,7 +123,6 @@ def run(args, root: str) -> None:
     state = restored.state
     first = steps(1)[0]
     manager.close()
-    layers.set_activation_constraint(None)
 
     sync, asyn = results["sync"], results["async"]
     mean = lambda xs: sum(xs) / len(xs)

@@ -29,11 +29,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxlm.config import config_from_dict  # noqa: E402
-from jaxlm.model import layers  # noqa: E402
-from jaxlm.parallel import pipeline, rules  # noqa: E402
-from jaxlm.parallel.mesh import build_mesh  # noqa: E402
-from jaxlm.train.state import build_optimizer, init_state, model_spec, state_shardings  # noqa: E402
-from jaxlm.train.step import BATCH_KEYS, make_train_step  # noqa: E402
+from jaxlm.parallel import pipeline  # noqa: E402
+from jaxlm.train import setup  # noqa: E402
+from jaxlm.train.step import BATCH_KEYS  # noqa: E402
 
 
 def make_config(stages: int, micro: int, repeats: int, args) -> object:
@@ -51,35 +49,24 @@ def make_config(stages: int, micro: int, repeats: int, args) -> object:
 
 def time_step(config, steps: int) -> tuple[float, float]:
     """(median seconds per step, compile seconds) of the real train step on this config's mesh."""
-    mesh = build_mesh(config)
-    spec = model_spec(config)
-    optimizer = build_optimizer(config, spec)
-    shardings = state_shardings(spec, optimizer, mesh)
-    state = init_state(config, spec, optimizer, shardings)
-    batch_sharding = rules.batch_sharding(mesh, 2, leading=1)
+    run = setup.build(config)
+    state, step = run.init(), run.train_step
     n = config.train.global_batch // config.train.micro_batch
     rows, length = config.train.micro_batch, config.data.seq_len
     tokens = np.random.default_rng(0).integers(0, config.model.vocab_size, (n, rows, length + 1))
     batch = {"inputs": tokens[..., :-1], "targets": tokens[..., 1:], "segment_ids": np.ones((n, rows, length)),
              "positions": np.broadcast_to(np.arange(length), (n, rows, length)), "loss_mask": np.ones((n, rows, length))}
-    batch = {k: jax.device_put(jnp.asarray(batch[k], jnp.int32), batch_sharding) for k in BATCH_KEYS}
-    layers.set_activation_constraint(rules.activation_constraint(mesh))
-    try:
-        step = jax.jit(make_train_step(config, spec, optimizer, mesh),
-                       in_shardings=(shardings, {k: batch_sharding for k in BATCH_KEYS}),
-                       out_shardings=(shardings, None), donate_argnums=0)
+    batch = {k: jax.device_put(jnp.asarray(batch[k], jnp.int32), run.batch_sharding) for k in BATCH_KEYS}
+    start = time.perf_counter()
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - start
+    times = []
+    for _ in range(steps):
         start = time.perf_counter()
         state, metrics = step(state, batch)
         jax.block_until_ready(metrics)
-        compile_s = time.perf_counter() - start
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            state, metrics = step(state, batch)
-            jax.block_until_ready(metrics)
-            times.append(time.perf_counter() - start)
-    finally:
-        layers.set_activation_constraint(None)
+        times.append(time.perf_counter() - start)
     return statistics.median(times), compile_s
 
 

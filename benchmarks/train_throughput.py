@@ -26,8 +26,7 @@ from jaxlm.config import config_from_dict
 from jaxlm.model.counting import flops_per_token
 from jaxlm.parallel.mesh import build_mesh
 from jaxlm.train.metrics import measure_cpu_peak_flops
-from jaxlm.train.state import build_optimizer, init_state, model_spec, state_shardings
-from jaxlm.train.step import make_train_step
+from jaxlm.train import setup
 
 VOCAB, WIDTH, HEADS, HEAD_DIM, MLP, LAYERS, CONTEXT, BATCH = 32000, 256, 4, 64, 1024, 2, 256, 4
 
@@ -58,11 +57,8 @@ def jaxlm_runner(dtype: str, loss_chunk: int):
 
 def step_runner(config, batch: dict):
     """run(n): n of jaxlm's compiled train steps on one device, all on `batch` (one micro-batch)."""
-    mesh = build_mesh(config.mesh, jax.devices()[:1])
-    spec = model_spec(config)
-    optimizer = build_optimizer(config, spec)
-    state = init_state(config, spec, optimizer, state_shardings(spec, optimizer, mesh))
-    step = jax.jit(make_train_step(config, spec, optimizer), donate_argnums=0)
+    run = setup.build(config, mesh=build_mesh(config.mesh, jax.devices()[:1]))
+    spec, state, step = run.spec, run.init(), run.train_step
     batch = {k: jnp.asarray(v, jnp.int32)[None] for k, v in batch.items()}
     holder = {"state": state}
 

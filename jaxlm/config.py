@@ -157,6 +157,7 @@ class TrainConfig:
     micro_batch: Optional[int] = None  # sequences per micro-batch (gradient accumulation); None: global_batch
     batch_ramp: list[RampStage] = dataclasses.field(default_factory=list)
     z_loss: float = 0.0  # weight of log(Z)^2, keeps the softmax normaliser near 1
+    objective: str = "next_token"  # the loss the run optimises (jaxlm.train.objective)
     log_every: int = 10
     eval_every: int = 250
     eval_batches: int = 20

@@ -12,9 +12,11 @@ from absl import app, flags, logging
 
 from jaxlm.config import ConfigError, load_config
 from jaxlm.data.format import DataFormatError
-from jaxlm.parallel import distributed
+from jaxlm.eval import run_tasks, scalars
+from jaxlm.parallel import distributed, rules
 from jaxlm.plan import auto
-from jaxlm.train.loop import train
+from jaxlm.train import loop
+from jaxlm.train.loop import Hook
 from jaxlm.train.spikes import TrainingHalted
 
 FLAGS = flags.DEFINE_string("config", None, "YAML config file (see configs/)")
@@ -22,6 +24,29 @@ _COORD = flags.DEFINE_string("coordinator", None, "host:port of process 0, for m
                              "outside Cloud TPU/SLURM (which are detected)")
 _NPROC = flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator)")
 _PID = flags.DEFINE_integer("process_id", None, "this process's index (with --coordinator)")
+
+
+def eval_tasks_hook(config):
+    """The n-shot tasks of train.eval_tasks every train.eval_tasks_every steps (a loop hook), their
+    scores written to metrics.jsonl and TensorBoard; None when the config asks for none."""
+    t = config.train
+    if not (t.eval_tasks and t.eval_tasks_every):
+        return None
+
+    def run_eval_tasks(trainer, step: int) -> None:
+        with rules.activation_sharding(trainer.mesh):  # the model's activations on the run's mesh
+            result = run_tasks(trainer.state["params"], trainer.config, t.eval_tasks, shots=t.eval_tasks_shots,
+                               limit=t.eval_tasks_limit, data_root=t.eval_tasks_data or None)
+        if trainer.is_main:
+            trainer.writer.write(step, scalars(result))
+
+    return Hook("eval_tasks", t.eval_tasks_every, run_eval_tasks)
+
+
+def train(config) -> dict:
+    """jaxlm.train.loop.train with the hooks this entry point registers (the n-shot tasks)."""
+    hooks = [h for h in [eval_tasks_hook(config)] if h is not None]
+    return loop.train(config, hooks)
 
 
 def run(config_path: str, overrides: list[str]) -> dict:

@@ -1,6 +1,7 @@
 """CheckpointManager in-process: what is kept, when saves are due, checksums, resharded restores,
 parameter export, and the data-position rules of a hot swap. Kill/resume runs: test_resume*.py."""
 
+import errno
 import os
 import signal
 import subprocess
@@ -13,10 +14,11 @@ import pytest
 
 from jaxlm.config import ConfigError, config_from_dict
 from jaxlm.parallel.mesh import build_mesh
-from jaxlm.train import checkpoint as ckpt
+from jaxlm.train import checkpoint as ckpt, checkpoint_reader as reader
 from jaxlm.train.incidents import Incidents, read_incidents
 from jaxlm.train.resume import loader_state_for
-from jaxlm.train.state import build_optimizer, init_state, model_spec, state_shardings
+from jaxlm.train import setup as run_setup
+from jaxlm.train.state import init_state
 
 
 def small_config(workdir, mesh=None, **checkpoint):
@@ -31,11 +33,8 @@ def small_config(workdir, mesh=None, **checkpoint):
 
 
 def setup(config, devices=None):
-    mesh = build_mesh(config.mesh, devices)
-    spec = model_spec(config)
-    optimizer = build_optimizer(config, spec)
-    shardings = state_shardings(spec, optimizer, mesh)
-    return spec, optimizer, shardings
+    run = run_setup.build(config, mesh=build_mesh(config.mesh, devices))
+    return run.spec, run.scheme.optimizer, run.shardings
 
 
 @pytest.fixture(scope="module")
@@ -91,17 +90,17 @@ def test_save_due_by_steps_time_and_end(tmp_path):
 
 def test_checksums_catch_one_flipped_bit_and_ignore_sharding(base):
     state = base[3]
-    sums = ckpt.checksums(state)
+    sums = reader.checksums(state)
     assert set(sums) >= {"step", "lr_scale"} and all(isinstance(v, int) for v in sums.values())
     params = jax.device_get(state["params"])
-    assert ckpt.checksums(params) == {k[len("params/"):]: v for k, v in sums.items() if k.startswith("params/")}
+    assert reader.checksums(params) == {k[len("params/"):]: v for k, v in sums.items() if k.startswith("params/")}
     leaf = max(jax.tree.leaves(params), key=lambda x: x.size).reshape(-1)  # float32
     flipped = leaf.copy()
     flipped.view(np.uint32)[17] ^= 1 << 9  # one bit of one float
-    assert ckpt.checksums(flipped) != ckpt.checksums(leaf)
+    assert reader.checksums(flipped) != reader.checksums(leaf)
     swapped = leaf.copy()
     swapped[[3, 4]] = swapped[[4, 3]]
-    assert swapped[3] != swapped[4] and ckpt.checksums(swapped) != ckpt.checksums(leaf)
+    assert swapped[3] != swapped[4] and reader.checksums(swapped) != reader.checksums(leaf)
 
 
 @pytest.mark.parametrize("mesh, devices", [({"data": 1, "fsdp": 2, "tensor": 2}, 4),  # 8 devices -> 4
@@ -152,12 +151,12 @@ def test_restore_params_exports_parameters_only(tmp_path, base):
     manager.save(4, state, loader_state())
     manager.wait()
     manager.close()
-    restored_config, params = ckpt.restore_params(str(tmp_path))
+    restored_config, params = reader.read_params(str(tmp_path))
     assert restored_config == config
     assert_trees_equal(params, state["params"])
     assert all(leaf.is_fully_addressable for leaf in jax.tree.leaves(params))
     with pytest.raises(ckpt.CheckpointError, match="no finished checkpoint"):
-        ckpt.restore_params(str(tmp_path / "checkpoints"), step=5)
+        reader.read_params(str(tmp_path / "checkpoints"), step=5)
 
 
 def test_corrupt_checkpoint_is_reported_set_aside_and_the_previous_one_used(tmp_path, base):
@@ -252,3 +251,22 @@ def test_discard_after_a_rollback_moves_newer_checkpoints_aside(tmp_path, base):
     manager.close()
     assert sorted(os.listdir(tmp_path / "checkpoints.rolled_back")) == ["6", "9"]
     assert [i["step"] for i in read_incidents(str(tmp_path)) if i["kind"] == "checkpoint_discarded"] == [6, 9]
+
+
+@pytest.mark.parametrize("error", [MemoryError("out of host memory"), OSError(errno.EIO, "Input/output error")])
+def test_a_failure_that_is_not_the_checkpoints_stops_the_restore_and_moves_nothing(tmp_path, base, monkeypatch,
+                                                                                   error):
+    config = small_config(tmp_path)
+    spec, optimizer, shardings, state = base
+    manager = ckpt.CheckpointManager(str(tmp_path), config, incidents=Incidents(str(tmp_path)))
+    manager.save(3, state, loader_state(3))
+    manager.wait()
+
+    def fail(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(ckpt, "restore_arrays", fail)  # the machine fails while the arrays are read
+    with pytest.raises(type(error)):
+        manager.restore_latest(ckpt.abstract_state(config, spec, optimizer, shardings))
+    manager.close()
+    assert os.path.isdir(tmp_path / "checkpoints" / "3") and not os.path.exists(tmp_path / "checkpoints.corrupt")
+    assert not [i for i in read_incidents(str(tmp_path)) if i["kind"] == "checkpoint_corrupt"]

@@ -9,9 +9,8 @@ import optax
 import pytest
 
 from jaxlm.config import ConfigError
-from jaxlm.model import layers
-from jaxlm.parallel import rules
 from jaxlm.parallel.mesh import build_mesh
+from jaxlm.train import setup
 from jaxlm.train.diloco import DiLoCo
 from jaxlm.train.state import build_optimizer, model_spec
 from jaxlm.train.step import BATCH_KEYS, make_train_step
@@ -43,16 +42,13 @@ def _data_parallel(config, batches, optimizer=None, devices=None):
 
 def _diloco(config, batches, inner_optimizer=None, devices=None):
     """(losses, global params, whether each step synchronised, compiled step text)."""
-    mesh = build_mesh(config.mesh, devices)
-    spec = model_spec(config)
-    algo = DiLoCo(config, spec, mesh, inner_optimizer)
-    batch_sharding = rules.batch_sharding(mesh, 2, leading=1)
-    step = algo.jit(algo.step, batch_sharding)
-    state = algo.init()
-    hlo = step.lower(state, _put(batches[0], batch_sharding)).compile().as_text()
+    run = setup.build(config, mesh=build_mesh(config.mesh, devices), optimizer=inner_optimizer)
+    assert isinstance(run.scheme, DiLoCo)
+    step, state = run.train_step, run.init()
+    hlo = step.lower(state, _put(batches[0], run.batch_sharding)).compile().as_text()
     losses, synced = [], []
     for batch in batches:
-        state, metrics = step(state, _put(batch, batch_sharding))
+        state, metrics = step(state, _put(batch, run.batch_sharding))
         losses.append(float(metrics["loss"]))
         synced.append(float(metrics["diloco_sync"]))
     return np.array(losses), jax.device_get(state["params"]), np.array(synced), hlo
@@ -114,7 +110,7 @@ def test_meshes_diloco_cannot_use_fail_with_the_reason(mesh, train, message):
 def test_the_ordinary_step_refuses_a_diloco_config():
     config = _config()
     with pytest.raises(ConfigError, match="diloco.enabled: DiLoCo has its own state and step"):
-        make_train_step(config, model_spec(config), build_optimizer(config, model_spec(config)))
+        make_train_step(config, model_spec(config), build_optimizer(config, model_spec(config)), build_mesh(config.mesh))
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +135,6 @@ def test_diloco_trains_on_the_demo_corpus_like_data_parallelism_at_equal_tokens(
     the same batches; both judged on the same validation batches."""
     from jaxlm.config import load_config
     from jaxlm.data.loader import build_loader
-    from jaxlm.train.step import make_eval_step
 
     steps, h, devices = 200, 10, jax.devices()[:4]
     config = load_config("configs/demo.yaml", [
@@ -155,17 +150,11 @@ def test_diloco_trains_on_the_demo_corpus_like_data_parallelism_at_equal_tokens(
         return out
 
     train, val = batches("train", steps, 16), batches("val", 4, 16)
-    mesh = build_mesh(config.mesh, devices)
-    spec = model_spec(config)
-    eval_step = jax.jit(make_eval_step(config, spec))
+    eval_step = setup.build(config, mesh=build_mesh(config.mesh, devices)).eval_step
 
     def val_loss(params):
-        layers.set_activation_constraint(rules.activation_constraint(mesh))
-        try:
-            sums = [eval_step(params, {k: jnp.asarray(v[0], jnp.int32) for k, v in b.items()}) for b in val]
-        finally:
-            layers.set_activation_constraint(None)
-        return float(sum(s for s, _ in sums) / sum(c for _, c in sums))
+        sums = [eval_step(params, {k: jnp.asarray(v[0], jnp.int32) for k, v in b.items()}) for b in val]
+        return float(sum(s.metrics["loss"] for s in sums) / sum(s.weight for s in sums))
 
     loss_dp, params_dp, _ = _data_parallel(config, train, devices=devices)
     loss_dl, params_dl, synced, hlo = _diloco(config, train, devices=devices)

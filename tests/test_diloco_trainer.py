@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxlm.config import ConfigError, config_from_dict
-from jaxlm.train import checkpoint
+from jaxlm.train import checkpoint, checkpoint_reader
 from jaxlm.train.incidents import read_incidents
 from jaxlm.train.loop import Trainer, train
 from test_checkpoint_util import losses, metrics
@@ -75,7 +75,7 @@ def test_trains_logs_and_exports_the_global_parameters(reference):
         assert r.shape == (2,) + g.shape
         np.testing.assert_array_equal(r[0], g)
         np.testing.assert_array_equal(r[1], g)
-    _, exported = checkpoint.restore_params(str(workdir))
+    _, exported = checkpoint_reader.read_params(str(workdir))
     for a, b in zip(jax.tree.leaves(jax.device_get(exported)), jax.tree.leaves(state["params"]), strict=True):
         np.testing.assert_array_equal(a, b)
 

@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from jaxlm.model import layers
 from jaxlm.parallel import pipeline, rules
 from jaxlm.parallel.mesh import build_mesh
 from jaxlm.train.state import model_spec
@@ -26,13 +25,10 @@ def _compiled_text(config, fn, tokens):
     mesh = build_mesh(config.mesh)
     spec = model_spec(config)
     params = rules.param_shardings(spec.axes, spec.shapes, mesh)
-    layers.set_activation_constraint(rules.activation_constraint(mesh))
-    try:
-        jitted = jax.jit(lambda p, t: fn(mesh, nnx.merge(spec.graphdef, p), t),
-                         in_shardings=(params, rules.batch_sharding(mesh, 2, leading=tokens.ndim - 2)))
+    jitted = jax.jit(lambda p, t: fn(mesh, nnx.merge(spec.graphdef, p), t),
+                     in_shardings=(params, rules.batch_sharding(mesh, 2, leading=tokens.ndim - 2)))
+    with rules.activation_sharding(mesh):
         return jitted.lower(spec.shapes, tokens).compile().as_text()
-    finally:
-        layers.set_activation_constraint(None)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])

@@ -4,11 +4,12 @@ import jax
 import pytest
 
 from jaxlm.config import ConfigError, config_from_dict
-from jaxlm.model import layers
-from jaxlm.parallel import pipeline, rules
+from jaxlm.parallel import pipeline
 from jaxlm.parallel.mesh import build_mesh
-from jaxlm.train.state import build_optimizer, init_state, model_spec, state_shardings
-from jaxlm.train.step import BATCH_KEYS, make_eval_step
+from jaxlm.train import setup
+from jaxlm.train.setup import compile_for_analysis
+from jaxlm.train.state import model_spec
+from jaxlm.train.step import BATCH_KEYS
 from mesh_runs import max_rel, run, tree_rel
 from train_utils import synthetic_batches, tiny_config
 
@@ -103,19 +104,10 @@ def test_pipelined_evaluation_matches_one_device():
     results = []
     for mesh_cfg, devices in [({"data": 1}, jax.devices()[:1]), ({"data": 4, "pipe": 2}, jax.devices())]:
         config = tiny_config("gpt2", mesh=mesh_cfg)
-        mesh = build_mesh(config.mesh, devices)
-        spec = model_spec(config)
-        optimizer = build_optimizer(config, spec)
-        shardings = state_shardings(spec, optimizer, mesh)
-        params = init_state(config, spec, optimizer, shardings)["params"]
-        layers.set_activation_constraint(rules.activation_constraint(mesh))
-        try:
-            sharding = rules.batch_sharding(mesh, 2)
-            batch = {k: jax.device_put(micro[k], sharding) for k in BATCH_KEYS}
-            nll, count = jax.jit(make_eval_step(config, spec, mesh))(params, batch)
-        finally:
-            layers.set_activation_constraint(None)
-        results.append((float(nll), float(count)))
+        run = setup.build(config, mesh=build_mesh(config.mesh, devices))
+        batch = {k: jax.device_put(micro[k], run.micro_sharding) for k in BATCH_KEYS}
+        sums = run.eval_step(run.init()["params"], batch)
+        results.append((float(sums.metrics["loss"]), float(sums.weight)))
     (nll_1, count_1), (nll_8, count_8) = results
     assert count_1 == count_8 == 8 * 15
     assert abs(nll_1 - nll_8) / nll_1 <= RTOL
@@ -126,8 +118,6 @@ def test_stage_weights_are_not_kept_once_per_iteration(pipe_cfg):
     """The backward pass must not hold a copy of a stage's weights for every iteration of the
     schedule (what saving an iteration-dependent weight slice as a residual does): XLA's temp
     memory for the step stays below iterations x the stage's float32 weights."""
-    from jaxlm.train.step import compile_for_analysis
-
     config = config_from_dict({
         "model": {"family": "llama", "d_model": 128, "n_heads": 4, "n_layers": 8, "vocab_size": 256,
                   "remat": "full", "dtype": "bfloat16"},

@@ -140,7 +140,7 @@ XLA_CONFIGS = [
 
 @pytest.mark.parametrize("case", XLA_CONFIGS)
 def test_estimate_within_15_percent_of_xla(case):
-    from jaxlm.train.step import compile_for_analysis
+    from jaxlm.train.setup import compile_for_analysis
 
     model = dict(case["model"], dtype="bfloat16")
     config = config_from_dict({"model": model, "mesh": case["mesh"], "train": case["train"],

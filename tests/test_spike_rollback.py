@@ -17,6 +17,8 @@ from jaxlm.train import spikes
 from jaxlm.train.checkpoint import CheckpointManager
 from jaxlm.train.incidents import read_incidents
 from jaxlm.train.loop import Trainer
+from jaxlm.train import setup
+from jaxlm.train.setup import make_loader
 from test_data_loader_util import markov_docs, write_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,7 +88,7 @@ def test_lr_blowup_rolls_back_skips_the_data_and_ends_like_the_clean_run(dataset
     trainer = Trainer(config)
     try:
         summary = trainer.run()
-        fresh = trainer._loader("train")  # the same data stream, from its start
+        fresh = make_loader(config, "train")  # the same data stream, from its start
     finally:
         trainer.close()
 
@@ -169,12 +171,7 @@ def test_persistent_fault_stops_after_max_rollbacks_and_keeps_the_last_good_chec
 
 
 def _abstract(config):
-    from jaxlm.parallel.mesh import build_mesh
-    from jaxlm.train.checkpoint import abstract_state
-    from jaxlm.train.state import build_optimizer, model_spec, state_shardings
-    spec = model_spec(config)
-    optimizer = build_optimizer(config, spec)
-    return abstract_state(config, spec, optimizer, state_shardings(spec, optimizer, build_mesh(config.mesh)))
+    return setup.build(config).abstract()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -163,8 +163,8 @@ def steps():
     spec = model_spec(faulty)
     optimizer = build_optimizer(faulty, spec)
     state = init_state(faulty, spec, optimizer, state_shardings(spec, optimizer, mesh))
-    return {"faulty": jax.jit(make_train_step(faulty, spec, optimizer)),
-            "clean": jax.jit(make_train_step(clean, spec, optimizer)), "init": state}
+    return {"faulty": jax.jit(make_train_step(faulty, spec, optimizer, mesh)),
+            "clean": jax.jit(make_train_step(clean, spec, optimizer, mesh)), "init": state}
 
 
 def _run(steps, name, batches):

@@ -6,7 +6,7 @@ import pytest
 
 import data_prep
 from jaxlm.config import config_from_dict
-from jaxlm.train.loop import train
+from jaxlm.main import train
 
 TEXT = ("The cat sat on the mat. The dog ran in the park. A bird sang in the tree.\n" * 40)
 

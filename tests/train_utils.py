@@ -7,11 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.config import config_from_dict
-from jaxlm.model import layers
-from jaxlm.parallel import rules
 from jaxlm.parallel.mesh import build_mesh
-from jaxlm.train.state import build_optimizer, init_state, model_spec, state_shardings
-from jaxlm.train.step import BATCH_KEYS, make_train_step
+from jaxlm.train import setup
+from jaxlm.train.step import BATCH_KEYS
 
 
 def tiny_config(family="llama", mesh=None, model=None, train=None, optim=None, seq_len=16):
@@ -51,30 +49,19 @@ class MeshRun(NamedTuple):
     hlo: Optional[str]  # the compiled step's text, when asked for
 
 
-def train_on_mesh(config, batches, devices=None, optimizer=None, hlo=False) -> MeshRun:
+def train_on_mesh(config, batches, devices=None, optimizer=None, hlo=False, objective=None) -> MeshRun:
     """Trains on `batches` ((n_micro, rows, length) arrays) under config.mesh over `devices`
-    (default all) with `optimizer` (default the config's)."""
-    mesh = build_mesh(config.mesh, devices)
-    spec = model_spec(config)
-    optimizer = optimizer or build_optimizer(config, spec)
-    shardings = state_shardings(spec, optimizer, mesh)
-    state = init_state(config, spec, optimizer, shardings)
-    batch_sharding = rules.batch_sharding(mesh, 2, leading=1)
-    layers.set_activation_constraint(rules.activation_constraint(mesh))
-    try:
-        step = jax.jit(make_train_step(config, spec, optimizer, mesh),
-                       in_shardings=(shardings, {k: batch_sharding for k in BATCH_KEYS}),
-                       out_shardings=(shardings, None), donate_argnums=0)
-        losses, norms, text = [], [], None
-        for batch in batches:
-            batch = {k: jax.device_put(jnp.asarray(batch[k], jnp.int32), batch_sharding) for k in BATCH_KEYS}
-            if hlo and text is None:
-                text = step.lower(state, batch).compile().as_text()
-            state, metrics = step(state, batch)
-            losses.append(float(metrics["loss"]))
-            norms.append(float(metrics["grad_norm"]))
-    finally:
-        layers.set_activation_constraint(None)
+    (default all) with `optimizer` and `objective` (default the config's), set up as a run is."""
+    run = setup.build(config, mesh=build_mesh(config.mesh, devices), optimizer=optimizer, objective=objective)
+    state = run.init()
+    losses, norms, text = [], [], None
+    for batch in batches:
+        batch = {k: jax.device_put(jnp.asarray(batch[k], jnp.int32), run.batch_sharding) for k in BATCH_KEYS}
+        if hlo and text is None:
+            text = run.train_step.lower(state, batch).compile().as_text()
+        state, metrics = run.train_step(state, batch)
+        losses.append(float(metrics["loss"]))
+        norms.append(float(metrics["grad_norm"]))
     return MeshRun(np.array(losses), np.array(norms), jax.device_get(state), text)
 
 

@@ -15,17 +15,19 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
 def to_global(
-    batch: dict[str, np.ndarray], mesh: Mesh, batch_axes: Sequence[str] = ("data", "fsdp")
+    batch: dict[str, np.ndarray], mesh: Mesh, batch_axes: Sequence[str] = ("data", "fsdp"), leading: int = 0
 ) -> dict[str, jax.Array]:
-    """{name: (rows, ...) per process} -> {name: (rows * processes, ...) global, rows over batch_axes}."""
+    """{name: (rows, ...) per process} -> {name: (rows * processes, ...) global, rows over batch_axes};
+    with `leading` dims before the rows (e.g. a step's micro-batches), those are not split."""
     missing = [a for a in batch_axes if a not in mesh.axis_names]
     if missing:
         raise ValueError(f"batch axes {missing} are not axes of the mesh {mesh.axis_names}")
-    sharding = NamedSharding(mesh, PartitionSpec(tuple(batch_axes)))
+    split = tuple(a for a in batch_axes if mesh.shape[a] > 1) or None
+    sharding = NamedSharding(mesh, PartitionSpec(*[None] * leading, split))
     local_shards = _local_batch_shards(mesh, batch_axes)
     out = {}
     for name, array in batch.items():
-        rows = array.shape[0]
+        rows = array.shape[leading]
         if rows % local_shards:
             raise ValueError(
                 f"batch[{name!r}] has {rows} rows on this process, which cannot be split into the "

@@ -13,6 +13,7 @@ from flax import nnx
 from jaxlm.config import Config, ModelConfig
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.tokenizer import Tokenizer
+from jaxlm.train.checkpoint_reader import read_params
 
 
 @dataclasses.dataclass
@@ -67,12 +68,7 @@ def load_workdir(workdir: str, window: Optional[int] = None) -> EvalModel:
     if not os.path.isdir(workdir):
         raise EvalError(f"workdir {workdir!r} does not exist; give the folder a training run wrote "
                         "(it holds config.yaml and checkpoints/)")
-    try:
-        from jaxlm.train.checkpoint import restore_params
-    except ImportError:
-        raise EvalError("this jaxlm cannot read training checkpoints yet (jaxlm.train.checkpoint is "
-                        "missing); evaluate an exported model with --hf DIR instead") from None
-    config, params = restore_params(workdir)
+    config, params = read_params(workdir)
     return from_params(config, params, window=window)
 
 

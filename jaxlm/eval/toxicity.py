@@ -23,7 +23,7 @@ import os
 import re
 import sys
 import zlib
-from typing import Optional, Protocol, Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 

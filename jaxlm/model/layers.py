@@ -3,11 +3,13 @@
 Each parameter is an `nnx.Param` carrying `logical_axes`, a tuple naming each of its dims
 (`embed`, `mlp`, `heads`, `kv`, `vocab`, `layers`). `jaxlm.parallel.rules` maps those names to mesh
 axes; nothing here knows a mesh. Activations are named through `constrain`, which does nothing
-until the parallel layer installs a mapping with `set_activation_constraint`.
+outside a `naming_activations` block (the parallel layer's `activation_sharding`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 from typing import Callable, Optional
@@ -18,24 +20,28 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 # ----------------------------------------------------------------------------------------------
-# Activation names -> sharding constraints (installed by jaxlm.parallel, identity otherwise)
+# Activation names -> sharding constraints: set for a trace by `naming_activations` (which
+# jaxlm.parallel.rules.activation_sharding enters with a mesh's mapping), identity otherwise.
 
-_constraint: Optional[Callable[[jax.Array, tuple], jax.Array]] = None
-
-
-def set_activation_constraint(fn: Optional[Callable[[jax.Array, tuple], jax.Array]]) -> None:
-    global _constraint
-    _constraint = fn
+_constraint: contextvars.ContextVar[Optional[Callable[[jax.Array, tuple], jax.Array]]] = \
+    contextvars.ContextVar("jaxlm_activation_constraint", default=None)
 
 
-def activation_constraint() -> Optional[Callable[[jax.Array, tuple], jax.Array]]:
-    """The mapping installed now (None: none), so a caller can swap one in and put it back."""
-    return _constraint
+@contextlib.contextmanager
+def naming_activations(fn: Optional[Callable[[jax.Array, tuple], jax.Array]]):
+    """While tracing inside this block, `constrain(x, axes)` is `fn(x, axes)`; the mapping before
+    it is back afterwards (blocks nest: the innermost one holds)."""
+    token = _constraint.set(fn)
+    try:
+        yield
+    finally:
+        _constraint.reset(token)
 
 
 def constrain(x: jax.Array, axes: tuple) -> jax.Array:
     """Names the dims of an activation, e.g. constrain(x_BLD, ("batch", "length", "embed"))."""
-    return x if _constraint is None else _constraint(x, axes)
+    fn = _constraint.get()
+    return x if fn is None else fn(x, axes)
 
 
 # ----------------------------------------------------------------------------------------------

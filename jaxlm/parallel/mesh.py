@@ -1,7 +1,7 @@
 """The device mesh over axes (data, fsdp, tensor, pipe), built from config and checked first.
 
 `build_mesh(config)` with the whole config also checks, before anything compiles, that the batch
-and the pipeline fit the mesh. `mesh: auto` is resolved to sizes before (jaxlm.plan.auto).
+and the pipeline fit the mesh (fit.py). `mesh: auto` is resolved to sizes before (jaxlm.plan.auto).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxlm.config import Config, ConfigError, MeshConfig
+from jaxlm.parallel import fit
 
 AXES = ("data", "fsdp", "tensor", "pipe")
 BATCH_AXES = ("data", "fsdp")  # the batch dim is split over both: FSDP is data parallel too
@@ -41,22 +42,6 @@ def mesh_shape(cfg: MeshConfig, device_count: int) -> dict[str, int]:
     return sizes
 
 
-def check_fits(config: Config, sizes: dict[str, int]) -> None:
-    """ConfigError, naming the keys to change, when this model and batch cannot run on the mesh."""
-    micro = config.train.micro_batch
-    shards = sizes["data"] * sizes["fsdp"]
-    if micro % shards:
-        raise ConfigError(f"train.micro_batch ({micro}) must be divisible by the mesh's batch axes "
-                          f"data*fsdp = {shards} (mesh {_shown(sizes)}); change the batch or the mesh")
-    if sizes["pipe"] > 1:
-        from jaxlm.parallel import pipeline
-        pipeline.check_config(config, sizes["pipe"])
-
-
-def _shown(sizes: dict[str, int]) -> str:
-    return ",".join(f"{a}={s}" for a, s in sizes.items())
-
-
 def build_mesh(cfg: MeshConfig | Config, devices=None) -> Mesh:
     """cfg: the mesh section, or the whole config (needed for `mesh: auto`, and checked first)."""
     devices = list(jax.devices() if devices is None else devices)
@@ -67,7 +52,7 @@ def build_mesh(cfg: MeshConfig | Config, devices=None) -> Mesh:
                           "jaxlm.plan.auto.resolve_mesh(config) (jaxlm.main does)")
     sizes = mesh_shape(cfg, len(devices))
     if config is not None:
-        check_fits(config, sizes)
+        fit.check_fits(config, sizes, jax.process_count())
     shape = tuple(sizes[a] for a in AXES)
     try:  # lays the axes out along the physical topology (ICI rings on TPU)
         from jax.experimental import mesh_utils
@@ -85,7 +70,7 @@ def _check_processes_own_rows(grid: np.ndarray, sizes: dict[str, int]) -> None:
     for group in groups:
         if len({d.process_index for d in group}) > 1:
             per_process = len(grid.flat) // len({d.process_index for d in grid.flat})
-            raise ConfigError(f"mesh {_shown(sizes)}: a tensor x pipe group of {group.size} devices spans "
+            raise ConfigError(f"mesh {fit.shown(sizes)}: a tensor x pipe group of {group.size} devices spans "
                               f"processes, but each process loads its own rows of the batch; keep "
                               f"mesh.tensor x mesh.pipe within one process's {per_process} devices "
                               "(use data or fsdp across hosts)")

@@ -221,14 +221,12 @@ def _sum_over_micro(fn: Callable, xs, stages: int, mesh: Mesh):
     return jax.tree.map(lambda a: jnp.sum(a, axis=0), sums)
 
 
-def make_pipelined_loss(config: Config, spec, mesh: Mesh, *, train: bool) -> Callable:
-    """loss(params, batch of (M, B, T) arrays, micro_keys (M,) or None) ->
-    (objective_sum, (nll_sum, token_count)), all M micro-batches through one pipeline pass."""
-    from jaxlm.train.loss import cross_entropy_sums
-
+def make_pipelined_loss(config: Config, spec, mesh: Mesh, head: Callable) -> Callable:
+    """loss(params, batch of (M, B, T) arrays, micro_keys (M,) or None) -> (objective, aux), all M
+    micro-batches through one pipeline pass. `head(model, h_BTD, micro) -> (objective, aux)` is
+    the caller's loss over one micro-batch's final-normed hidden states (aux: a pytree of
+    scalars); both are summed over the micro-batches."""
     stages = mesh.shape[AXIS]
-    chunk = config.model.loss_chunk
-    z_weight = config.train.z_loss if train else 0.0
 
     def loss(params, batch, micro_keys):
         model = nnx.merge(spec.graphdef, params)
@@ -236,37 +234,23 @@ def make_pipelined_loss(config: Config, spec, mesh: Mesh, *, train: bool) -> Cal
         plan = make_plan(config, stages, m, per_pass=m)
         x, layer_keys = jax.vmap(model.embed_inputs)(batch["inputs"], batch["positions"], micro_keys)
         h_MBTD = run_stages(model, plan, mesh, x, batch["positions"], batch["segment_ids"], layer_keys)
-        w_DV = model.unembedding()
 
         def micro_loss(xs):
-            h_BTD, targets, mask = xs
-            h = model.final_norm(h_BTD)
-            return cross_entropy_sums(h.reshape(-1, h.shape[-1]), w_DV, targets.reshape(-1), mask.reshape(-1),
-                                      z_weight=z_weight, chunk=chunk)
+            h_BTD, micro = xs
+            return head(model, model.final_norm(h_BTD), micro)
 
-        objective, nll = _sum_over_micro(micro_loss, (h_MBTD, batch["targets"], batch["loss_mask"]), stages, mesh)
-        return objective, (nll, jnp.sum(batch["loss_mask"].astype(jnp.float32)))
+        return _sum_over_micro(micro_loss, (h_MBTD, batch), stages, mesh)
 
     return loss
 
 
-def stages_of(config: Config, mesh: Optional[Mesh]) -> tuple[int, Optional[Mesh]]:
-    """(pipe size, mesh) for a step; without a mesh, the one the trainer builds from config."""
-    if mesh is None:
-        from jaxlm.parallel.mesh import build_mesh, mesh_shape
-        m = config.mesh
-        if m.auto or m.pipe == 1 or (m.pipe == -1 and mesh_shape(m, jax.device_count())[AXIS] == 1):
-            return 1, None
-        mesh = build_mesh(m)
-    return mesh.shape.get(AXIS, 1), mesh
-
-
-def make_pipelined_grads(config: Config, spec, mesh: Optional[Mesh]) -> Optional[Callable]:
+def make_pipelined_grads(config: Config, spec, mesh: Mesh, head: Callable) -> Optional[Callable]:
     """None when the mesh has no pipeline; else grads(params, batch of (n, B, T), step_key) ->
-    (float32 gradients summed over the n micro-batches, nll_sum), the train step's contract.
+    (float32 gradients summed over the n micro-batches, `head`'s aux summed), the train step's
+    contract (`head` as in make_pipelined_loss).
 
     Micro-batch i draws dropout from fold_in(step_key, i), as without a pipeline."""
-    stages, mesh = stages_of(config, mesh)
+    stages = mesh.shape.get(AXIS, 1)
     if stages == 1:
         return None
     check_config(config, stages)
@@ -274,7 +258,7 @@ def make_pipelined_grads(config: Config, spec, mesh: Optional[Mesh]) -> Optional
         t = config.train
         n = t.global_batch // t.micro_batch
         print(make_plan(config, stages, n).describe(), file=sys.stderr)
-    grad_fn = jax.value_and_grad(make_pipelined_loss(config, spec, mesh, train=True), has_aux=True)
+    grad_fn = jax.value_and_grad(make_pipelined_loss(config, spec, mesh, head), has_aux=True)
     dropout = _uses_dropout(config)
 
     def grads(params, batch, step_key):
@@ -285,26 +269,29 @@ def make_pipelined_grads(config: Config, spec, mesh: Optional[Mesh]) -> Optional
                               (batch, keys))
 
         def one_pass(carry, xs):
-            acc, nll = carry
-            (_, (pass_nll, _)), g = grad_fn(params, *xs)
-            return (jax.tree.map(lambda a, b: a + b.astype(jnp.float32), acc, g), nll + pass_nll), None
+            acc, aux = carry
+            (_, pass_aux), g = grad_fn(params, *xs)
+            return (jax.tree.map(lambda a, b: a + b.astype(jnp.float32), acc, g),
+                    jax.tree.map(jnp.add, aux, pass_aux)), None
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-        carry = (zeros, jnp.zeros([], jnp.float32))
+        first = jax.tree.map(lambda a: a[0], passes)
+        aux_zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, *first)[0][1])
+        carry = (zeros, aux_zeros)
         if plan.passes == 1:
-            return one_pass(carry, jax.tree.map(lambda a: a[0], passes))[0]
+            return one_pass(carry, first)[0]
         return jax.lax.scan(one_pass, carry, passes)[0]
 
     return grads
 
 
-def make_pipelined_eval(config: Config, spec, mesh: Optional[Mesh]) -> Optional[Callable]:
-    """None without a pipeline; else eval(params, micro of (B, T)) -> (nll_sum, token_count), the
-    micro-batch split into S pipeline micro-batches when the batch axes allow, else one."""
-    stages, mesh = stages_of(config, mesh)
+def make_pipelined_eval(config: Config, spec, mesh: Mesh, head: Callable) -> Optional[Callable]:
+    """None without a pipeline; else eval(params, micro of (B, T)) -> `head`'s aux summed over the
+    micro-batch, split into S pipeline micro-batches when the batch axes allow, else one."""
+    stages = mesh.shape.get(AXIS, 1)
     if stages == 1:
         return None
-    loss = make_pipelined_loss(config, spec, mesh, train=False)
+    loss = make_pipelined_loss(config, spec, mesh, head)
     shards = math.prod(mesh.shape[a] for a in rules.ACTIVATION_RULES["batch"] if a in mesh.shape)
 
     def evaluate(params, micro):
@@ -315,7 +302,6 @@ def make_pipelined_eval(config: Config, spec, mesh: Optional[Mesh]) -> Optional[
                               f"{stages} parts, each divisible by data*fsdp={shards}; {rows} rows are not")
         # strided rows per part keep each part's rows split over the batch axes as before
         batch = jax.tree.map(lambda a: a.reshape((rows // m, m) + a.shape[1:]).swapaxes(0, 1), micro)
-        _, (nll, count) = loss(params, batch, None)
-        return nll, count
+        return loss(params, batch, None)[1]
 
     return evaluate

@@ -9,12 +9,15 @@ run of `layers`). Activations are split for compute (batch over the data axes, h
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxlm.model import layers
 
 PARAM_RULES: dict[str, Any] = {
     "vocab": "tensor",
@@ -83,11 +86,27 @@ def param_shardings(axes_tree: dict, shapes_tree: dict, mesh: Mesh) -> dict:
 
 
 def activation_constraint(mesh: Mesh, reserved: tuple = ()):
-    """The function `jaxlm.model.layers.set_activation_constraint` takes, for this mesh."""
+    """constrain(x, logical axes) -> x with this mesh's sharding constraint (ACTIVATION_RULES)."""
     def constrain(x: jax.Array, axes: tuple) -> jax.Array:
         spec = spec_for(axes, x.shape, mesh, ACTIVATION_RULES, reserved)
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
     return constrain
+
+
+def activation_sharding(mesh: Mesh, reserved: tuple = ()):
+    """`with activation_sharding(mesh):` the model's named activations (layers.constrain) traced
+    in the block are constrained to this mesh by the rules table; `reserved` mesh axes are left
+    to the caller (e.g. DiLoCo's replica axis)."""
+    return layers.naming_activations(activation_constraint(mesh, reserved))
+
+
+def sharded_activations(fn: Callable, mesh: Mesh, reserved: tuple = ()) -> Callable:
+    """`fn` traced under activation_sharding(mesh): what jax.jit takes for a step on this mesh."""
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        with activation_sharding(mesh, reserved):
+            return fn(*args, **kwargs)
+    return traced
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2, leading: Optional[int] = None) -> NamedSharding:

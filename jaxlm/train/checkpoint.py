@@ -10,14 +10,14 @@ short by a kill is never listed; leftovers are removed before the next save.
 
 Restoring walks from the newest checkpoint back: one whose items are missing, unreadable or whose
 arrays do not match their checksums is recorded in incidents.jsonl, moved to
-`checkpoints.corrupt/`, and the one before it is tried. Arrays are placed with the restoring run's
-shardings, so a checkpoint resumes on another mesh or device count. See docs/checkpointing.md.
+`checkpoints.corrupt/`, and the one before it is tried. Any other failure (out of memory, a
+permission or I/O error) stops the run with that error and moves nothing. Arrays are placed with
+the restoring run's shardings, so a checkpoint resumes on another mesh or device count. See
+docs/checkpointing.md.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import json
 import os
 import shutil
@@ -33,31 +33,19 @@ from absl import logging
 
 from jaxlm import config as config_lib
 from jaxlm.config import Config, ConfigError
-from jaxlm.parallel import rules
-from jaxlm.parallel.mesh import build_mesh
 from jaxlm.train import resume
+from jaxlm.train.checkpoint_reader import (  # the on-disk format, shared with evaluation's reader
+    CHECKPOINT_DIR, META_VERSION, CheckpointError, MetaSave, Unusable, checksum_tree, is_format_failure, item_handlers,
+    leaves_by_path, read_meta, resolve_source, restore_arrays, saved_arrays, shapes_of, verify)
 from jaxlm.train.incidents import Incidents
 from jaxlm.train.preemption import SignalWatcher, processes_agree
-from jaxlm.train.state import init_state, model_spec
-
-CHECKPOINT_DIR = "checkpoints"
-_META_VERSION = 1
-_META_FILE = "metadata"
-
-
-class CheckpointError(ConfigError):
-    """No usable checkpoint where one was asked for; the message says where and what to do."""
-
+from jaxlm.train.state import init_state
 
 class Restored(NamedTuple):
     state: dict  # the train state, placed with the restoring run's shardings
     loader_state: dict  # {"<process index>": loader state} of every process at save time
     extra: dict  # what the loop passed as `extra` when saving ({} if nothing)
     step: int
-
-
-class _Unusable(Exception):
-    """A checkpoint that cannot be restored (missing, unreadable or corrupt)."""
 
 
 def abstract_state(config: Config, spec, optimizer, shardings: dict) -> dict:
@@ -68,87 +56,6 @@ def abstract_state(config: Config, spec, optimizer, shardings: dict) -> dict:
 
 def _abstract_like(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-
-
-def _path_name(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
-def leaves_by_path(tree: Any) -> dict[str, Any]:
-    """{"a/b/c": leaf}: a pytree's leaves by their path, the names checkpoints use."""
-    return {_path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _shapes(leaves: dict[str, Any], prefix: str = "") -> dict[str, tuple]:
-    """{path without `prefix/`: shape} of the leaves under `prefix` (all when it is empty)."""
-    cut = len(prefix) + 1 if prefix else 0
-    return {k[cut:]: tuple(x.shape) for k, x in leaves.items() if not prefix or k.startswith(prefix + "/")}
-
-
-# ----------------------------------------------------------------------------------------------
-# Checksums: one exact uint32 sum per array of its bit pattern, word i weighted by 2i+1. An odd
-# weight makes any single flipped bit change the sum, and position weights catch misplaced data.
-# Integer sums are exact in any order, so the result does not depend on the sharding: a checkpoint
-# is verified after restoring onto another mesh too.
-
-
-def _words(x: jax.Array) -> Optional[jax.Array]:
-    unsigned = {4: jnp.uint32, 2: jnp.uint16, 1: jnp.uint8}.get(jnp.dtype(x.dtype).itemsize)
-    if unsigned is None or not (jnp.issubdtype(x.dtype, jnp.number) or x.dtype == jnp.bool_):
-        return None
-    x = x.astype(jnp.uint8) if x.dtype == jnp.bool_ else x
-    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).reshape(-1)
-
-
-@jax.jit
-def _checksum_tree(tree):
-    def one(x):
-        w = _words(x)
-        if w is None:
-            return None
-        odd = jnp.arange(w.size, dtype=jnp.uint32) * 2 + 1
-        return jnp.sum(w * odd, dtype=jnp.uint32)
-    return jax.tree.map(one, tree)
-
-
-def checksums(tree: Any) -> dict[str, int]:
-    """{"params/embed/embedding": checksum, ...}; a collective in multi-process runs."""
-    return _fetch_checksums(_checksum_tree(tree))
-
-
-def _fetch_checksums(pending: Any) -> dict[str, int]:
-    return {_path_name(p): int(x) for p, x in jax.tree_util.tree_flatten_with_path(jax.device_get(pending))[0]}
-
-
-class _MetaHandler(ocp.JsonCheckpointHandler):
-    """The meta item: JSON that process 0 writes in the background part of the save. Its "checksums"
-    arrive as device arrays still being computed and are fetched there, so the training loop never
-    waits for them (on a CPU they take a pass over the whole state)."""
-
-    def __init__(self):
-        super().__init__(filename=_META_FILE)
-
-    async def async_save(self, directory, item=None, args=None):
-        meta = dict(args.item)
-
-        async def write() -> None:
-            if jax.process_index() == 0:
-                meta["checksums"] = await asyncio.to_thread(_fetch_checksums, meta["checksums"])
-                (directory / _META_FILE).write_text(json.dumps(meta))
-
-        return [ocp.future.CommitFutureAwaitingContractedSignals(write(), name="jaxlm_meta_save")]
-
-
-@ocp.args.register_with_handler(_MetaHandler, for_save=True)
-@dataclasses.dataclass
-class _MetaSave(ocp.args.CheckpointArgs):
-    item: dict
-
-
-@ocp.args.register_with_handler(_MetaHandler, for_restore=True)
-@dataclasses.dataclass
-class _MetaRestore(ocp.args.CheckpointArgs):
-    item: Optional[bytes] = None  # unused: the meta item is read whole
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,8 +119,7 @@ class CheckpointManager:
             enable_async_checkpointing=o.async_save, preservation_policy=policy)
         if read_only and not os.path.isdir(directory):
             raise CheckpointError(f"{directory} does not exist: no checkpoints to restore there")
-        handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": _MetaHandler()}
-        return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+        return ocp.CheckpointManager(directory, options=options, item_handlers=item_handlers())
 
     # ------------------------------------------------------------------------------------------
     # Saving
@@ -251,7 +157,7 @@ class CheckpointManager:
             return False
         loaders = _gather_json(loader_state)
         meta = {
-            "version": _META_VERSION,
+            "version": META_VERSION,
             "step": int(step),
             "reason": reason,
             "saved_at": time.time(),
@@ -259,9 +165,9 @@ class CheckpointManager:
             "loader": {str(i): s for i, s in enumerate(loaders)},
             "extra": extra or {},
             "config": self._config_dict,
-            "checksums": _checksum_tree(state),  # dispatched now, fetched by the background write
+            "checksums": checksum_tree(state),  # dispatched now, fetched by the background write
         }
-        args = ocp.args.Composite(state=ocp.args.PyTreeSave(state), meta=_MetaSave(meta))
+        args = ocp.args.Composite(state=ocp.args.PyTreeSave(state), meta=MetaSave(meta))
         self._mngr.save(step, args=args, force=True)
         if not self.options.async_save:
             self._mngr.wait_until_finished()
@@ -296,7 +202,7 @@ class CheckpointManager:
         for step in reversed(self.all_steps()):
             try:
                 return self._restore(step, abstract_state, fresh_opt_state)
-            except _Unusable as e:
+            except Unusable as e:
                 self._set_aside(step, str(e))
         if self.options.restore_from and not self.read_only:
             return self._restore_from(self.options.restore_from, abstract_state, fresh_opt_state)
@@ -326,7 +232,7 @@ class CheckpointManager:
                                   f"(there are: {self.all_steps()})")
         try:
             return self._restore(step, abstract_state, fresh_opt_state)
-        except _Unusable as e:
+        except Unusable as e:
             raise CheckpointError(f"checkpoint {step} in {self.directory} cannot be restored: {e}") from None
 
     def discard_after(self, step: int, reason: str = "rolled_back") -> list[int]:
@@ -339,41 +245,27 @@ class CheckpointManager:
         return later
 
     def read_meta(self, step: int) -> dict:
-        try:
-            meta = self._mngr.restore(step, args=ocp.args.Composite(meta=_MetaRestore()))["meta"]
-        except Exception as e:  # noqa: BLE001 - any failure to read means the checkpoint is unusable
-            raise _Unusable(f"its meta item cannot be read ({type(e).__name__}: {str(e)[:300]})") from None
-        if not isinstance(meta, dict) or meta.get("version") != _META_VERSION or "checksums" not in meta:
-            raise _Unusable("its meta item is not a jaxlm checkpoint description")
-        return meta
-
-    def _saved_arrays(self, step: int) -> dict[str, Any]:
-        """{path: Orbax array metadata (shape, dtype)} of the state item."""
-        try:
-            tree = self._mngr.item_metadata(step)["state"].tree
-        except Exception as e:  # noqa: BLE001
-            raise _Unusable(f"its state item has no readable metadata ({type(e).__name__}: {str(e)[:300]})") from None
-        return leaves_by_path(tree)
+        return read_meta(self._mngr, step)
 
     def _restore(self, step: int, target: dict, fresh_opt_state) -> Restored:
         where = f"{self.directory}/{step}"
         problem, meta, saved = None, None, None
         try:
             meta = self.read_meta(step)
-            saved = self._saved_arrays(step)
-        except _Unusable as e:
+            saved = saved_arrays(self._mngr, step)
+        except Unusable as e:
             problem = str(e)
         if not _all_ok(problem is None):
-            raise _Unusable(problem or "another process could not read it")
+            raise Unusable(problem or "another process could not read it")
 
         target = _abstract_like(target)
         saved_config = meta["config"]
         wanted = leaves_by_path(target)
-        resume.check_model_fits(saved_config, self._config_dict, _shapes(saved, "params"),
-                                _shapes(wanted, "params"), where)
+        resume.check_model_fits(saved_config, self._config_dict, shapes_of(saved, "params"),
+                                shapes_of(wanted, "params"), where)
         reset_optimizer = "opt_state" in target and (
             saved_config.get("optim", {}).get("name") != self.config.optim.name
-            or _shapes(saved, "opt_state") != _shapes(wanted, "opt_state"))
+            or shapes_of(saved, "opt_state") != shapes_of(wanted, "opt_state"))
         if reset_optimizer:
             if fresh_opt_state is None:
                 raise ConfigError(f"the checkpoint {where} holds another optimizer's state "
@@ -382,16 +274,16 @@ class CheckpointManager:
 
         problem = None
         try:
-            restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-            state = self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-                target, restore_args=restore_args, partial_restore=True)))["state"]
-            self._verify(state, meta["checksums"], saved)
-        except _Unusable as e:
+            state = restore_arrays(self._mngr, step, target)
+            verify(state, meta["checksums"], saved)
+        except Unusable as e:
             problem = str(e)
         except Exception as e:  # noqa: BLE001 - truncated files, missing items, tensorstore errors...
+            if not is_format_failure(e):
+                raise  # memory, permissions, I/O: not the checkpoint's fault; it stays where it is
             problem = f"its arrays cannot be read ({type(e).__name__}: {str(e)[:300]})"
         if not _all_ok(problem is None):
-            raise _Unusable(problem or "another process could not read its part")
+            raise Unusable(problem or "another process could not read its part")
 
         if reset_optimizer:
             state["opt_state"] = _continue_counts(fresh_opt_state(state["params"]), step)
@@ -407,15 +299,6 @@ class CheckpointManager:
                                   changes=[{"key": k, "saved": a, "now": b} for k, a, b in changes])
         self.incidents.record("restore", step, directory=where, reason=meta.get("reason"))
         return Restored(state, meta.get("loader", {}), meta.get("extra", {}), int(step))
-
-    def _verify(self, state: dict, expected: dict, saved: dict) -> None:
-        restored = leaves_by_path(state)
-        for name, sums in checksums(state).items():
-            if name not in expected:
-                raise _Unusable(f"{name} has no checksum in its meta item")
-            cast = jnp.dtype(saved[name].dtype) != restored[name].dtype  # e.g. param_dtype changed on resume
-            if sums != expected[name] and not cast:
-                raise _Unusable(f"the data of {name} does not match the checksum written with it")
 
     def _set_aside(self, step: int, why: str, folder: str = "corrupt", kind: str = "checkpoint_corrupt") -> None:
         """Records the incident and moves the step out of the way (kept, not deleted)."""
@@ -440,61 +323,3 @@ def _continue_counts(opt_state: Any, step: int) -> Any:
             return jax.device_put(jnp.asarray(step, x.dtype), x.sharding)
         return x
     return jax.tree.map(fix, opt_state)
-
-
-def resolve_source(path: str) -> tuple[str, Optional[int]]:
-    """A workdir, its checkpoints/ folder, or one checkpoints/<step> -> (checkpoints folder, step or None)."""
-    path = os.path.abspath(path)
-    if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):
-        return os.path.join(path, CHECKPOINT_DIR), None
-    if os.path.basename(path).isdigit() and os.path.isdir(path):
-        return os.path.dirname(path), int(os.path.basename(path))
-    if os.path.isdir(path):
-        return path, None
-    raise CheckpointError(f"{path} does not exist; give a run's workdir, its {CHECKPOINT_DIR}/ folder, "
-                          f"or one {CHECKPOINT_DIR}/<step> folder")
-
-
-def restore_params(workdir: str, step: Optional[int] = None, mesh=None) -> tuple[Config, dict]:
-    """(config, params) of the newest checkpoint in `workdir` that restores (or of `step`), for
-    evaluation and sampling: no optimizer state is read. The parameters are placed on `mesh`, by
-    default all of this process's devices with the config's logical rules (replicated unless the
-    mesh has fsdp/tensor axes). `workdir` may also be a checkpoints/ folder or checkpoints/<step>.
-    """
-
-    directory, only = resolve_source(workdir)
-    step = only if step is None else step
-    probe = CheckpointManager(directory, _bare_config(), directory=directory, read_only=True)
-    steps = probe.all_steps()
-    candidates = [step] if step is not None else list(reversed(steps))
-    if not candidates or (step is not None and step not in steps):
-        probe.close()
-        raise CheckpointError(f"no finished checkpoint{'' if step is None else f' of step {step}'} in {directory} "
-                              f"(there are: {steps}); train first, or point at a workdir that has one")
-    problems = []
-    for s in candidates:
-        try:
-            config = config_lib.config_from_dict(probe.read_meta(s)["config"])
-            spec = model_spec(config)
-            if mesh is None:
-                mesh = build_mesh(config_lib.MeshConfig(data=-1), jax.local_devices())
-            shardings = rules.param_shardings(spec.axes, spec.shapes, mesh)
-            target = {"params": jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-                                             spec.shapes, shardings)}
-            reader = CheckpointManager(directory, config, directory=directory, read_only=True)
-            try:
-                params = reader.restore_step(s, target).state["params"]
-            finally:
-                reader.close()
-            probe.close()
-            return config, params
-        except (_Unusable, CheckpointError, ConfigError) as e:
-            problems.append(f"step {s}: {e}")
-            logging.warning("checkpoint %d in %s skipped: %s", s, directory, e)
-    probe.close()
-    raise CheckpointError(f"no checkpoint in {directory} restores: " + "; ".join(problems))
-
-
-def _bare_config() -> Config:
-    """A config only for reading a checkpoint's meta item (before its own config is known)."""
-    return Config()

@@ -19,7 +19,7 @@ State: {"params": global parameters, "outer_opt_state", "replicas": train state 
 dim, "step": int32}. `step(state, batch)` is one inner step, followed on every H-th step by the
 outer one inside the same compiled function.
 
-The Trainer (loop.py) runs this class through the same methods as its ordinary state: `init`,
+The loop (loop.py) runs this class through the same methods as the ordinary scheme (schemes.py): `init`,
 `abstract`, `jit(step)`, `spike_counters`, `rolled_back`, `checkpoint_extra`, `check_resumable`.
 What it evaluates, checkpoints' `params`, and what jaxlm.eval/sample/export read, are the global
 parameters (between synchronisations: those of the last one).
@@ -27,7 +27,6 @@ parameters (between synchronisations: those of the last one).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Callable, Optional
 
@@ -37,10 +36,10 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxlm.config import Config, ConfigError
-from jaxlm.model import layers
 from jaxlm.parallel import rules
 from jaxlm.train import checkpoint
 from jaxlm.train.state import ModelSpec, build_optimizer, init_state, state_shardings
+from jaxlm.train.objective import Objective
 from jaxlm.train.step import BATCH_KEYS, make_train_step
 
 AXIS = "data"  # the replica axis
@@ -69,24 +68,13 @@ def check(config: Config, mesh: Mesh) -> int:
     return replicas
 
 
-@contextlib.contextmanager
-def _replica_activations(mesh: Mesh):
-    """While tracing the vmapped step: activations name no `data` (the replica dim holds it)."""
-    saved = layers.activation_constraint()
-    layers.set_activation_constraint(rules.activation_constraint(mesh, reserved=(AXIS,)))
-    try:
-        yield
-    finally:
-        layers.set_activation_constraint(saved)
-
-
 class DiLoCo:
     """The state, its shardings and the compiled steps for one model, config and mesh."""
 
     fresh_opt_state = None  # a resume never swaps the optimizer state (check_resumable refuses a change)
 
     def __init__(self, config: Config, spec: ModelSpec, mesh: Mesh,
-                 inner_optimizer: Optional[optax.GradientTransformation] = None):
+                 inner_optimizer: Optional[optax.GradientTransformation] = None, objective: Optional[Objective] = None):
         self.config, self.spec, self.mesh = config, spec, mesh
         self.replicas = check(config, mesh)
         self.inner_steps = config.diloco.inner_steps
@@ -94,7 +82,7 @@ class DiLoCo:
         self.outer = outer_optimizer(config)
         # the replicas' own step: the ordinary one (which refuses configs that ask for DiLoCo)
         inner_config = dataclasses.replace(config, diloco=dataclasses.replace(config.diloco, enabled=False))
-        self._train_step = make_train_step(inner_config, spec, self.inner, mesh)
+        self._train_step = make_train_step(inner_config, spec, self.inner, mesh, objective)
         single = state_shardings(spec, self.inner, mesh)
         self._single = single
         replicated = NamedSharding(mesh, PartitionSpec())
@@ -134,7 +122,8 @@ class DiLoCo:
             n, rows = a.shape[:2]
             return a.reshape((n, self.replicas, rows // self.replicas) + a.shape[2:]).swapaxes(0, 1)
 
-        with _replica_activations(self.mesh):
+        # while tracing the vmapped step, activations name no `data` (the replica dim holds it)
+        with rules.activation_sharding(self.mesh, reserved=(AXIS,)):
             replicas, metrics = jax.vmap(self._train_step, spmd_axis_name=AXIS)(
                 state["replicas"], jax.tree.map(split, batch))
         return {**state, "replicas": replicas, "step": state["step"] + 1}, _combine(metrics)
@@ -161,7 +150,7 @@ class DiLoCo:
 
     def jit(self, fn: Callable, batch_sharding) -> Callable:
         """`step` or `inner_step` compiled with the state's shardings, state donated."""
-        return jax.jit(fn, in_shardings=(self.shardings, {k: batch_sharding for k in BATCH_KEYS}),
+        return jax.jit(rules.sharded_activations(fn, self.mesh), in_shardings=(self.shardings, {k: batch_sharding for k in BATCH_KEYS}),
                        out_shardings=(self.shardings, None), donate_argnums=0)
 
     # ------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ class Incidents:
         self.enabled = enabled
         self.path = os.path.join(workdir, FILENAME)
         self._writer = writer
+        if enabled:  # present (maybe empty) in every run's workdir
+            open(self.path, "a", encoding="utf-8").close()
 
     def record(self, kind: str, step: int, **details: Any) -> dict:
         entry = {"time": round(time.time(), 3), "kind": kind, "step": int(step), **details}

@@ -1,74 +1,76 @@
-"""The training loop: set up the workdir, mesh, data, state; run steps; evaluate; log.
+"""The training loop: state (restored or fresh), steps, evaluation, hooks, logs, checkpoints.
 
-Read top to bottom: `train(config)` is the whole story. The step itself is in step.py (with
-diloco.enabled: diloco.py, behind the same methods as `_Standard` below), the model in jaxlm/model,
-the data in jaxlm/data.
+Read top to bottom: `Trainer.run()` is the whole loop. What it runs is built by setup.py (mesh,
+objective, scheme, compiled steps); the step is in step.py (with diloco.enabled: diloco.py, behind
+the same methods as schemes.Standard), the loss in objective.py, the model in jaxlm/model, the data
+in jaxlm/data. Work from outside the loop (the n-shot tasks of jaxlm.main) comes in as hooks.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import platform
 import signal
-import subprocess
 import sys
 import time
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import jax
 import numpy as np
 
-from jaxlm import config as config_lib
 from jaxlm.config import Config, ConfigError, require_data
-from jaxlm.data import format as data_format
-from jaxlm.model import layers
-from jaxlm.parallel import pipeline, rules
-from jaxlm.parallel.mesh import BATCH_AXES, build_mesh
-from jaxlm.train import checkpoint, diloco, resume
+from jaxlm.train import checkpoint, records, resume
 from jaxlm.train import faults as faults_lib, spikes
 from jaxlm.train import metrics as metrics_lib
+from jaxlm.train import setup as setup_lib
 from jaxlm.train.incidents import Incidents
 from jaxlm.train.optimizer import BatchRamp
 from jaxlm.train.preemption import Preempted
-from jaxlm.train.state import build_optimizer, init_state, model_spec, state_shardings
-from jaxlm.train.step import BATCH_KEYS, make_eval_step, make_train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class Hook:
+    """`fn(trainer, step)` after every `every`-th step and after the last one; the time it takes
+    is not counted as training time (tokens/s, MFU)."""
+    name: str
+    every: int
+    fn: Callable[["Trainer", int], None]
 
 
 class Trainer:
     """Holds what a run needs between steps; `run()` trains to `train.steps`."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, hooks: Sequence[Hook] = ()):
         require_data(config)  # the schema leaves sources optional: eval, export and restore read no data
         self.config = config
+        self.hooks = [h for h in hooks if h.every > 0]
+        t = config.train
+        if t.eval_tasks and t.eval_tasks_every and "eval_tasks" not in {h.name for h in self.hooks}:
+            raise ConfigError("train.eval_tasks runs through the n-shot hook that `python -m jaxlm.main` "
+                              "registers; train with jaxlm.main.train(config), or set train.eval_tasks_every=0")
         self.is_main = jax.process_index() == 0
         self.workdir = os.path.abspath(config.workdir)
-        os.makedirs(self.workdir, exist_ok=True)
+        records.check_writable(self.workdir, config)  # also creates it
 
-        self.mesh = build_mesh(config)  # checks the model fits (`mesh: auto` is resolved before: jaxlm.plan.auto)
-        self._check_batch_fits_mesh()
-        self.data_info = self._open_data()
-        self.spec = model_spec(config)
-        # The state's layout and its step: the ordinary one, or DiLoCo's replicas (diloco.py).
-        self.scheme = diloco.DiLoCo(config, self.spec, self.mesh) if config.diloco.enabled else \
-            _Standard(config, self.spec, self.mesh)
+        # The mesh (checked against the batch first), objective, state layout and compiled steps.
+        self.setup = setup_lib.build(config)
+        self.mesh, self.spec, self.scheme = self.setup.mesh, self.setup.spec, self.setup.scheme
         self.shardings = self.scheme.shardings
-        self.batch_sharding = rules.batch_sharding(self.mesh, ndim=2, leading=1)
+        self.data_info = setup_lib.open_data(config)
         self.ramp = BatchRamp(config.train, config.data.seq_len)
         self.writer = metrics_lib.MetricsWriter(self.workdir, config, enabled=self.is_main)
-        self._write_run_files()
         self.incidents = Incidents(self.workdir, enabled=self.is_main, writer=self.writer)
         self.checkpoints = checkpoint.CheckpointManager(self.workdir, config, is_main=self.is_main,
                                                         incidents=self.incidents)
-
-        layers.set_activation_constraint(rules.activation_constraint(self.mesh))
-        self.train_step = self.scheme.jit(self.scheme.step, self.batch_sharding)
-        micro_sharding = rules.batch_sharding(self.mesh, ndim=2)
-        self.eval_step = jax.jit(make_eval_step(config, self.spec, mesh=self.mesh),
-                                 in_shardings=(self.shardings["params"], {k: micro_sharding for k in BATCH_KEYS}))
+        self.train_step, self.eval_step = self.setup.train_step, self.setup.eval_step
         self.state = self._restore_or_init()  # auto-resume: the latest good checkpoint, else a fresh state
-        self.loader = self._loader("train")
+        start = int(self.state["step"])
+        if start < t.steps and self.is_main:  # a launch that trains: its records (a refused or finished one writes none)
+            launch = records.write_run_files(self.workdir, config, self.mesh, self.spec.param_count, start)
+            self.writer.write(start, {"launch": launch})  # every launch shows in metrics.jsonl, with its time
+            if launch > 1:  # e.g. after a crash, maybe before any checkpoint: rows from `start` on repeat
+                self.incidents.record("restart", start, launch=launch, resumed=self._restored is not None)
+        self.loader = setup_lib.make_loader(config, "train")
         self.resumed_extra = self._resume_data(self._restored)  # the checkpoint's `extra` ({} on a fresh start)
         self.spikes = spikes.SpikeMonitor(  # loss-spike handling, host side (spikes.py)
             config.spikes, self.incidents, faults=faults_lib.make_injector(config),
@@ -80,93 +82,19 @@ class Trainer:
         self.peak_flops, self.peak_source = metrics_lib.peak_flops(config)
 
     # ------------------------------------------------------------------------------------------
-    # Set-up checks: all of them before the first compile.
-
-    def _check_batch_fits_mesh(self) -> None:
-        t = self.config.train
-        shards = int(np.prod([self.mesh.shape[a] for a in BATCH_AXES]))
-        micro = t.micro_batch
-        if micro % shards:
-            raise ConfigError(
-                f"train.micro_batch ({micro}) must be divisible by the mesh's batch axes "
-                f"data*fsdp = {shards}; change the batch or mesh.data/mesh.fsdp")
-        if micro % jax.process_count():
-            raise ConfigError(f"train.micro_batch ({micro}) must be divisible by the process count "
-                              f"({jax.process_count()})")
-
-    def _open_data(self):
-        from jaxlm.data.loader import open_dataset
-        infos = []
-        for i, source in enumerate(self.config.data.sources):
-            try:
-                info = open_dataset(source.path, expected_vocab_size=self.config.model.vocab_size)
-            except data_format.DataFormatError as e:
-                hint = (f" (this run's data comes from `python -m data_prep --config {self.config.data.prepare}`)"
-                        if self.config.data.prepare else "")
-                raise ConfigError(f"data.sources[{i}]: {e}{hint}") from None
-            infos.append(info)
-        return infos
-
-    def _loader(self, split: str, *, epochs: Optional[int] = None):
-        from jaxlm.data.loader import build_loader
-        c = self.config
-        rows = c.train.micro_batch // jax.process_count()
-        return build_loader(
-            sources=[(s.path, s.weight) for s in c.data.sources], split=split,
-            seq_len=c.data.seq_len, batch_rows=rows, seed=c.seed,
-            process_index=jax.process_index(), process_count=jax.process_count(),
-            num_epochs=epochs, shuffle=split == "train",
-            worker_count=c.data.worker_count if split == "train" else 0,
-            prefetch=c.data.prefetch, model_vocab_size=c.model.vocab_size,
-            shuffle_rows=c.data.shuffle_rows if split == "train" else 0)
-
-    def _write_run_files(self) -> None:
-        if not self.is_main:
-            return
-        with open(os.path.join(self.workdir, "config.yaml"), "w", encoding="utf-8") as f:
-            f.write(config_lib.dump_yaml(self.config))
-        run = {
-            "argv": sys.argv,
-            "python": platform.python_version(),
-            "versions": _library_versions(),
-            "git_sha": _git_sha(),
-            "devices": [str(d) for d in jax.devices()],
-            "device_kind": jax.devices()[0].device_kind,
-            "process_count": jax.process_count(),
-            "mesh": dict(self.mesh.shape),
-            "model_params": self.spec.param_count,
-        }
-        stages = self.mesh.shape.get(pipeline.AXIS, 1)
-        if stages > 1:  # the schedule at the full batch (a batch ramp starts with fewer micro-batches)
-            t = self.config.train
-            plan = pipeline.make_plan(self.config, stages, t.global_batch // t.micro_batch)
-            run["pipeline"] = {**dataclasses.asdict(plan), "bubble": plan.bubble, "describe": plan.describe()}
-        with open(os.path.join(self.workdir, "run.json"), "w", encoding="utf-8") as f:
-            json.dump(run, f, indent=2)
-
-    # ------------------------------------------------------------------------------------------
     # Batches
-
-    def _global(self, local: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
-        out = {}
-        for key in BATCH_KEYS:
-            x = np.asarray(local[key], np.int32)
-            global_shape = list(x.shape)
-            global_shape[-2] *= jax.process_count()
-            out[key] = jax.make_array_from_process_local_data(sharding, x, tuple(global_shape))
-        return out
 
     def next_batch(self, step: int) -> dict[str, jax.Array]:
         micro = [next(self.loader) for _ in range(self.ramp.micro_steps_at(step))]
-        stacked = {k: np.stack([m[k] for m in micro]) for k in BATCH_KEYS}
-        return self._global(stacked, self.batch_sharding)
+        return self.setup.batch({k: np.stack([m[k] for m in micro]) for k in self.setup.objective.batch_fields})
 
     # ------------------------------------------------------------------------------------------
 
     def evaluate(self) -> float:
-        """Mean validation loss per token over `train.eval_batches` micro-batches (same ones each time)."""
-        loader = self._loader("val", epochs=1)
-        sharding = rules.batch_sharding(self.mesh, ndim=2)
+        """Mean validation loss (the objective's `loss` over its weight) over the first
+        `train.eval_batches` micro-batches of the validation split (the same ones each time)."""
+        loader = setup_lib.make_loader(self.config, "val", epochs=1)
+        fields = self.setup.objective.batch_fields
         nll, count = 0.0, 0.0
         empty = None
         for _ in range(self.config.train.eval_batches):
@@ -177,10 +105,10 @@ class Trainer:
             except StopIteration:
                 if empty is None:
                     rows = self.config.train.micro_batch // jax.process_count()
-                    empty = {k: np.zeros((rows, self.config.data.seq_len), np.int32) for k in BATCH_KEYS}
+                    empty = {k: np.zeros((rows, self.config.data.seq_len), np.int32) for k in fields}
                 micro = empty
-            s, c = self.eval_step(self.state["params"], self._global(micro, sharding))
-            nll, count = nll + s, count + c
+            sums = self.eval_step(self.state["params"], self.setup.batch(micro, leading=0))
+            nll, count = nll + sums.metrics["loss"], count + sums.weight
         loader.close()
         count = float(count)
         return float(nll) / count if count else float("nan")
@@ -201,6 +129,9 @@ class Trainer:
             if first_of_shape:
                 jax.block_until_ready(self.state)
                 compile_start = time.perf_counter()
+                if self.is_main:  # the first step of a shape compiles first: seconds to minutes
+                    print(f"compiling the train step ({n_micro} micro-batch{'es' if n_micro > 1 else ''} "
+                          "per step)...", file=sys.stderr, flush=True)
             self.state, metrics = self.train_step(self.state, batch)
             step += 1
             trigger = self.spikes.push(step, metrics, final=step >= t.steps)  # judges the step before
@@ -238,30 +169,24 @@ class Trainer:
                 if self.is_main:
                     self.writer.write(step, {"val_loss": val, "tokens_seen": float(self.ramp.tokens_before(step))})
                 window_start += time.perf_counter() - eval_start  # eval time is not training time
-            if t.eval_tasks and t.eval_tasks_every and (step % t.eval_tasks_every == 0 or step == t.steps):
-                window_start += self._run_eval_tasks(step)
+            for hook in self.hooks:
+                if step % hook.every == 0 or step == t.steps:
+                    hook_start = time.perf_counter()
+                    hook.fn(self, step)
+                    window_start += time.perf_counter() - hook_start  # hook time is not training time
             self._checkpoint(step, data_state)  # when due; raises Preempted after a signal-triggered save
             if logged:
                 summary.update(logged)
             progress.update(1)
             if logged and progress.enabled:
-                progress.set_postfix(loss=f"{logged['loss']:.4f}",
-                                     **({"val": f"{summary['val_loss']:.4f}"} if "val_loss" in summary else {}))
+                shown = {"loss": f"{logged['loss']:.4f}"}
+                if "val_loss" in summary:  # over the first eval_batches of the split (jaxlm.eval --val: all of it)
+                    shown[f"val(first {t.eval_batches} batches)"] = f"{summary['val_loss']:.4f}"
+                progress.set_postfix(**shown)
         progress.close()
         self.writer.flush()
         summary["step"] = step
         return summary
-
-    def _run_eval_tasks(self, step: int) -> float:
-        """The n-shot tasks of `train.eval_tasks` on the current parameters; returns the seconds taken."""
-        from jaxlm.eval import run_tasks, scalars
-        start = time.perf_counter()
-        t = self.config.train
-        result = run_tasks(self.state["params"], self.config, t.eval_tasks, shots=t.eval_tasks_shots,
-                           limit=t.eval_tasks_limit, data_root=t.eval_tasks_data or None)
-        if self.is_main:
-            self.writer.write(step, scalars(result))
-        return time.perf_counter() - start
 
     def _log(self, step: int, metrics: dict, tokens_per_sec: Optional[float]) -> dict:
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -363,45 +288,8 @@ class Trainer:
 
     def close(self) -> None:
         self.checkpoints.close()  # waits for a background save to commit
-        layers.set_activation_constraint(None)
         self.loader.close()
         self.writer.close()
-
-
-class _Standard:
-    """The ordinary state and step (state.py, step.py): one set of parameters, every step's gradients
-    reduced over the data axes. `diloco.DiLoCo` has the same methods, for its replicas."""
-
-    def __init__(self, config: Config, spec, mesh):
-        self.config, self.spec = config, spec
-        self.optimizer = build_optimizer(config, spec)
-        self.shardings = state_shardings(spec, self.optimizer, mesh)
-        self.step = make_train_step(config, spec, self.optimizer, mesh=mesh)
-        # a resume with another optimizer continues with a fresh optimizer state (checkpoint.py)
-        self.fresh_opt_state = jax.jit(self.optimizer.init, out_shardings=self.shardings["opt_state"])
-
-    def init(self) -> dict:
-        return init_state(self.config, self.spec, self.optimizer, self.shardings)
-
-    def abstract(self) -> dict:
-        return checkpoint.abstract_state(self.config, self.spec, self.optimizer, self.shardings)
-
-    def jit(self, fn, batch_sharding):
-        return jax.jit(fn, in_shardings=(self.shardings, {k: batch_sharding for k in BATCH_KEYS}),
-                       out_shardings=(self.shardings, None), donate_argnums=0)
-
-    def spike_counters(self, state: dict) -> dict:
-        return jax.device_get({"skips": state["spike"]["skips"], "lr_scale": state["lr_scale"],
-                               "rollbacks": state["spike"]["rollbacks"]})
-
-    def rolled_back(self, restored: dict, plan: spikes.RollbackPlan, skips) -> dict:
-        return spikes.rolled_back_state(restored, plan, int(skips))
-
-    def checkpoint_extra(self) -> dict:
-        return {}
-
-    def check_resumable(self, manager: checkpoint.CheckpointManager) -> None:
-        diloco.check_resumable(manager, self.config, None)  # refuses a DiLoCo run's checkpoints
 
 
 class _progress:
@@ -427,30 +315,9 @@ class _progress:
             self._bar.close()
 
 
-def _library_versions() -> dict:
-    from importlib import metadata
-    names = ["jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "array-record", "sentencepiece",
-             "tensorboardX", "numpy"]
-    out = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def _git_sha() -> Optional[str]:
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def train(config: Config) -> dict:
-    trainer = Trainer(config)
+def train(config: Config, hooks: Sequence[Hook] = ()) -> dict:
+    """Trains to train.steps (resuming from the workdir's checkpoints); returns the last logged values."""
+    trainer = Trainer(config, hooks)
     try:
         return trainer.run()
     finally:

@@ -121,7 +121,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         clean = {k: _number(v) for k, v in values.items()}
-        self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+        self._jsonl.write(json.dumps({"step": step, "time": round(time.time(), 3), **clean}) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
             for key, value in clean.items():
