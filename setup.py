@@ -34,7 +34,8 @@ setup(
     ],
     extras_require={
         "ray": ["ray>=2.40,<3"],
-        "hf": ["transformers>=4.45,<6", "safetensors>=0.4,<1", "torch==2.13.0", "datasets>=2.18,<6"],
+        "hf": ["transformers>=4.45,<6", "safetensors>=0.4,<1", "tokenizers>=0.19,<1", "torch==2.13.0",
+               "datasets>=2.18,<6"],
         "wandb": ["wandb>=0.18,<1"],
         "plan": ["matplotlib>=3.8,<4"],
         "lmeval": ["lm-eval>=0.4.9,<0.5"],
