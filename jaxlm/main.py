@@ -28,6 +28,7 @@ def run(config_path: str, overrides: list[str]) -> dict:
 def main(argv: list[str]) -> int:
     from jaxlm.config import ConfigError
     from jaxlm.data.format import DataFormatError
+    from jaxlm.extras import MissingExtra
     from jaxlm.parallel import distributed
     from jaxlm.train.spikes import TrainingHalted
 
@@ -38,7 +39,7 @@ def main(argv: list[str]) -> int:
     try:
         distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
         summary = run(FLAGS.value, argv[1:])
-    except (ConfigError, DataFormatError) as e:
+    except (ConfigError, DataFormatError, MissingExtra) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingHalted as e:  # loss spikes persisted past spikes.max_rollbacks

@@ -126,12 +126,3 @@ def test_cli_prints_one_clear_message(learnable_dataset, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "did you mean 'n_layers'" in out.stderr and "Traceback" not in out.stderr
-
-
-def test_wandb_logs_offline(learnable_dataset, tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    config = tiny(learnable_dataset, tmp_path / "wandb", train={"steps": 3, "eval_every": 0},
-                  log={"wandb": {"enabled": True, "mode": "offline"}})
-    train(config)
-    assert list((tmp_path / "wandb" / "wandb").glob("offline-run-*"))

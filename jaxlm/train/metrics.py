@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.config import Config
+from jaxlm.extras import require
 from jaxlm.plan.hardware import device_peak_flops
 
 
@@ -89,10 +90,13 @@ class MetricsWriter:
         self._wandb = None
         if not enabled:
             return
+        use_wandb = config.log.wandb.enabled and config.log.wandb.mode != "disabled"
+        if use_wandb:  # before any file is opened: a missing extra is one line, not a traceback
+            require("wandb", "wandb", needed_by="log.wandb.enabled")
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
         if config.log.tensorboard:
             self._tb = tensorboard_writer(os.path.join(workdir, "tb"))
-        if config.log.wandb.enabled and config.log.wandb.mode != "disabled":
+        if use_wandb:
             import wandb
             self._wandb = wandb.init(project=config.log.wandb.project, mode=config.log.wandb.mode,
                                      dir=workdir, config=_plain(config))
