@@ -20,6 +20,7 @@ setup(
         "pyyaml>=6,<7",
         "numpy>=1.26,<3",
         "tqdm>=4.66,<5",
+        "tensorboard>=2.16,<3",  # the `tensorboard --logdir runs/` the README shows (the writer is tensorboardX)
         "scipy>=1.11,<2",
         "protobuf>=4,<8",
         # data_prep: cleaning, language id, parquet sources
@@ -39,7 +40,7 @@ setup(
         "wandb": ["wandb>=0.18,<1"],
         "plan": ["matplotlib>=3.8,<4"],
         "lmeval": ["lm-eval>=0.4.9,<0.5"],
-        "dev": ["pytest>=8,<10", "tensorboard>=2.16,<3", "nbclient>=0.10,<1", "nbformat>=5.9,<6", "ipykernel>=6,<8",
+        "dev": ["pytest>=8,<10", "nbclient>=0.10,<1", "nbformat>=5.9,<6", "ipykernel>=6,<8",
                 "matplotlib>=3.8,<4", "resiliparse>=0.14,<3", "datasketch>=1.6,<3"],
     },
 )
