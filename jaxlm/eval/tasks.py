@@ -449,11 +449,11 @@ def data_source(task: Task, data_root: Optional[str] = None, data_file: Optional
     if data_file:
         return f"file:{data_file}"
     root = data_root or default_data_root()
-    if root or task.hub is None:
-        if not root:
-            raise EvalError(f"task {task.name} has no Hub dataset in its spec; give its data with --data-root "
-                            f"DIR (holding {task.path!r}) or --task-file {task.name}=PATH")
-        return f"file:{task.resolve(root, task.path)}"
+    if root or os.path.isabs(task.path):  # an absolute path in a spec is a local file wherever it runs
+        return f"file:{task.resolve(root or '', task.path)}"
+    if task.hub is None:
+        raise EvalError(f"task {task.name} has no Hub dataset in its spec; give its data with --data-root "
+                        f"DIR (holding {task.path!r}) or --task-file {task.name}=PATH")
     return f"hub:{_hub_name(task.hub)}[{task.hub['split']}]"
 
 
@@ -473,7 +473,8 @@ def task_items(task: Task, data_root: Optional[str] = None, data_file: Optional[
         return load_hub_items(task, split), f"hub:{_hub_name(task.hub)}[{split}]"
     if fewshot:
         root = data_root or default_data_root()
-        path = task.resolve(root, task.fewshot_path) if root else None
+        path = task.resolve(root or "", task.fewshot_path) if root or (
+            task.fewshot_path and os.path.isabs(task.fewshot_path)) else None
         return (load_items(task, path), path) if path else (None, "")
     path = where[len("file:"):]
     return load_items(task, path), path
