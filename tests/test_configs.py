@@ -33,3 +33,15 @@ def test_every_recipes_data_is_what_a_shipped_data_prep_config_writes():
         for source in load_config(str(path)).data.sources:
             if not pathlib.PurePath(source.path).is_absolute():
                 assert source.path in outputs, (path.name, source.path, sorted(outputs))
+
+
+@pytest.mark.parametrize("module", ["jaxlm.main", "jaxlm.sample", "jaxlm.eval", "jaxlm.export", "jaxlm.plan",
+                                    "jaxlm.sweep"])
+def test_every_command_has_the_same_help(module):
+    """`--help` exits 0 and prints an argparse usage line naming the command, for every command."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"usage: python -m {module}"), out.stdout[:200]

@@ -113,10 +113,16 @@ def test_bad_setups_fail_before_compute(learnable_dataset, tmp_path, change, mes
 
 
 def test_missing_shard_folder_names_the_data_prep_command(tmp_path):
-    config = tiny(str(tmp_path / "absent"), tmp_path / "bad",
-                  data={"prepare": "data_prep/configs/demo.yaml"})
-    with pytest.raises(ConfigError, match=r"absent.*python -m data_prep --config data_prep/configs/demo.yaml"):
+    prepare = tmp_path / "prep.yaml"
+    prepare.write_text(yaml.safe_dump({"output": str(tmp_path / "absent")}))
+    config = tiny(str(tmp_path / "absent"), tmp_path / "bad", data={"prepare": str(prepare)})
+    with pytest.raises(ConfigError, match=rf"absent.*python -m data_prep --config {prepare}"):
         Trainer(config)
+    # data.sources overridden to a folder that config does not write: no hint to run it
+    config = tiny(str(tmp_path / "elsewhere"), tmp_path / "bad2", data={"prepare": str(prepare)})
+    with pytest.raises(ConfigError, match="elsewhere") as raised:
+        Trainer(config)
+    assert str(prepare) not in str(raised.value)
 
 
 def test_cli_prints_one_clear_message(learnable_dataset, tmp_path):

@@ -97,15 +97,8 @@ def _hellaswag_clean(text: str) -> str:
     return text.replace("  ", " ")
 
 
-def load_hellaswag_jsonl(path: str) -> list[dict]:
-    items = []
-    for number, r in _jsonl(path):
-        where = f"{path}:{number}"
-        endings = _field(r, "endings", list, where)
-        context = f"{_field(r, 'activity_label', str, where)}: {_field(r, 'ctx', str, where)}"
-        items.append(dict(id=where, context=_hellaswag_clean(context), choices=[_hellaswag_clean(e) for e in endings],
-                          gold=_gold(r, "label", len(endings), where)))
-    return items
+def load_hellaswag_jsonl(path: str) -> list[dict]:  # the release's rows are the Hub's rows
+    return [dict(id=f"{path}:{n}", **_row_hellaswag(r, f"{path}:{n}")) for n, r in _jsonl(path)]
 
 
 def load_hellaswag_txt(path: str) -> list[dict]:
@@ -164,17 +157,8 @@ def load_mosaic_qa(path: str) -> list[dict]:
     return items
 
 
-def load_gsm8k(path: str) -> list[dict]:
-    items = []
-    for number, r in _jsonl(path):
-        where = f"{path}:{number}"
-        answer = _field(r, "answer", str, where)
-        final = answer.rsplit("####", 1)
-        if len(final) != 2:
-            raise EvalError(f"{where}: the answer has no '#### <number>' final line")
-        items.append(dict(id=where, context=_field(r, "question", str, where), answer=answer,
-                          targets=[normalize_number(final[1])]))
-    return items
+def load_gsm8k(path: str) -> list[dict]:  # the release's rows are the Hub's rows
+    return [dict(id=f"{path}:{n}", **_row_gsm8k(r, f"{path}:{n}")) for n, r in _jsonl(path)]
 
 
 def load_hellaswag(path: str) -> list[dict]:

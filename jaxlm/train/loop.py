@@ -101,7 +101,7 @@ class Trainer:
                 info = open_dataset(source.path, expected_vocab_size=self.config.model.vocab_size)
             except data_format.DataFormatError as e:
                 hint = (f" (this run's data comes from `python -m data_prep --config {self.config.data.prepare}`)"
-                        if self.config.data.prepare else "")
+                        if _prepares(self.config.data.prepare, source.path) else "")
                 raise ConfigError(f"data.sources[{i}]: {e}{hint}") from None
             infos.append(info)
         return infos
@@ -401,6 +401,18 @@ class _Standard:
 
     def check_resumable(self, manager: checkpoint.CheckpointManager) -> None:
         diloco.check_resumable(manager, self.config, None)  # refuses a DiLoCo run's checkpoints
+
+
+def _prepares(prepare_config: str, path: str) -> bool:
+    """Whether the data_prep config `data.prepare` names writes `path` (its `output`): a source
+    overridden to another folder must not be told to run that config."""
+    import yaml
+    try:
+        with open(prepare_config, encoding="utf-8") as f:
+            output = yaml.safe_load(f)["output"]
+        return os.path.abspath(str(output)) == os.path.abspath(path)
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return False
 
 
 class _progress:
