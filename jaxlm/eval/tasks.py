@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator, Optional
 import yaml
 
 from jaxlm.eval.errors import EvalError
+from jaxlm.extras import require
 
 TEMPLATE_DIR = os.path.join(os.path.dirname(__file__), "templates")
 KINDS = ("multiple_choice", "schema", "cloze", "generate")
@@ -273,9 +274,8 @@ HUB_KEYS = ("dataset", "config", "split", "fewshot_split", "rows")
 def load_hub_items(task: "Task", split: str) -> list[dict]:
     """The task's items from `task.hub` (a Hub dataset id or a local dataset folder)."""
     hub = task.hub
-    from jaxlm.extras import require
     require("hf", "datasets", needed_by=f"task {task.name}'s data from the Hugging Face Hub")
-    import datasets
+    import datasets  # optional and slow to import: only when a task reads the Hub
 
     where = f"{_hub_name(hub)}[{split}]"
     try:
