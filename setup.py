@@ -21,6 +21,7 @@ setup(
         "pyyaml>=6,<7",
         "numpy>=1.26,<3",
         "tqdm>=4.66,<5",
+        "tensorboard>=2.16,<3",  # the `tensorboard --logdir runs/` the README shows (the writer is tensorboardX)
         "scipy>=1.11,<2",
         "protobuf>=4,<8",
         "jinja2>=3.1,<4",  # chat templates (jaxlm/data/chat.py), rendered as transformers renders them
@@ -36,14 +37,15 @@ setup(
     ],
     extras_require={
         "ray": ["ray>=2.40,<3"],
-        "hf": ["transformers>=4.45,<6", "safetensors>=0.4,<1", "torch==2.13.0", "datasets>=2.18,<6"],
+        "hf": ["transformers>=4.45,<6", "safetensors>=0.4,<1", "tokenizers>=0.19,<1", "torch==2.13.0",
+               "datasets>=2.18,<6"],
         "wandb": ["wandb>=0.18,<1"],
         "plan": ["matplotlib>=3.8,<4"],
         "lmeval": ["lm-eval>=0.4.9,<0.5"],
         "safety": ["vaderSentiment>=3.3,<4"],  # BOLD's sentiment scorer
         # python -m jaxlm.humaneval: the rating web app
         "humaneval": ["starlette>=0.37,<2", "uvicorn>=0.29,<1", "python-multipart>=0.0.9,<1", "jinja2>=3.1,<4"],
-        "dev": ["pytest>=8,<10", "tensorboard>=2.16,<3", "nbclient>=0.10,<1", "nbformat>=5.9,<6", "ipykernel>=6,<8",
+        "dev": ["pytest>=8,<10", "nbclient>=0.10,<1", "nbformat>=5.9,<6", "ipykernel>=6,<8",
                 "matplotlib>=3.8,<4", "resiliparse>=0.14,<3", "datasketch>=1.6,<3",
                 "selenium>=4.20,<5"],  # drives Debian's chromium in the humaneval browser test
     },

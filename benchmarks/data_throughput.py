@@ -164,8 +164,8 @@ def main(argv=None) -> None:
     parser.add_argument("--vocab-size", type=int, default=8192)
     parser.add_argument("--seq-len", type=int, default=128, help="loader rows (configs/demo.yaml: 128)")
     parser.add_argument("--batch-rows", type=int, default=16, help="loader batch (configs/demo.yaml: 16)")
-    parser.add_argument("--demand", type=float, default=10000.0,
-                        help="tokens/s the demo trainer consumes (measured: see docs/benchmarks.md)")
+    parser.add_argument("--trainer-metrics", help="a demo run's metrics.jsonl: the loader's rate is divided by the "
+                        "median tokens_per_sec it recorded (without it, no ratio)")
     args = parser.parse_args(argv)
     texts = demo_texts(args.mb)
     with tempfile.TemporaryDirectory() as work:
@@ -178,14 +178,16 @@ def main(argv=None) -> None:
     print_table("tokenizer encode throughput per core (MB of UTF-8 text)", ["MB/s x cores", "MB/CPU-s"], rows,
                 reference=tuple(rows[0][2:]))
     for i, how in enumerate(("wall", "CPU")):
-        print(f"data_prep / SentencePiece per core ({how} time): one core {rows[1][2 + i] / rows[0][2 + i]:.2f}, "
-              f"process pool {rows[2][2 + i] / rows[0][2 + i]:.2f}, with shards {rows[3][2 + i] / rows[0][2 + i]:.2f}"
-              " (target >= 0.80)")
+        ratios = {name: rows[r][2 + i] / rows[0][2 + i] for r, name in
+                  ((1, "one core"), (2, "process pool"), (3, "whole stage with shards"))}
+        print(f"data_prep / SentencePiece per core ({how} time), target >= 0.80: " + ", ".join(
+            f"{name} {ratio:.2f} ({'met' if ratio >= 0.8 else 'MISSED'})" for name, ratio in ratios.items()))
     # Table 2: the loader at the demo's sequence length and batch, against what the demo trainer eats.
-    from loader_throughput import loader_throughput, print_table as print_loader_table
+    from loader_throughput import loader_throughput, print_table as print_loader_table, trainer_demand
     print()
+    demand = trainer_demand(args.trainer_metrics) if args.trainer_metrics else None
     print_loader_table(loader_throughput(seq_len=args.seq_len, batch_rows=args.batch_rows,
-                                         demand_tokens_per_s=args.demand))
+                                         demand_tokens_per_s=demand), args.trainer_metrics or "")
 
 
 if __name__ == "__main__":

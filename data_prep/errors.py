@@ -15,3 +15,7 @@ class SourceError(DataPrepError):
 
 class TokenizerError(DataPrepError):
     """SentencePiece refused the settings, or an existing model cannot be used."""
+
+
+class StageFailed(DataPrepError):
+    """A stage raised on more than a small share of its documents: a bug, not odd input."""

@@ -27,6 +27,7 @@ from jaxlm.data.shards import DocumentSource, open_dataset
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.loading import load_workdir
 from jaxlm.eval.tokenizer import Tokenizer
+from jaxlm.extras import MissingExtra, require
 from jaxlm.interop import InteropError, export_hf
 
 
@@ -78,9 +79,10 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32", choices=("float32", "float16"))
     args = p.parse_args(argv)
     try:
+        require("hf", "safetensors", "tokenizers", needed_by="python -m jaxlm.export")  # before loading the model
         em = load_workdir(args.workdir)
         summary = export_run(em.config, em.params, args.out, dtype=args.dtype)
-    except (EvalError, InteropError, ConfigError) as e:
+    except (EvalError, InteropError, ConfigError, MissingExtra) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"exported {summary['family']} model to {args.out}: {', '.join(summary['files'])}")

@@ -6,24 +6,32 @@ checkpoints/. Overrides after the config file replace single keys, e.g. `optim.l
 
 from __future__ import annotations
 
+import argparse
 import sys
 
-from absl import app, flags, logging
+from absl import logging
 
 from jaxlm.config import ConfigError, load_config
 from jaxlm.data.format import DataFormatError
 from jaxlm.eval import run_tasks, scalars
+from jaxlm.extras import MissingExtra
 from jaxlm.parallel import distributed, rules
 from jaxlm.plan import auto
 from jaxlm.train import loop
 from jaxlm.train.loop import Hook
 from jaxlm.train.spikes import TrainingHalted
 
-FLAGS = flags.DEFINE_string("config", None, "YAML config file (see configs/)")
-_COORD = flags.DEFINE_string("coordinator", None, "host:port of process 0, for multi-process runs "
-                             "outside Cloud TPU/SLURM (which are detected)")
-_NPROC = flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator)")
-_PID = flags.DEFINE_integer("process_id", None, "this process's index (with --coordinator)")
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jaxlm.main", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML config file (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="replace single config keys")
+    p.add_argument("--coordinator", help="host:port of process 0, for multi-process runs outside Cloud "
+                   "TPU/SLURM (which are detected)")
+    p.add_argument("--num_processes", "--num-processes", type=int, help="number of processes (with --coordinator)")
+    p.add_argument("--process_id", "--process-id", type=int, help="this process's index (with --coordinator)")
+    return p
 
 
 def eval_tasks_hook(config):
@@ -54,15 +62,13 @@ def run(config_path: str, overrides: list[str]) -> dict:
     return train(config)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_intermixed_args(argv)  # --help prints and exits 0; a usage error exits 2
     logging.set_verbosity(logging.WARNING)  # JAX's platform probing is INFO noise for users
-    if not FLAGS.value:
-        print("error: --config is required, e.g. python -m jaxlm.main --config configs/demo.yaml", file=sys.stderr)
-        return 2
     try:
-        distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
-        summary = run(FLAGS.value, argv[1:])
-    except (ConfigError, DataFormatError) as e:
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        summary = run(args.config, args.overrides)
+    except (ConfigError, DataFormatError, MissingExtra) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingHalted as e:  # loss spikes persisted past spikes.max_rollbacks
@@ -74,9 +80,5 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _main_and_exit(argv: list[str]) -> None:
-    distributed.exit_process(main(argv))
-
-
 if __name__ == "__main__":
-    app.run(_main_and_exit)
+    distributed.exit_process(main())

@@ -20,3 +20,28 @@ def test_named_recipes_have_their_size(name, low, high):
     from jaxlm.train.state import model_spec
     count = model_spec(load_config(str(CONFIGS[0].parent / name))).param_count
     assert low <= count <= high, count
+
+
+def test_every_recipes_data_is_what_a_shipped_data_prep_config_writes():
+    """A recipe's relative data paths must be a data_prep recipe's `output`, so the command the
+    comments give produces the folder the training run reads."""
+    import yaml
+
+    outputs = {yaml.safe_load(p.read_text())["output"]
+               for p in (CONFIGS[0].parents[1] / "data_prep" / "configs").glob("*.yaml")}
+    for path in CONFIGS:
+        for source in load_config(str(path)).data.sources:
+            if not pathlib.PurePath(source.path).is_absolute():
+                assert source.path in outputs, (path.name, source.path, sorted(outputs))
+
+
+@pytest.mark.parametrize("module", ["jaxlm.main", "jaxlm.sample", "jaxlm.eval", "jaxlm.export", "jaxlm.plan",
+                                    "jaxlm.sweep"])
+def test_every_command_has_the_same_help(module):
+    """`--help` exits 0 and prints an argparse usage line naming the command, for every command."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"usage: python -m {module}"), out.stdout[:200]

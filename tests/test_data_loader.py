@@ -306,6 +306,22 @@ def test_missing_and_truncated_shard_named(small):
         build_loader([(small, 1.0)], seq_len=L, batch_rows=B)
 
 
+@pytest.mark.parametrize("field,bad", [("shard", "../outside.array_record"), ("shard", "/etc/passwd"),
+                                       ("tokenizer", "../../tokenizer.model"), ("tokenizer", "/tmp/tokenizer.model")])
+def test_manifest_paths_outside_the_folder_are_refused(small, field, bad):
+    """A manifest names files inside its own folder; absolute and '..' paths are refused up front."""
+    with open(os.path.join(small, "manifest.json")) as f:
+        manifest = json.load(f)
+    if field == "shard":
+        manifest["splits"]["train"]["shards"][0]["path"] = bad
+    else:
+        manifest["tokenizer"]["path"] = bad
+    with open(os.path.join(small, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    with pytest.raises(DataFormatError, match=rf"path '{bad}' is not a relative path inside the dataset folder"):
+        open_dataset(small)
+
+
 def test_corrupt_shard_named_when_read_and_by_verify(small):
     path = _shard(small)
     with open(path, "r+b") as f:  # same size, damaged bytes inside the first 64 KiB block's records

@@ -63,6 +63,19 @@ def test_eval_sample_export_on_a_trained_run(workdir, tmp_path, capsys):
     np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
+def test_sample_prints_no_library_warnings(workdir):
+    """Orbax's read-only notices (four absl warnings) used to precede every sample/eval/export."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "jaxlm.sample", "--workdir", workdir, "--prompt", "def",
+                          "--max-new-tokens", "4", "--temperature", "0"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "WARNING" not in out.stderr and "absl" not in out.stderr, out.stderr
+    assert out.stdout.startswith("--- (")
+
+
 def test_missing_workdir_is_a_clear_error(tmp_path, capsys):
     from jaxlm.eval.__main__ import main as eval_main
 

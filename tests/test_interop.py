@@ -3,6 +3,9 @@ the exported tokenizer, warm start checks and clear errors for checkpoints that 
 
 import json
 import os
+import stat
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -73,6 +76,29 @@ def test_export_import_round_trip_is_exact(tmp_path):
     back_flat = dict(jax.tree_util.tree_leaves_with_path(back))
     for path, value in flat:
         np.testing.assert_array_equal(np.asarray(back_flat[path]), np.asarray(value))
+
+
+def test_exported_weights_get_the_mode_of_the_other_files(tmp_path):
+    """safetensors writes 0600; an export others must read gets the umask's mode like config.json."""
+    cfg = tiny_config("llama", vocab_size=96, seq_len=32).model
+    _, _, params = random_params(cfg)
+    old = os.umask(0o022)
+    try:
+        export_hf(cfg, params, str(tmp_path))
+    finally:
+        os.umask(old)
+    modes = {name: stat.S_IMODE(os.stat(tmp_path / name).st_mode) for name in ("config.json", "model.safetensors")}
+    assert modes == {"config.json": 0o644, "model.safetensors": 0o644}
+
+
+def test_export_without_the_hf_extra_says_what_to_install(tmp_path):
+    """Before loading any model: one line naming the extra, no traceback."""
+    block = "import sys; sys.modules['tokenizers'] = None; from jaxlm.export import main; sys.exit(main())"
+    out = subprocess.run([sys.executable, "-c", block, "--workdir", str(tmp_path / "nothere"), "--out",
+                          str(tmp_path / "hf")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == ('error: python -m jaxlm.export needs tokenizers, which is not installed: '
+                                  'pip install "jaxlm[hf]"')
 
 
 def test_tokenizer_export_matches_sentencepiece(tmp_path):

@@ -113,3 +113,17 @@ def test_fit_cli_end_to_end(tmp_path, capsys):
     alpha_row = next(line for line in out.splitlines() if line.startswith("| alpha"))
     assert float(alpha_row.split("|")[2]) == pytest.approx(TRUE.alpha, rel=0.02)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_fit_recovers_the_papers_approach_3_constants_on_chinchillas_grid():
+    """jaxlm's Huber fit of L(N, D) on losses from Chinchilla's published approach-3 law (E 1.69,
+    A 406.4, B 410.7, alpha 0.34, beta 0.28), at the sizes the paper trained (70M-16B parameters,
+    5B-500B tokens), gives those constants back."""
+    paper = LossLaw("Hoffmann et al. 2022, approach 3", E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+    rng = np.random.default_rng(3)
+    points = [Point(f"n{n:.0f}-d{d:.0f}", float(n), float(d), float(paper.loss(n, d) * np.exp(rng.normal(0, 1e-3))))
+              for n in np.geomspace(7e7, 1.6e10, 7) for d in np.geomspace(5e9, 5e11, 6)]
+    result = fit_law(points)
+    for name in ("E", "A", "B", "alpha", "beta"):
+        assert getattr(result.law, name) == pytest.approx(getattr(paper, name), rel=0.05), name
+    assert result.law.params(5.76e23) == pytest.approx(paper.params(5.76e23), rel=0.05)

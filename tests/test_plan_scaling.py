@@ -111,3 +111,48 @@ def test_device_table_and_unknown_device():
     assert get_device("H200").hbm_bytes == 141 * 2**30
     with pytest.raises(PlanError, match="unknown device type 'v5x'.*did you mean"):
         get_device("v5x")
+
+
+def _minimax_power_law(rows):
+    """(a, N_ref at Gopher's budget) minimising the worst relative error of FLOPs and tokens over
+    `rows` of (params, flops, tokens): how approach 1's constants were chosen, here on a subset."""
+    from scipy.optimize import minimize
+
+    def worst(theta):
+        a, log_ref = theta
+        law = LossFreePowerLaw(a, math.exp(log_ref))
+        errs = [abs(law.flops_for_params(n) / c - 1) for n, c, _ in rows]
+        errs += [abs(law.tokens(law.flops_for_params(n)) / d - 1) for n, _, d in rows]
+        return max(errs)
+    best = min((minimize(worst, [a0, math.log(66e9)], method="Nelder-Mead",
+                         options=dict(xatol=1e-7, fatol=1e-9, maxiter=4000)) for a0 in (0.45, 0.5, 0.55)),
+               key=lambda r: r.fun)
+    return best.x[0], math.exp(best.x[1]), best.fun
+
+
+def LossFreePowerLaw(a, n_ref):  # noqa: N802  (a PowerLaw like approach 1's, from free constants)
+    from jaxlm.plan.scaling import PowerLaw
+    return PowerLaw("held-out fit", a=a, n_ref=n_ref)
+
+
+def test_power_law_fitted_on_small_rows_predicts_the_held_out_large_rows():
+    """The law's form, not just its constants: fitted to Table 3's six rows up to Gopher's size
+    (280B), it projects the 520B, 1T and 10T rows it never saw within 5 %."""
+    fitted, held_out = TABLE_3[:6], TABLE_3[6:]
+    a, n_ref, worst = _minimax_power_law(fitted)
+    assert worst < 0.05 and a == pytest.approx(0.5, abs=0.01)
+    law = LossFreePowerLaw(a, n_ref)
+    for params, flops, tokens in held_out:
+        c = law.flops_for_params(params)
+        assert c == pytest.approx(flops, rel=0.05), params
+        assert law.tokens(c) == pytest.approx(tokens, rel=0.05), params
+
+
+def test_approach_3_is_the_papers_published_fit():
+    """Approach 3's law is the paper's published constants (Hoffmann et al. 2022, eq. 10), and its
+    exponents are the paper's Table 2 row for approach 3 (a = 0.46, b = 0.54) up to the rounding of
+    the published constants (they give 0.452 / 0.548)."""
+    law = LAWS["approach3"]
+    assert (law.E, law.A, law.B, law.alpha, law.beta) == (1.69, 406.4, 410.7, 0.34, 0.28)
+    assert law.a == pytest.approx(0.46, abs=0.01) and law.b == pytest.approx(0.54, abs=0.01)
+    assert law.a + law.b == pytest.approx(1.0)

@@ -1,9 +1,10 @@
+import dataclasses
 import json
 
 import pytest
 
 from data_prep.document import Document
-from data_prep.stages import STAGES, StageConfigError, StageStats, build_stage, build_stages
+from data_prep.stages import STAGES, StageConfigError, StageStats, build_stage, build_stages, counted
 from data_prep.stages.base import Filter
 from stage_helpers import docs_of, run_stage
 
@@ -71,6 +72,51 @@ def test_a_failing_document_is_counted_not_fatal():
     assert [d.text for d in out] == ["fine", "fine too"]
     assert stats.removed == {"explodes:error:ZeroDivisionError": 1}
     assert stats.examples == {"explodes:error:ZeroDivisionError": ["web/t.txt:1"]}
+
+
+def test_a_stage_failing_on_many_documents_stops_while_streaming():
+    """A bug that raises on every document must not silently delete the corpus (1 % allowed)."""
+    from data_prep.errors import StageFailed
+    from data_prep.stages.base import ERROR_CHECK_AFTER
+
+    few = ["boom" if i % 200 == 0 else "fine" for i in range(2000)]  # 0.5 %: dropped and counted
+    out, stats = run_stage_obj(Explodes(), docs_of(*few))
+    assert len(out) == 1990 and stats.removed == {"explodes:error:ZeroDivisionError": 10}
+    stats = StageStats("explodes")
+    seen = []
+    with pytest.raises(StageFailed, match=r"stage 'explodes' raised on 1000 of 1000 documents .*odd document.*"
+                                          r"More than 1% failing is a bug"):
+        for doc in counted(Explodes(), docs_of(*["boom"] * 5000), stats):
+            seen.append(doc)
+    assert stats.docs_in == ERROR_CHECK_AFTER  # stopped at the first check, not after the whole stream
+
+
+def test_a_stage_failing_on_many_documents_stops_the_run(tmp_path, monkeypatch):
+    """Over all tasks at the end too (a small corpus never reaches the streaming check), and a
+    rerun after the fix redoes the group instead of reusing its output without the documents."""
+    from data_prep.errors import StageFailed
+    from data_prep.executors import LocalExecutor
+    from data_prep.stages import STAGES
+    from data_prep.stages.files import write_documents
+    from data_prep.stages.runner import jsonl_input, run_stages
+
+    stage_class = dataclasses.dataclass(type("ExplodesStage", (Explodes,), {}))  # stages are dataclasses
+    monkeypatch.setitem(STAGES, "explodes", stage_class)
+    texts = ["fine"] * 40 + ["boom"] * 2  # 2 of 42 (4.8 %) raise
+    for i in range(2):
+        write_documents(tmp_path / f"in-{i}.jsonl", docs_of(*texts[i::2]))
+    read = jsonl_input([tmp_path / "in-0.jsonl", tmp_path / "in-1.jsonl"])
+    with LocalExecutor(1) as ex, pytest.raises(StageFailed, match=r"raised on 2 of 42 documents"):
+        run_stages([{"type": "explodes"}], read, 2, tmp_path / "work", ex)
+    monkeypatch.setattr(stage_class, "reject", lambda self, doc: None)  # the fix
+    with LocalExecutor(1) as ex:
+        result = run_stages([{"type": "explodes"}], read, 2, tmp_path / "work", ex)
+    assert result.stats[0].docs_out == 42 and result.stats[0].removed == {}
+
+
+def run_stage_obj(stage, docs):
+    stats = StageStats(stage.name)
+    return list(counted(stage, docs, stats)), stats
 
 
 def test_stage_stats_count_merge_and_json_round_trip():

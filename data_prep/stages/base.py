@@ -14,9 +14,43 @@ import pathlib
 from typing import Any, Iterable, Iterator
 
 from data_prep.document import Document
+from data_prep.errors import StageFailed
 from data_prep.stats import StageStats, text_bytes  # noqa: F401  (re-exported: stages import them from here)
 
 log = logging.getLogger(__name__)
+
+# A document a stage raises on is dropped and counted as "<stage>:error:<Type>", so one odd
+# document cannot kill a job. More than this share of a stage's documents failing is a bug in the
+# stage, and dropping them would silently delete the corpus: the run stops instead (checked while
+# a task streams once it has seen ERROR_CHECK_AFTER documents, and over all tasks at the end).
+MAX_ERROR_SHARE = 0.01
+ERROR_CHECK_AFTER = 1000
+
+
+def error_count(stats: StageStats) -> int:
+    """Documents the stage raised on."""
+    return sum(n for reason, n in stats.removed.items() if reason.startswith(f"{stats.stage}:error:"))
+
+
+def check_error_share(stats: StageStats, last_error: BaseException | None = None) -> None:
+    """Raises StageFailed when more than MAX_ERROR_SHARE of the stage's documents raised."""
+    errors = error_count(stats)
+    if errors and errors > MAX_ERROR_SHARE * stats.docs_in:
+        reasons = {r: n for r, n in stats.removed.items() if r.startswith(f"{stats.stage}:error:")}
+        examples = [i for r in reasons for i in stats.examples.get(r, [])][:3]
+        first = f" (last: {last_error!r})" if last_error is not None else ""
+        raise StageFailed(
+            f"stage {stats.stage!r} raised on {errors} of {stats.docs_in} documents{first}: {reasons}, e.g. "
+            f"{examples}. More than {MAX_ERROR_SHARE:.0%} failing is a bug in the stage or its settings, "
+            "not odd documents, so the run stops rather than drop them; the log has each error. Fix the "
+            "stage and rerun.")
+
+
+def _failed(stage: Stage, doc: Document, error: Exception, stats: StageStats) -> None:
+    log.warning("%s failed on %s: %r", stage.name, doc.id, error)
+    stats.remove(doc, f"error:{type(error).__name__}")
+    if stats.docs_in >= ERROR_CHECK_AFTER:
+        check_error_share(stats, error)
 
 
 class Drop(Exception):
@@ -53,8 +87,8 @@ class Filter(Stage):
             try:
                 rule = self.reject(doc)
             except Exception as e:  # one odd document must not kill the job, nor vanish unseen
-                log.warning("%s failed on %s: %r", self.name, doc.id, e)
-                rule = f"error:{type(e).__name__}"
+                _failed(self, doc, e, stats)
+                continue
             if rule is None:
                 yield doc
             else:
@@ -77,8 +111,7 @@ class Mapper(Stage):
             except Drop as drop:
                 stats.remove(doc, str(drop))
             except Exception as e:
-                log.warning("%s failed on %s: %r", self.name, doc.id, e)
-                stats.remove(doc, f"error:{type(e).__name__}")
+                _failed(self, doc, e, stats)
 
 
 class GlobalStage(Stage):

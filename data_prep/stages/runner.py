@@ -24,9 +24,9 @@ import pathlib
 from typing import Any, Callable, Iterable, Iterator
 
 from data_prep.document import Document
-from data_prep.errors import DataPrepError
-from data_prep.executors import Executor, LocalExecutor, run_tasks
-from data_prep.stages.base import GlobalStage, Stage, StageStats, counted, text_bytes
+from data_prep.errors import DataPrepError, StageFailed
+from data_prep.executors import Executor, LocalExecutor, marker_path, run_tasks
+from data_prep.stages.base import GlobalStage, Stage, StageStats, check_error_share, counted, text_bytes
 from data_prep.stages.files import (atomic_write_bytes, atomic_write_json, read_documents, read_json,
                                     write_documents)
 from data_prep.stages.registry import StageConfigError, build_stages
@@ -167,10 +167,18 @@ def run_stages(specs: list[dict[str, Any]], read_input: ReadInput, world_size: i
         next_map = groups[g + 1][0] if g + 1 < len(groups) else None
         task = GroupTask(specs=specs, members=members, group=g, next_map=next_map, work_dir=str(work_dir),
                          world_size=world_size, read_input=read_input if g == 0 else None)
-        for result in run_tasks(executor, task, world_size, work_dir / f"group-{g}"):
+        done_dir = work_dir / f"group-{g}"
+        for result in run_tasks(executor, task, world_size, done_dir):
             for data in result["stats"]:
                 part = StageStats.from_json(data)
                 merged.setdefault(part.stage, StageStats(part.stage)).merge(part)
+        try:
+            for stage in (stages[i] for i in members):
+                check_error_share(merged.get(stage.name, StageStats(stage.name)))
+        except StageFailed:  # the group's output lacks the failed documents: a rerun redoes it
+            for rank in range(world_size):
+                marker_path(done_dir, rank).unlink(missing_ok=True)
+            raise
         if next_map is not None:
             stage = stages[next_map]
             reports[stage.name] = _reduce(stage, work_dir, world_size)

@@ -100,7 +100,7 @@ def open_dataset(path: str, expected_vocab_size: int | None = None, *, verify: b
         dtype=dtype,
         vocab_size=vocab_size,
         tokenizer_sha256=str(tok["sha256"]),
-        tokenizer_path=os.path.join(path, tok.get("path", fmt.TOKENIZER)),
+        tokenizer_path=_inside(path, tok.get("path", fmt.TOKENIZER), "the tokenizer"),
         bos_id=tok.get("bos_id"),
         eos_id=tok.get("eos_id"),
         pad_id=tok.get("pad_id"),
@@ -110,12 +110,23 @@ def open_dataset(path: str, expected_vocab_size: int | None = None, *, verify: b
     )
 
 
+def _inside(root: str, rel: Any, what: str) -> str:
+    """`rel` joined to the dataset folder. A manifest names files inside its own folder only: an
+    absolute path or a `..` would let a copied or hand-edited manifest read files from anywhere."""
+    parts = str(rel).replace("\\", "/").split("/")
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel) or ".." in parts:
+        raise DataFormatError(
+            f"{os.path.join(root, fmt.MANIFEST)}: {what}'s path {rel!r} is not a relative path inside the "
+            "dataset folder (absolute paths and '..' are refused); re-run data_prep for this folder.")
+    return os.path.join(root, rel)
+
+
 def _check_split(root: str, name: str, spec: dict[str, Any], verify: bool) -> SplitInfo:
     redo = f"re-run `python -m data_prep --config <its config> output={root}`"
     try:
         shards = tuple(
             ShardInfo(
-                path=os.path.join(root, s["path"]),
+                path=_inside(root, s["path"], f"a {name} shard"),
                 records=int(s["records"]),
                 tokens=int(s.get("tokens", 0)),
                 bytes=None if s.get("bytes") is None else int(s["bytes"]),
@@ -124,6 +135,8 @@ def _check_split(root: str, name: str, spec: dict[str, Any], verify: bool) -> Sp
             for s in spec["shards"]
         )
         documents, tokens = int(spec["documents"]), int(spec.get("tokens", 0))
+    except DataFormatError:
+        raise
     except (KeyError, TypeError, ValueError) as e:
         raise DataFormatError(f"{root}/{fmt.MANIFEST}: split {name!r} is malformed ({e!r}); {redo}.") from e
     for shard in shards:

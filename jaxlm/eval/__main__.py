@@ -5,7 +5,10 @@
   python -m jaxlm.eval --workdir W --tasks hellaswag,piqa --shots 0 [--limit N] [--output results.json]
   python -m jaxlm.eval --hf DIR ...            (a transformers checkpoint folder instead of a run)
   python -m jaxlm.eval --workdir W --suite bias [--bias-sets crows_pairs,bbq] [--data-root DIR]
-  python -m jaxlm.eval --list-tasks
+  python -m jaxlm.eval --list-tasks [--data-root DIR]
+
+Task data comes from the Hugging Face Hub through `datasets` (cached after the first download),
+or from local files with --data-root / --task-file; --list-tasks says which for each task.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from jaxlm.eval import bias, harness, perplexity
 from jaxlm.eval.contamination import NgramIndex
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.loading import load_hf_dir, load_workdir
-from jaxlm.eval.tasks import builtin_tasks, default_data_root, load_task
+from jaxlm.eval.tasks import builtin_tasks, check_data, data_source, default_data_root, load_task
+from jaxlm.extras import MissingExtra
 from jaxlm.interop.hf import InteropError
 
 
@@ -45,8 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shots", type=int, default=0, help="demonstrations per prompt (default 0)")
     p.add_argument("--limit", type=int, help="only the first N items of each task")
     p.add_argument("--seed", type=int, default=1234, help="seed of the demonstration draw")
-    p.add_argument("--data-root", help="folder the task specs' data paths are relative to (default ../shared/data)")
-    p.add_argument("--task-file", action="append", default=[], metavar="TASK=PATH", help="use this data file for a task")
+    p.add_argument("--data-root", help="read the tasks' data from local files under this folder (the specs' "
+                   "paths) instead of the Hugging Face Hub (default: $JAXLM_EVAL_DATA, else the Hub)")
+    p.add_argument("--task-file", action="append", default=[], metavar="TASK=PATH", help="use this local data file for a task")
     p.add_argument("--contamination", metavar="INDEX.npz", help="training n-gram index (python -m jaxlm.eval.contamination)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--output", help="write the results as JSON here")
@@ -55,10 +60,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    if args.list_tasks:
+    if args.list_tasks:  # where each task's data would come from with these arguments
+        print(f"{'task':16s} {'kind':16s} data")
         for name in builtin_tasks():
             task = load_task(name)
-            print(f"{name:16s} {task.kind:16s} {task.path}")
+            try:
+                where = data_source(task, args.data_root)
+            except EvalError:
+                where = f"local files only: --data-root DIR holding {task.path}, or --task-file {name}=PATH"
+            print(f"{name:16s} {task.kind:16s} {where}")
         return 0
     if not (args.workdir or args.hf):
         raise EvalError("give the model: --workdir RUN_DIR or --hf CHECKPOINT_DIR")
@@ -74,10 +84,11 @@ def run(args) -> int:
         if not sep:
             raise EvalError(f"--task-file {spec!r} must look like TASK=PATH")
         task_files[name] = path
-    if args.tasks:  # unknown names fail before the model loads
+    if args.tasks:  # unknown names and missing local data fail before the model loads
         names = [t.strip() for t in args.tasks.split(",") if t.strip()]
         for name in names:
-            load_task(name)
+            task = load_task(name)
+            check_data(task, args.data_root, task_files.get(task.name))
     index = NgramIndex.load(args.contamination) if args.contamination else None
     em = load_workdir(args.workdir, args.context) if args.workdir else load_hf_dir(args.hf, args.context)
 
@@ -120,7 +131,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         return run(args)
-    except (EvalError, ConfigError, DataFormatError, InteropError) as e:
+    except (EvalError, ConfigError, DataFormatError, InteropError, MissingExtra) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

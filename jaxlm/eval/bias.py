@@ -298,6 +298,9 @@ def check_data(data_root: str, sets: Sequence[str]) -> None:
     unknown = [s for s in sets if s not in SETS]
     if unknown:
         raise EvalError(f"unknown bias set(s) {unknown}; choose from {list(SETS)}")
+    if not data_root:
+        raise EvalError("the bias sets are read from local files: pass --data-root DIR (or set JAXLM_EVAL_DATA) "
+                        "holding bias/crows_pairs, bias/bbq, bias/winobias and eval/llm_foundry/safety (docs/safety.md)")
     paths = default_paths(data_root)
     missing = [p for s in sets for p in paths[s] if not os.path.exists(p)]
     if missing:

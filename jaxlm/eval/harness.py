@@ -178,12 +178,10 @@ def evaluate_task(em: EvalModel, task: T.Task, *, shots: int = 0, limit: Optiona
     if shots < 0:
         raise EvalError(f"shots must be >= 0, got {shots}")
     start = time.perf_counter()
-    root = data_root or T.default_data_root()
-    path = data_file or task.resolve(root, task.path)
-    items = T.load_items(task, path)
-    fewshot_file = task.resolve(root, task.fewshot_path)
-    pool = T.load_items(task, fewshot_file) if (shots and fewshot_file) else items
-    same_file = fewshot_file is None
+    items, path = T.task_items(task, data_root, data_file)
+    fewshot_items, fewshot_file = T.task_items(task, data_root, data_file, fewshot=True) if shots else (None, "")
+    pool = fewshot_items if fewshot_items is not None else items
+    same_file = fewshot_items is None
     chosen = items[:limit] if limit else items
     prefixes = [_demos(task, pool, same_file, i, shots, seed) for i in range(len(chosen))]
 

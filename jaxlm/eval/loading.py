@@ -4,6 +4,7 @@ training workdir (its latest valid checkpoint) or from a Hugging Face checkpoint
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any, Optional
 
@@ -63,8 +64,21 @@ def from_params(config: Config, params: dict, tokenizer: Optional[Tokenizer] = N
     return EvalModel(config.model, params, graphdef_of(config.model), tokenizer, window or window_of(config), config)
 
 
+class _OrbaxNotices(logging.Filter):
+    """Drops Orbax's warnings (through absl) about opening checkpoints read-only and restoring
+    without target shardings: every sample/eval/export printed them, and reading a finished run
+    read-only is what these commands mean to do. jaxlm's own warnings and any error still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+_ORBAX_NOTICES = _OrbaxNotices()
+
+
 def load_workdir(workdir: str, window: Optional[int] = None) -> EvalModel:
     """The latest valid checkpoint of a training run, with the tokenizer of its first data source."""
+    logging.getLogger("absl").addFilter(_ORBAX_NOTICES)  # once: a logger keeps one copy of a filter
     if not os.path.isdir(workdir):
         raise EvalError(f"workdir {workdir!r} does not exist; give the folder a training run wrote "
                         "(it holds config.yaml and checkpoints/)")

@@ -10,8 +10,14 @@ Every item also has `id` ("file:line"). Errors in a file name the file and line.
 
 Formats: hellaswag_jsonl (the original release), hellaswag_txt (6 lines per item, optionally
 .bz2), hellaswag (either, by file name), mosaic_mc / mosaic_schema / mosaic_lm / mosaic_qa (MosaicML ICL jsonl), gsm8k (jsonl).
-Data paths in specs are relative to the data root: --data-root, else $JAXLM_EVAL_DATA, else
-../shared/data beside the repository.
+
+Where a task's data comes from, first match wins (`data_source` says which):
+  1. a file given for the task (--task-file NAME=PATH);
+  2. a local data root (--data-root, else $JAXLM_EVAL_DATA): the spec's `path` under it;
+  3. the Hugging Face Hub, as lm-evaluation-harness reads it: the spec's `hub` (dataset, config,
+     split) through `datasets` (downloaded once, then from its cache; HF_DATASETS_OFFLINE=1 works
+     from the cache alone). `hub.dataset` may also be a local folder: one written by
+     `Dataset.save_to_disk`, or JSON / parquet files. Rows become items by `hub.rows` (HUB_ROWS).
 """
 
 from __future__ import annotations
@@ -28,17 +34,15 @@ from typing import Any, Callable, Iterator, Optional
 import yaml
 
 from jaxlm.eval.errors import EvalError
+from jaxlm.extras import require
 
 TEMPLATE_DIR = os.path.join(os.path.dirname(__file__), "templates")
 KINDS = ("multiple_choice", "schema", "cloze", "generate")
 
 
-def default_data_root() -> str:
-    env = os.environ.get("JAXLM_EVAL_DATA")
-    if env:
-        return env
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return os.path.join(os.path.dirname(repo), "shared", "data")
+def default_data_root() -> Optional[str]:
+    """The local data root when none is given: $JAXLM_EVAL_DATA, else None (the Hub)."""
+    return os.environ.get("JAXLM_EVAL_DATA") or None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,15 +98,8 @@ def _hellaswag_clean(text: str) -> str:
     return text.replace("  ", " ")
 
 
-def load_hellaswag_jsonl(path: str) -> list[dict]:
-    items = []
-    for number, r in _jsonl(path):
-        where = f"{path}:{number}"
-        endings = _field(r, "endings", list, where)
-        context = f"{_field(r, 'activity_label', str, where)}: {_field(r, 'ctx', str, where)}"
-        items.append(dict(id=where, context=_hellaswag_clean(context), choices=[_hellaswag_clean(e) for e in endings],
-                          gold=_gold(r, "label", len(endings), where)))
-    return items
+def load_hellaswag_jsonl(path: str) -> list[dict]:  # the release's rows are the Hub's rows
+    return [dict(id=f"{path}:{n}", **_row_hellaswag(r, f"{path}:{n}")) for n, r in _jsonl(path)]
 
 
 def load_hellaswag_txt(path: str) -> list[dict]:
@@ -161,17 +158,8 @@ def load_mosaic_qa(path: str) -> list[dict]:
     return items
 
 
-def load_gsm8k(path: str) -> list[dict]:
-    items = []
-    for number, r in _jsonl(path):
-        where = f"{path}:{number}"
-        answer = _field(r, "answer", str, where)
-        final = answer.rsplit("####", 1)
-        if len(final) != 2:
-            raise EvalError(f"{where}: the answer has no '#### <number>' final line")
-        items.append(dict(id=where, context=_field(r, "question", str, where), answer=answer,
-                          targets=[normalize_number(final[1])]))
-    return items
+def load_gsm8k(path: str) -> list[dict]:  # the release's rows are the Hub's rows
+    return [dict(id=f"{path}:{n}", **_row_gsm8k(r, f"{path}:{n}")) for n, r in _jsonl(path)]
 
 
 def load_hellaswag(path: str) -> list[dict]:
@@ -188,6 +176,122 @@ LOADERS: dict[str, tuple[str, Callable[[str], list[dict]]]] = {
     "mosaic_qa": ("generate", load_mosaic_qa),
     "gsm8k": ("generate", load_gsm8k),
 }
+
+
+# ----------------------------------------------------------------------------------------------
+# Hugging Face Hub datasets: one row -> one item of the same fields the local loaders give
+
+
+def _letter_choices(r: dict, where: str) -> tuple[list[str], int]:
+    """ARC / OpenBookQA / CommonsenseQA rows: choices {text[], label[]} and answerKey."""
+    choices = _field(r, "choices", dict, where)
+    texts, labels = choices.get("text"), choices.get("label")
+    if not (isinstance(texts, list) and isinstance(labels, list) and len(texts) == len(labels)):
+        raise EvalError(f"{where}: field 'choices' must hold equally long 'text' and 'label' lists")
+    key = _field(r, "answerKey", str, where)
+    if key not in labels:
+        raise EvalError(f"{where}: answerKey {key!r} is not one of the labels {labels}")
+    return texts, labels.index(key)
+
+
+def _row_arc(r, where):
+    texts, gold = _letter_choices(r, where)
+    return dict(context=f"Question: {_field(r, 'question', str, where)}", choices=texts, gold=gold)
+
+
+def _row_openbookqa(r, where):
+    texts, gold = _letter_choices(r, where)
+    return dict(context=_field(r, "question_stem", str, where), choices=texts, gold=gold)
+
+
+def _row_commonsense_qa(r, where):
+    texts, gold = _letter_choices(r, where)
+    letters = [chr(ord("A") + i) for i in range(len(texts))]
+    listed = "".join(f"\n{letter}. {text}" for letter, text in zip(letters, texts))
+    return dict(context=f"Question: {_field(r, 'question', str, where)}\nChoices:{listed}\nAnswer:",
+                choices=letters, gold=gold)
+
+
+def _row_hellaswag(r, where):
+    endings = _field(r, "endings", list, where)
+    context = f"{_field(r, 'activity_label', str, where)}: {_field(r, 'ctx', str, where)}"
+    return dict(context=_hellaswag_clean(context), choices=[_hellaswag_clean(e) for e in endings],
+                gold=_gold(r, "label", len(endings), where))
+
+
+def _row_piqa(r, where):
+    choices = [_field(r, "sol1", str, where), _field(r, "sol2", str, where)]
+    return dict(context=f"Question: {_field(r, 'goal', str, where)}\n", choices=choices,
+                gold=_gold(r, "label", 2, where))
+
+
+def _row_boolq(r, where):
+    answer = _field(r, "answer", bool, where)
+    question = _field(r, "question", str, where)
+    return dict(context=f"Passage: {_field(r, 'passage', str, where)}\nQuestion: {question}?",
+                choices=["no", "yes"], gold=int(answer))
+
+
+def _row_winogrande(r, where):
+    sentence = _field(r, "sentence", str, where)
+    if sentence.count("_") != 1:
+        raise EvalError(f"{where}: a WinoGrande sentence has one '_' blank, got {sentence!r:.80}")
+    before, after = sentence.split("_")
+    answer = _field(r, "answer", str, where)
+    if answer not in ("1", "2"):
+        raise EvalError(f"{where}: answer must be '1' or '2', got {answer!r}")
+    options = [_field(r, "option1", str, where), _field(r, "option2", str, where)]
+    return dict(contexts=[before + o for o in options], continuation=after.strip(), gold=int(answer) - 1)
+
+
+def _row_lambada(r, where):
+    context, _, last = _field(r, "text", str, where).rpartition(" ")
+    return dict(context=context, continuation=last)
+
+
+def _row_gsm8k(r, where):
+    answer = _field(r, "answer", str, where)
+    final = answer.rsplit("####", 1)
+    if len(final) != 2:
+        raise EvalError(f"{where}: the answer has no '#### <number>' final line")
+    return dict(context=_field(r, "question", str, where), answer=answer, targets=[normalize_number(final[1])])
+
+
+HUB_ROWS: dict[str, tuple[str, Callable[[dict, str], dict]]] = {
+    "arc": ("multiple_choice", _row_arc),
+    "boolq": ("multiple_choice", _row_boolq),
+    "commonsense_qa": ("multiple_choice", _row_commonsense_qa),
+    "gsm8k": ("generate", _row_gsm8k),
+    "hellaswag": ("multiple_choice", _row_hellaswag),
+    "lambada": ("cloze", _row_lambada),
+    "openbookqa": ("multiple_choice", _row_openbookqa),
+    "piqa": ("multiple_choice", _row_piqa),
+    "winogrande": ("schema", _row_winogrande),
+}
+HUB_KEYS = ("dataset", "config", "split", "fewshot_split", "rows")
+
+
+def load_hub_items(task: "Task", split: str) -> list[dict]:
+    """The task's items from `task.hub` (a Hub dataset id or a local dataset folder)."""
+    hub = task.hub
+    require("hf", "datasets", needed_by=f"task {task.name}'s data from the Hugging Face Hub")
+    import datasets  # optional and slow to import: only when a task reads the Hub
+
+    where = f"{_hub_name(hub)}[{split}]"
+    try:
+        if os.path.isfile(os.path.join(hub["dataset"], "dataset_dict.json")) or \
+                os.path.isfile(os.path.join(hub["dataset"], "state.json")):
+            rows = datasets.load_from_disk(hub["dataset"])
+            rows = rows[split] if isinstance(rows, datasets.DatasetDict) else rows
+        else:
+            rows = datasets.load_dataset(hub["dataset"], hub.get("config"), split=split)
+    except Exception as e:  # network, missing split, unknown dataset: datasets raises many types
+        raise EvalError(
+            f"task {task.name}: cannot load {where} with `datasets` ({type(e).__name__}: {str(e)[:200]}). "
+            f"Offline, give the data as local files: --data-root DIR holding {task.path!r}, or "
+            f"--task-file {task.name}=PATH") from None
+    convert = HUB_ROWS[hub["rows"]][1]
+    return [dict(id=f"{where}:{i}", **convert(row, f"{where}:{i}")) for i, row in enumerate(rows)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,6 +354,7 @@ class Task:
     extract: Optional[str] = None  # generate: regex whose group 1 is the answer
     numeric: bool = False  # generate: compare as numbers
     description: str = ""
+    hub: Optional[dict] = None  # {dataset, config, split, fewshot_split, rows}: see the module docstring
     source: str = ""  # the YAML file
 
     def resolve(self, data_root: str, path: Optional[str]) -> Optional[str]:
@@ -279,6 +384,15 @@ def _task_from_dict(raw: Any, source: str) -> Task:
             raise EvalError(f"{source}: {key!r} must be a {kind_.__name__}, got {raw[key]!r}")
     if not all(isinstance(x, str) for x in raw.get("stop", [])):
         raise EvalError(f"{source}: 'stop' must be a list of strings")
+    hub = raw.get("hub")
+    if hub is not None:
+        if not isinstance(hub, dict) or not {"dataset", "split", "rows"} <= set(hub) or set(hub) - set(HUB_KEYS):
+            raise EvalError(f"{source}: 'hub' must be a mapping with dataset, split and rows (and optionally "
+                            f"config, fewshot_split); got {hub!r:.120}")
+        if hub["rows"] not in HUB_ROWS:
+            raise EvalError(f"{source}: hub rows {hub['rows']!r} is unknown; choose one of {sorted(HUB_ROWS)}")
+        if HUB_ROWS[hub["rows"]][0] != kind:
+            raise EvalError(f"{source}: hub rows {hub['rows']} make {HUB_ROWS[hub['rows']][0]} items, not {kind}")
     task = Task(**{**raw, "kind": kind}, source=source)
     if task.extract is not None:
         try:
@@ -312,6 +426,49 @@ def load_task(name_or_path: str) -> Task:
         except yaml.YAMLError as e:
             raise EvalError(f"{path}: not valid YAML ({e})") from None
     return _task_from_dict(raw, path)
+
+
+def data_source(task: Task, data_root: Optional[str] = None, data_file: Optional[str] = None) -> str:
+    """Where the task's items come from: "file:PATH" or "hub:DATASET[SPLIT]" (module docstring)."""
+    if data_file:
+        return f"file:{data_file}"
+    root = data_root or default_data_root()
+    if root or os.path.isabs(task.path):  # an absolute path in a spec is a local file wherever it runs
+        return f"file:{task.resolve(root or '', task.path)}"
+    if task.hub is None:
+        raise EvalError(f"task {task.name} has no Hub dataset in its spec; give its data with --data-root "
+                        f"DIR (holding {task.path!r}) or --task-file {task.name}=PATH")
+    return f"hub:{_hub_name(task.hub)}[{task.hub['split']}]"
+
+
+def _hub_name(hub: dict) -> str:
+    return f"{hub['dataset']}/{hub['config']}" if hub.get("config") else hub["dataset"]
+
+
+def task_items(task: Task, data_root: Optional[str] = None, data_file: Optional[str] = None,
+               fewshot: bool = False) -> tuple[list[dict], str]:
+    """(items, where they came from). `fewshot`: the demonstrations' split, (None, "") when the spec
+    has none (demonstrations then come from the items themselves)."""
+    where = data_source(task, data_root, data_file)
+    if where.startswith("hub:"):
+        split = task.hub.get("fewshot_split") if fewshot else task.hub["split"]
+        if split is None:
+            return None, ""
+        return load_hub_items(task, split), f"hub:{_hub_name(task.hub)}[{split}]"
+    if fewshot:
+        root = data_root or default_data_root()
+        path = task.resolve(root or "", task.fewshot_path) if root or (
+            task.fewshot_path and os.path.isabs(task.fewshot_path)) else None
+        return (load_items(task, path), path) if path else (None, "")
+    path = where[len("file:"):]
+    return load_items(task, path), path
+
+
+def check_data(task: Task, data_root: Optional[str] = None, data_file: Optional[str] = None) -> None:
+    """Fails now (before a model loads) when a task's local data file is missing."""
+    where = data_source(task, data_root, data_file)
+    if where.startswith("file:") and not os.path.isfile(where[len("file:"):]):
+        load_items(task, where[len("file:"):])  # raises the message that says what to do
 
 
 def load_items(task: Task, path: str) -> list[dict]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from typing import Any, Optional
 
 import jax
@@ -209,9 +210,12 @@ def export_hf(cfg: ModelConfig, params: dict, out_dir: str, *, bos_id: Optional[
     config = hf_config(cfg, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, dtype=dtype)
     tensors = {k: v.astype(dtype) for k, v in to_hf_tensors(cfg, params).items()}
     os.makedirs(out_dir, exist_ok=True)
-    save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
+    weights = os.path.join(out_dir, "model.safetensors")
+    save_file(tensors, weights, metadata={"format": "pt"})
+    # safetensors writes 0600; the weights get the mode of any file written here (the umask's)
+    os.chmod(weights, stat.S_IMODE(os.stat(os.path.join(out_dir, "config.json")).st_mode))
     generation = {k: v for k, v in dict(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id).items()
                   if v is not None}
     with open(os.path.join(out_dir, "generation_config.json"), "w", encoding="utf-8") as f:
@@ -220,7 +224,10 @@ def export_hf(cfg: ModelConfig, params: dict, out_dir: str, *, bos_id: Optional[
 
 
 def _read_tensors(hf_dir: str) -> dict[str, np.ndarray]:
-    from safetensors import safe_open
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        raise InteropError('reading a transformers checkpoint needs safetensors: pip install "jaxlm[hf]"') from None
 
     index = os.path.join(hf_dir, "model.safetensors.index.json")
     if os.path.isfile(index):

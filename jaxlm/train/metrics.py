@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 from jaxlm.config import Config
 from jaxlm.model.counting import flops_per_token  # noqa: F401  (MFU's count, shared with the planner)
 from jaxlm.parallel.hardware import device_peak_flops
+from jaxlm.extras import require
 
 
 def measure_cpu_peak_flops(dtype=jnp.float32, size: int = 1024, seconds: float = 0.5) -> float:
@@ -109,11 +110,14 @@ class MetricsWriter:
         self._wandb = None
         if not enabled:
             return
+        use_wandb = config.log.wandb.enabled and config.log.wandb.mode != "disabled"
+        if use_wandb:  # before any file is opened: a missing extra is one line, not a traceback
+            require("wandb", "wandb", needed_by="log.wandb.enabled")
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
         if config.log.tensorboard:
             self._tb = tensorboard_writer(os.path.join(workdir, "tb"))
-        if config.log.wandb.enabled and config.log.wandb.mode != "disabled":
-            import wandb  # optional (jaxlm[wandb]); imported only when a run logs to it
+        if use_wandb:
+            import wandb
             self._wandb = wandb.init(project=config.log.wandb.project, mode=config.log.wandb.mode,
                                      dir=workdir, config=_plain(config))
 

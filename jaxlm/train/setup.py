@@ -10,12 +10,14 @@ all start here; `compile_for_analysis` compiles the real step without running it
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import yaml
 from jax.sharding import Mesh, NamedSharding
 
 from jaxlm.config import Config, ConfigError
@@ -94,7 +96,7 @@ def open_data(config: Config) -> list:
             info = open_dataset(source.path, expected_vocab_size=config.model.vocab_size)
         except data_format.DataFormatError as e:
             hint = (f" (this run's data comes from `python -m data_prep --config {config.data.prepare}`)"
-                    if config.data.prepare else "")
+                    if _prepares(config.data.prepare, source.path) else "")
             raise ConfigError(f"data.sources[{i}]: {e}{hint}") from None
         infos.append(info)
     return infos
@@ -122,3 +124,16 @@ def compile_for_analysis(config: Config, n_micro: int = 1):
     batch = {k: jax.ShapeDtypeStruct((n_micro, rows, config.data.seq_len), jnp.int32)
              for k in s.objective.batch_fields}
     return s.train_step.lower(s.abstract(), batch).compile()
+
+
+def _prepares(prepare_config: str, path: str) -> bool:
+    """Whether the data_prep config `data.prepare` names writes `path` (its `output`): a source
+    overridden to another folder must not be told to run that config."""
+    if not prepare_config:
+        return False
+    try:
+        with open(prepare_config, encoding="utf-8") as f:
+            output = yaml.safe_load(f)["output"]
+        return os.path.abspath(str(output)) == os.path.abspath(path)
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return False
