@@ -458,10 +458,12 @@ def restore_params(workdir: str, step: Optional[int] = None, mesh=None) -> tuple
     evaluation and sampling: no optimizer state is read. The parameters are placed on `mesh`, by
     default all of this process's devices with the config's logical rules (replicated unless the
     mesh has fsdp/tensor axes). `workdir` may also be a checkpoints/ folder or checkpoints/<step>.
+    Schedule-free runs give their averaged (evaluation) parameters, read with the optimizer state.
     """
     from jaxlm.parallel import rules
     from jaxlm.parallel.mesh import build_mesh
-    from jaxlm.train.state import model_spec
+    from jaxlm.train.optimizer import eval_params
+    from jaxlm.train.state import build_optimizer, model_spec, state_shardings
 
     directory, only = resolve_source(workdir)
     step = only if step is None else step
@@ -482,11 +484,18 @@ def restore_params(workdir: str, step: Optional[int] = None, mesh=None) -> tuple
             shardings = rules.param_shardings(spec.axes, spec.shapes, mesh)
             target = {"params": jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
                                              spec.shapes, shardings)}
+            averaged = config.optim.name == "schedule_free_adamw"  # its evaluation point needs the state
+            if averaged:
+                optimizer = build_optimizer(config, spec)
+                target["opt_state"] = jax.tree.map(
+                    lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                    jax.eval_shape(optimizer.init, spec.shapes), state_shardings(spec, optimizer, mesh)["opt_state"])
             reader = CheckpointManager(directory, config, directory=directory, read_only=True)
             try:
-                params = reader.restore_step(s, target).state["params"]
+                state = reader.restore_step(s, target).state
             finally:
                 reader.close()
+            params = eval_params(config.optim, state["params"], state["opt_state"]) if averaged else state["params"]
             probe.close()
             return config, params
         except (_Unusable, CheckpointError, ConfigError) as e:

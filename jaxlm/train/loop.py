@@ -30,7 +30,7 @@ from jaxlm.train import checkpoint, diloco, resume
 from jaxlm.train import faults as faults_lib, spikes
 from jaxlm.train import metrics as metrics_lib
 from jaxlm.train.incidents import Incidents
-from jaxlm.train.optimizer import BatchRamp
+from jaxlm.train.optimizer import BatchRamp, eval_params
 from jaxlm.train.preemption import Preempted
 from jaxlm.train.state import build_optimizer, init_state, model_spec, state_shardings
 from jaxlm.train.step import BATCH_KEYS, make_eval_step, make_train_step
@@ -168,6 +168,7 @@ class Trainer:
         sharding = rules.batch_sharding(self.mesh, ndim=2)
         nll, count = 0.0, 0.0
         empty = None
+        params = self.eval_params()
         for _ in range(self.config.train.eval_batches):
             # Every process runs the same number of steps (they are collective); one whose share of
             # the validation set ran out contributes all-masked batches.
@@ -178,11 +179,15 @@ class Trainer:
                     rows = (self.config.train.micro_batch or self.config.train.global_batch) // jax.process_count()
                     empty = {k: np.zeros((rows, self.config.data.seq_len), np.int32) for k in BATCH_KEYS}
                 micro = empty
-            s, c = self.eval_step(self.state["params"], self._global(micro, sharding))
+            s, c = self.eval_step(params, self._global(micro, sharding))
             nll, count = nll + s, count + c
         loader.close()
         count = float(count)
         return float(nll) / count if count else float("nan")
+
+    def eval_params(self) -> dict:
+        """What evaluation sees: schedule-free's average point, else the parameters as trained."""
+        return eval_params(self.config.optim, self.state["params"], self.state["opt_state"])
 
     def run(self) -> dict:
         c = self.config
@@ -256,7 +261,7 @@ class Trainer:
         from jaxlm.eval import run_tasks, scalars
         start = time.perf_counter()
         t = self.config.train
-        result = run_tasks(self.state["params"], self.config, t.eval_tasks, shots=t.eval_tasks_shots,
+        result = run_tasks(self.eval_params(), self.config, t.eval_tasks, shots=t.eval_tasks_shots,
                            limit=t.eval_tasks_limit, data_root=t.eval_tasks_data or None)
         if self.is_main:
             self.writer.write(step, scalars(result))
