@@ -155,3 +155,78 @@ def test_new_optimizers_train(name):
     losses, _, params = run_steps(config, synthetic_batches(15, 1, 8, 16, 96), devices=jax.devices()[:1])
     assert losses[-1] < losses[0] - 0.5
     assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
+
+
+# ------------------------------------------------------------------------------------------------
+# Through the Trainer: checkpoints, exact resume, and what evaluation and export read.
+
+def _run_config(workdir, dataset, name: str, steps: int) -> "Config":
+    from jaxlm.config import config_from_dict
+    from test_checkpoint_util import tiny_config as run_config
+
+    # constant schedule: a run stopped at step 8 and one of 12 steps share their first 8 steps
+    return config_from_dict(run_config(workdir, dataset, steps=steps, every=4, optim={
+        "name": name, "lr": 1e-2, "schedule": {"name": "constant", "warmup_steps": 2}}))
+
+
+@pytest.mark.slow  # three short runs through the Trainer: minutes on a loaded 2-core machine
+@pytest.mark.parametrize("name", ["muon", "schedule_free_adamw"])
+def test_checkpoint_and_resume_are_exact(tmp_path, name):
+    from jaxlm.train.loop import Trainer, train
+    from test_checkpoint_util import losses, make_dataset
+
+    dataset = make_dataset(tmp_path / "data")
+    train(_run_config(tmp_path / "whole", dataset, name, steps=12))
+    train(_run_config(tmp_path / "parts", dataset, name, steps=8))
+    train(_run_config(tmp_path / "parts", dataset, name, steps=12))  # resumes from the step-8 checkpoint
+    whole, parts = losses(tmp_path / "whole"), losses(tmp_path / "parts")
+    assert [whole[s] for s in range(9, 13)] == [parts[s] for s in range(9, 13)]  # bitwise
+    assert whole[("val", 12)] == parts[("val", 12)]
+    states = []
+    for run in ("whole", "parts"):
+        trainer = Trainer(_run_config(tmp_path / run, dataset, name, steps=12))  # restores step 12
+        states.append(jax.device_get(trainer.state))
+        trainer.close()
+    for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow  # a Trainer run, export and reload: ~90 s on a loaded 2-core machine
+def test_schedule_free_evaluation_and_export_use_the_averaged_parameters(tmp_path):
+    from jaxlm.eval.loading import load_hf_dir
+    from jaxlm.export import export_run
+    from jaxlm.train.checkpoint import restore_params
+    from jaxlm.train.loop import Trainer
+    from test_checkpoint_util import make_dataset
+
+    dataset = make_dataset(tmp_path / "data")
+    trainer = Trainer(_run_config(tmp_path / "run", dataset, "schedule_free_adamw", steps=8))
+    try:
+        trainer.run()
+        trained = jax.device_get(trainer.state["params"])
+        averaged = jax.device_get(trainer.eval_params())
+        val = trainer.evaluate()
+        on_trained = _val_loss_at(trainer, trainer.state["params"])
+        on_averaged = _val_loss_at(trainer, trainer.eval_params())
+    finally:
+        trainer.close()
+    assert val == on_averaged and val != on_trained  # the loop's val_loss is the average's
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(averaged))) > 1e-3
+
+    config, restored = restore_params(str(tmp_path / "run"))  # what jaxlm.eval and jaxlm.export read
+    for a, b in zip(jax.tree.leaves(averaged), jax.tree.leaves(jax.device_get(restored))):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-7)
+    export_run(config, restored, str(tmp_path / "hf"))  # (the test data has no tokenizer to ship)
+    exported = load_hf_dir(str(tmp_path / "hf")).params
+    for a, b in zip(jax.tree.leaves(averaged), jax.tree.leaves(jax.device_get(exported))):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-7)
+
+
+def _val_loss_at(trainer, params) -> float:
+    """Trainer.evaluate's computation on given parameters."""
+    keep = trainer.eval_params
+    trainer.eval_params = lambda: params
+    try:
+        return trainer.evaluate()
+    finally:
+        trainer.eval_params = keep
