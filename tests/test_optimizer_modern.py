@@ -2,6 +2,8 @@
 unsharded, checkpoints and exact resume, and schedule-free's averaged parameters used by
 evaluation and export."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -230,3 +232,18 @@ def _val_loss_at(trainer, params) -> float:
         return trainer.evaluate()
     finally:
         trainer.eval_params = keep
+
+
+@pytest.mark.parametrize("optim, extra, message", [
+    ({"name": "muon", "ns_steps": 0}, {}, "ns_steps >= 1"),
+    ({"name": "muon", "muon_momentum": 1.0}, {}, "muon_momentum < 1"),
+    ({"name": "schedule_free_adamw", "b1": 0.0}, {}, "optim.b1 must be in (0, 1)"),
+    ({"name": "schedule_free_adamw"}, {"diloco": {"enabled": True}}, "cannot run under diloco.enabled"),
+    ({"name": "muom"}, {}, "muon, schedule_free_adamw"),
+])
+def test_bad_optimizer_settings_fail_before_compute(optim, extra, message):
+    from jaxlm.config import ConfigError, config_from_dict
+
+    raw = {"data": {"sources": [{"path": "d"}]}, "optim": optim, **extra}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config_from_dict(raw)
