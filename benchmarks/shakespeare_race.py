@@ -3,12 +3,13 @@
     python benchmarks/shakespeare_race.py --nanogpt PATH/TO/nanoGPT [--only speedrun] [--workdir runs/race]
     python benchmarks/shakespeare_race.py            # no checkout: the reference is a recorded figure
 
-One invocation runs, one after the other on the same machine:
+One invocation runs, one after the other on the same machine (in this order, each row printed as
+it finishes):
+  speedrun   jaxlm's speedrun recipe (configs/shakespeare_speedrun.yaml, chosen by a recorded sweep);
   nanoGPT    the reference's own CPU recipe from its README (4 layers x 128, context 64, batch 12,
              2,000 steps, no dropout, CPU PyTorch), its train.py and prepare.py run from a copy of
              the checkout named on the command line (never part of this project);
-  exact      jaxlm on the same recipe (configs/shakespeare_char.yaml);
-  speedrun   jaxlm's speedrun recipe (configs/shakespeare_speedrun.yaml, chosen by a recorded sweep).
+  exact      jaxlm on nanoGPT's recipe (configs/shakespeare_char.yaml).
 
 Quality, the same for all three: the mean next-character loss (nats) over the whole validation
 split, the last 10% of the text (111,540 characters), cut into consecutive windows of the model's
@@ -48,6 +49,7 @@ NANOGPT_ARGS = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=F
 NANOGPT_STEPS, NANOGPT_BATCH = 2000, 12
 # Recorded earlier on this kind of machine (docs/benchmarks.md): shown only when no checkout is given.
 RECORDED = {"full_val": None, "nanogpt_val_20_batches": 1.886, "wall_s": 102.0}
+NANOGPT_LABEL = "nanoGPT (PyTorch CPU), its recipe"
 JAXLM_RECIPES = {"exact": "configs/shakespeare_char.yaml", "speedrun": "configs/shakespeare_speedrun.yaml"}
 
 
@@ -199,20 +201,24 @@ def main() -> None:
     os.makedirs(args.workdir)
     wanted = args.only or ["nanogpt", *JAXLM_RECIPES]
 
+    # Each row is printed as it finishes (the whole race takes minutes to hours on a loaded machine).
     results: dict[str, dict] = {}
-    if args.nanogpt and "nanogpt" in wanted:
-        results["nanoGPT (PyTorch CPU), its recipe"] = run_nanogpt(os.path.abspath(args.nanogpt), args.text,
-                                                                  args.workdir)
-    for name, recipe in JAXLM_RECIPES.items():
-        if name in wanted:
+    for name in ("speedrun", "nanogpt", "exact"):
+        if name not in wanted or (name == "nanogpt" and not args.nanogpt):
+            continue
+        if name == "nanogpt":
+            label, result = NANOGPT_LABEL, run_nanogpt(os.path.abspath(args.nanogpt), args.text, args.workdir)
+        else:
             label = "jaxlm, nanoGPT's recipe" if name == "exact" else "jaxlm, speedrun recipe"
-            results[label] = run_jaxlm(recipe, os.path.abspath(args.data), val_text(args.text), args.workdir,
-                                       args.overrides if name == "speedrun" else [])
-    print_table(results, args, chars)
+            result = run_jaxlm(JAXLM_RECIPES[name], os.path.abspath(args.data), val_text(args.text), args.workdir,
+                               args.overrides if name == "speedrun" else [])
+        results[label] = result
+        print(f"{label}: {json.dumps({k: round(v, 4) for k, v in result.items()})}", flush=True)
+    print_table(results, chars)
 
 
-def print_table(results: dict, args, chars: int) -> None:
-    ref = results.get("nanoGPT (PyTorch CPU), its recipe")
+def print_table(results: dict, chars: int) -> None:
+    ref = results.get(NANOGPT_LABEL)
     print(f"\nloss on the whole validation split ({chars:,} characters, windows of {CONTEXT}); "
           f"wall = process start to end of training")
     print(f"{'':36s} {'val loss':>9s} {'wall s':>8s} {'steps':>6s} {'tokens':>10s} {'load':>5s}  vs nanoGPT")
