@@ -187,6 +187,7 @@ def main() -> None:
                         help="run only these rows (repeatable)")
     parser.add_argument("overrides", nargs="*", help="key.path=value overrides for jaxlm's speedrun recipe")
     args = parser.parse_args()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the race is on CPU; no accelerator probing in this process
     if not os.path.isfile(args.text):
         sys.exit(f"error: --text {args.text} does not exist; give Tiny Shakespeare's input.txt")
     if args.nanogpt and not os.path.isdir(args.nanogpt):

@@ -66,13 +66,14 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, axes_tree: dict) -> optax
     elif cfg.name == "lion":
         core = optax.lion(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=mask)
     elif cfg.name == "muon":
+        # weight_decay applies to the Muon matrices; the AdamW part (embeddings, norms, biases) has none.
         core = optax.contrib.muon(
             make_schedule(cfg, total_steps, peak=cfg.muon_lr), ns_steps=cfg.ns_steps, beta=cfg.muon_momentum,
             eps=cfg.eps, weight_decay=cfg.weight_decay, adam_b1=cfg.b1, adam_b2=cfg.b2,
             adam_learning_rate=schedule, muon_weight_dimension_numbers=muon_dimensions(axes_tree))
     elif cfg.name == "schedule_free_adamw":
         # The warm-up (and any decay the user asks for) lives in the schedule; optax's own
-        # warmup_steps would add a second one.
+        # warmup_steps would add a second one. Its weight decay covers every parameter (no mask).
         core = optax.contrib.schedule_free_adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                                                  weight_decay=cfg.weight_decay)
     elif cfg.name == "adafactor":
