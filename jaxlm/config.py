@@ -132,8 +132,8 @@ class ScheduleConfig:
 
 @dataclasses.dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw | adafactor | lion
-    lr: float = 3e-4
+    name: str = "adamw"  # adamw | adafactor | lion | muon | schedule_free_adamw
+    lr: float = 3e-4  # peak rate (muon: of its AdamW part, the embeddings, norms and biases)
     b1: float = 0.9
     b2: float = 0.95
     eps: float = 1e-8
@@ -142,6 +142,11 @@ class OptimConfig:
     l1: float = 0.0  # explicit penalties added to the loss (rarely wanted beside weight decay)
     l2: float = 0.0
     schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    # Muon (hidden matrices; Keller Jordan's published defaults): peak rate, Nesterov momentum,
+    # Newton-Schulz steps. The shape scale sqrt(max(1, fan_out/fan_in)) is optax's.
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+    ns_steps: int = 5
 
 
 @dataclasses.dataclass
@@ -323,7 +328,7 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.matmul_dtype": (None, "float32", "bfloat16", "float16"),
-    "optim.name": ("adamw", "adafactor", "lion"),
+    "optim.name": ("adamw", "adafactor", "lion", "muon", "schedule_free_adamw"),
     "optim.schedule.name": ("constant", "cosine", "linear", "step", "inverse_sqrt", "wsd"),
     "log.wandb.mode": ("offline", "online", "disabled"),
     "pipeline.schedule": ("gpipe", "circular"),
@@ -369,6 +374,15 @@ def validate(config: Config) -> None:
     for i, s in enumerate(config.data.sources):
         if s.weight <= 0:
             raise ConfigError(f"data.sources[{i}].weight must be positive, got {s.weight}")
+    o = config.optim
+    if o.name == "muon" and (o.muon_lr <= 0 or o.ns_steps < 1 or not 0.0 <= o.muon_momentum < 1.0):
+        raise ConfigError(f"optim: muon needs muon_lr > 0, ns_steps >= 1 and 0 <= muon_momentum < 1, "
+                          f"got {o.muon_lr}, {o.ns_steps}, {o.muon_momentum}")
+    if o.name == "schedule_free_adamw" and not 0.0 < o.b1 < 1.0:
+        raise ConfigError(f"optim.b1 must be in (0, 1) for schedule_free_adamw (its averaging weight), got {o.b1}")
+    if o.name == "schedule_free_adamw" and config.diloco.enabled:
+        raise ConfigError("optim.name=schedule_free_adamw cannot run under diloco.enabled: DiLoCo averages the "
+                          "replicas' trained points, not schedule-free's evaluation average; use adamw")
     _validate_spikes_and_faults(config)
     _validate_parallel(config)
     _validate_checkpoint(config)

@@ -43,7 +43,7 @@ def eval_tasks_hook(config):
 
     def run_eval_tasks(trainer, step: int) -> None:
         with rules.activation_sharding(trainer.mesh):  # the model's activations on the run's mesh
-            result = run_tasks(trainer.state["params"], trainer.config, t.eval_tasks, shots=t.eval_tasks_shots,
+            result = run_tasks(trainer.eval_params(), trainer.config, t.eval_tasks, shots=t.eval_tasks_shots,
                                limit=t.eval_tasks_limit, data_root=t.eval_tasks_data or None)
         if trainer.is_main:
             trainer.writer.write(step, scalars(result))

@@ -6,6 +6,7 @@ import pytest
 from test_trainer import _read_jsonl, tiny
 
 from jaxlm.train.loop import train
+from jaxlm.model.counting import matmul_param_count
 from jaxlm.train.metrics import flops_per_token
 
 PEAK = 1e12  # train.peak_flops: per device, so the run's peak is 8 x this on the 8 test devices
@@ -14,10 +15,9 @@ PEAK = 1e12  # train.peak_flops: per device, so the run's peak is 8 x this on th
 def test_mfu_is_tokens_per_sec_times_flops_per_token_over_the_peak(learnable_dataset, tmp_path):
     config = tiny(learnable_dataset, tmp_path / "mfu", train={"steps": 4, "eval_every": 0, "peak_flops": PEAK})
     train(config)
-    params = json.loads((tmp_path / "mfu" / "run.json").read_text())["model_params"]
-    per_token = flops_per_token(config, params)
-    # 6 N plus attention: the llama has no position table and ties its embeddings
-    assert per_token == 6.0 * params + 12.0 * 2 * 4 * (32 // 4) * 32
+    per_token = flops_per_token(config.model, config.data.seq_len)
+    # 6 x the matmul parameters plus attention (2 layers, 4 heads of 8, 32 positions)
+    assert per_token == 6.0 * matmul_param_count(config.model) + 12.0 * 2 * 4 * (32 // 4) * 32
     rows = [r for r in _read_jsonl(tmp_path / "mfu" / "metrics.jsonl") if "mfu" in r]
     assert len(rows) >= 3
     for r in rows:

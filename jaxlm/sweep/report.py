@@ -35,15 +35,16 @@ def markdown_table(results: list[TrialResult], metric: str) -> str:
         keys += [k for k in r.overrides if k not in keys]
     with_params = any(r.params is not None for r in results)
     header = (["rank", "trial"] + keys + (["params"] if with_params else [])
-              + [metric, "train loss", "status", "seconds"])
+              + [metric, "train loss", "status", "seconds", "load"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, r in enumerate(ranked(results), 1):
         values = [format_value(r.overrides[k]) if k in r.overrides else "" for k in keys]
         if with_params:
             values.append(format_params(r.params))
         rank = str(i) if r.metric is not None else "-"
+        load = "-" if r.load is None else f"{r.load:.1f}"
         lines.append("| " + " | ".join([rank, r.name] + values + [_fmt(r.metric), _fmt(r.loss), r.status,
-                                                                  f"{r.seconds:.0f}"]) + " |")
+                                                                  f"{r.seconds:.0f}", load]) + " |")
     return "\n".join(lines)
 
 

@@ -43,6 +43,7 @@ class TrialResult:
     seconds: float
     group: str = ""
     params: Optional[int] = None  # model parameters, from the run's run.json when it has them
+    load: Optional[float] = None  # the machine's 1-minute load average when the trial started (timings' context)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -138,6 +139,7 @@ def run_trial(trial: Trial, spec: RunSpec) -> TrialResult:
         done.pop("command", None)
         return TrialResult(**{**done, "params": done.get("params") or read_params(workdir)})
     os.makedirs(workdir, exist_ok=True)
+    load = os.getloadavg()[0]
     start = time.time()
     with open(os.path.join(workdir, "train.log"), "w", encoding="utf-8") as log:
         try:
@@ -151,7 +153,7 @@ def run_trial(trial: Trial, spec: RunSpec) -> TrialResult:
     metric, loss = read_metrics(workdir, spec.metric)
     status = "failed" if returncode != 0 else ("ok" if metric is not None else "no-metric")
     result = TrialResult(trial.name, trial.overrides, status, metric, loss, returncode,
-                         round(time.time() - start, 2), trial.group, read_params(workdir))
+                         round(time.time() - start, 2), trial.group, read_params(workdir), round(load, 2))
     with open(record, "w", encoding="utf-8") as f:
         json.dump({**result.to_json(), "command": spec.command(trial)}, f, indent=1)
     return result

@@ -27,6 +27,8 @@ from jaxlm.config import Config, ConfigError
 from jaxlm.model import Transformer
 from jaxlm.parallel import rules
 from jaxlm.parallel.mesh import build_mesh
+from jaxlm.train.optimizer import eval_params
+from jaxlm.train.state import build_optimizer, model_spec, state_shardings
 
 CHECKPOINT_DIR = "checkpoints"
 META_VERSION = 1
@@ -207,9 +209,10 @@ def verify(state: dict, expected: dict, saved: dict) -> None:
 
 def read_params(workdir: str, step: Optional[int] = None, mesh=None) -> tuple[Config, dict]:
     """(config, params) of the newest checkpoint in `workdir` that restores (or of `step`), for
-    evaluation and sampling: no optimizer state is read. The parameters are placed on `mesh`, by
-    default all of this process's devices with the config's logical rules (replicated unless the
-    mesh has fsdp/tensor axes). `workdir` may also be a checkpoints/ folder or checkpoints/<step>.
+    evaluation and sampling. The parameters are placed on `mesh`, by default all of this process's
+    devices with the config's logical rules (replicated unless the mesh has fsdp/tensor axes).
+    `workdir` may also be a checkpoints/ folder or checkpoints/<step>. No optimizer state is read,
+    except for schedule-free runs, whose averaged (evaluation) parameters need it.
     """
     directory, only = resolve_source(workdir)
     step = only if step is None else step
@@ -233,6 +236,13 @@ def read_params(workdir: str, step: Optional[int] = None, mesh=None) -> tuple[Co
                 shardings = rules.param_shardings(axes, shapes, mesh)
                 target = {"params": jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
                                                  shapes, shardings)}
+                averaged = config.optim.name == "schedule_free_adamw"  # its evaluation point needs the state
+                if averaged:
+                    spec = model_spec(config)
+                    optimizer = build_optimizer(config, spec)
+                    target["opt_state"] = jax.tree.map(
+                        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                        jax.eval_shape(optimizer.init, spec.shapes), state_shardings(spec, optimizer, mesh)["opt_state"])
                 saved = saved_arrays(mngr, s)
                 if shapes_of(saved, "params") != shapes_of(leaves_by_path(target), "params"):
                     raise Unusable("its parameters do not have the shapes its own config makes")
@@ -243,6 +253,8 @@ def read_params(workdir: str, step: Optional[int] = None, mesh=None) -> tuple[Co
                         raise
                     raise Unusable(f"its arrays cannot be read ({type(e).__name__}: {str(e)[:300]})") from None
                 verify(params, meta["checksums"], saved)
+                if averaged:
+                    return config, eval_params(config.optim, params["params"], params["opt_state"])
                 return config, params["params"]
             except (Unusable, ConfigError) as e:
                 problems.append(f"step {s}: {e}")

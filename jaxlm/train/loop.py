@@ -24,7 +24,7 @@ from jaxlm.train import faults as faults_lib, spikes
 from jaxlm.train import metrics as metrics_lib
 from jaxlm.train import setup as setup_lib
 from jaxlm.train.incidents import Incidents
-from jaxlm.train.optimizer import BatchRamp
+from jaxlm.train.optimizer import BatchRamp, eval_params
 from jaxlm.train.preemption import Preempted
 
 
@@ -97,6 +97,7 @@ class Trainer:
         fields = self.setup.objective.batch_fields
         nll, count = 0.0, 0.0
         empty = None
+        params = self.eval_params()
         for _ in range(self.config.train.eval_batches):
             # Every process runs the same number of steps (they are collective); one whose share of
             # the validation set ran out contributes all-masked batches.
@@ -107,11 +108,15 @@ class Trainer:
                     rows = self.config.train.micro_batch // jax.process_count()
                     empty = {k: np.zeros((rows, self.config.data.seq_len), np.int32) for k in fields}
                 micro = empty
-            sums = self.eval_step(self.state["params"], self.setup.batch(micro, leading=0))
+            sums = self.eval_step(params, self.setup.batch(micro, leading=0))
             nll, count = nll + sums.metrics["loss"], count + sums.weight
         loader.close()
         count = float(count)
         return float(nll) / count if count else float("nan")
+
+    def eval_params(self) -> dict:
+        """What evaluation sees: schedule-free's average point, else the parameters as trained."""
+        return eval_params(self.config.optim, self.state["params"], self.state["opt_state"])
 
     def run(self) -> dict:
         c = self.config

@@ -1,11 +1,17 @@
 """Optax optimizers and learning-rate schedules, plus the batch-size ramp-up.
 
 Every schedule starts with a linear warm-up from 0 to the peak rate over `warmup_steps`.
+
+Muon (`optim.name: muon`) orthogonalises the momentum of every hidden weight matrix (Newton-Schulz)
+and runs AdamW on the rest: embeddings, unembedding, position table, norms, biases. Schedule-free
+AdamW (`schedule_free_adamw`) trains at one point and evaluates at another, the running average:
+`eval_params` gives the parameters that evaluation and export must use.
 """
 
 from __future__ import annotations
 
 import bisect
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +20,10 @@ import optax
 from jaxlm.config import OptimConfig, TrainConfig
 
 
-def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
+def make_schedule(cfg: OptimConfig, total_steps: int, peak: Optional[float] = None) -> optax.Schedule:
+    """The schedule of `cfg` peaking at `peak` (default optim.lr; Muon's matrices use optim.muon_lr)."""
     s = cfg.schedule
-    peak, warmup = cfg.lr, s.warmup_steps
+    peak, warmup = (cfg.lr if peak is None else peak), s.warmup_steps
     decay_steps = max(1, (s.decay_steps or total_steps) - warmup)
     floor = peak * s.min_lr_ratio
 
@@ -58,6 +65,17 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, axes_tree: dict) -> optax
         core = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=mask)
     elif cfg.name == "lion":
         core = optax.lion(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay, mask=mask)
+    elif cfg.name == "muon":
+        # weight_decay applies to the Muon matrices; the AdamW part (embeddings, norms, biases) has none.
+        core = optax.contrib.muon(
+            make_schedule(cfg, total_steps, peak=cfg.muon_lr), ns_steps=cfg.ns_steps, beta=cfg.muon_momentum,
+            eps=cfg.eps, weight_decay=cfg.weight_decay, adam_b1=cfg.b1, adam_b2=cfg.b2,
+            adam_learning_rate=schedule, muon_weight_dimension_numbers=muon_dimensions(axes_tree))
+    elif cfg.name == "schedule_free_adamw":
+        # The warm-up (and any decay the user asks for) lives in the schedule; optax's own
+        # warmup_steps would add a second one. Its weight decay covers every parameter (no mask).
+        core = optax.contrib.schedule_free_adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                                                 weight_decay=cfg.weight_decay)
     elif cfg.name == "adafactor":
         core = optax.chain(
             optax.adafactor(schedule, decay_rate=cfg.b2, eps=max(cfg.eps, 1e-30),
@@ -69,6 +87,42 @@ def make_optimizer(cfg: OptimConfig, total_steps: int, axes_tree: dict) -> optax
     if cfg.clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), core)
     return core
+
+
+def muon_dimensions(axes_tree: dict) -> dict:
+    """Muon's reshape of each hidden matrix, from its logical axes; None (AdamW) for the rest.
+
+    Hidden matrices map to or from the residual stream: an `embed` dim and at least one more dim
+    besides `layers`, and no `vocab` or `length` dim (those are the embeddings, unembedding and
+    position table; q/k/v biases are (heads, kv), without `embed`). The contracted (input) dims are `embed`
+    when it comes first (q/k/v, MLP up and gate) and otherwise every dim but the last (attention
+    output, MLP down); `layers` is a batch dim, so each layer's matrix is orthogonalised alone.
+    """
+    def dims(axes):
+        body = [i for i, a in enumerate(axes) if a != "layers"]
+        if len(body) < 2 or "embed" not in axes or "vocab" in axes or "length" in axes:
+            return None
+        if axes[body[0]] == "embed":
+            return optax.contrib.MuonDimensionNumbers(reduction_axis=(body[0],), output_axis=tuple(body[1:]))
+        return optax.contrib.MuonDimensionNumbers(reduction_axis=tuple(body[:-1]), output_axis=(body[-1],))
+
+    return jax.tree.map(dims, axes_tree, is_leaf=lambda x: isinstance(x, tuple))
+
+
+def eval_params(cfg: OptimConfig, params: dict, opt_state) -> dict:
+    """The parameters to evaluate and export: schedule-free's average x, else the params as trained.
+
+    Schedule-free keeps y (where gradients are taken) as the params and z in its state;
+    x = (y - (1 - b1) z) / b1 is the average that the method's guarantees are about."""
+    if cfg.name != "schedule_free_adamw":
+        return params
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_schedule_free)
+             if _is_schedule_free(s)]
+    return optax.contrib.schedule_free_eval_params(found[0], params)
+
+
+def _is_schedule_free(x) -> bool:
+    return isinstance(x, optax.contrib.ScheduleFreeState)
 
 
 def _scaled_decay(schedule, weight_decay: float) -> optax.GradientTransformation:
