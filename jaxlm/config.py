@@ -239,6 +239,15 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass
+class InitConfig:
+    """Where a fresh run's parameters start (warm start; a run with checkpoints resumes instead).
+    The optimizer, step and schedule start fresh; token rows the run's vocabulary adds (chat
+    tokens) start at the mean of the trained rows; LoRA adapters start as LoRA starts them."""
+    from_: str = ""  # YAML key `from`: a jaxlm workdir (its newest checkpoint that restores)
+    hf: str = ""  # a transformers folder (jaxlm.export's, or a llama/gpt2 checkpoint)
+
+
+@dataclasses.dataclass
 class Config:
     workdir: str = "runs/default"
     seed: int = 0
@@ -253,6 +262,7 @@ class Config:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     spikes: SpikesConfig = dataclasses.field(default_factory=SpikesConfig)
     faults: list[FaultConfig] = dataclasses.field(default_factory=list)
+    init: InitConfig = dataclasses.field(default_factory=InitConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,7 +313,7 @@ def load_config(path: str, overrides: list[str] = ()) -> Config:
 
 
 def to_dict(config) -> dict:
-    return dataclasses.asdict(config)
+    return schema.to_plain(config)
 
 
 def dump_yaml(config: Config) -> str:
@@ -383,6 +393,11 @@ def validate(config: Config) -> None:
     if o.name == "schedule_free_adamw" and config.diloco.enabled:
         raise ConfigError("optim.name=schedule_free_adamw cannot run under diloco.enabled: DiLoCo averages the "
                           "replicas' trained points, not schedule-free's evaluation average; use adamw")
+    if config.init.from_ and config.init.hf:
+        raise ConfigError("init.from and init.hf both set: start from a jaxlm workdir or a transformers folder, not both")
+    if (config.init.from_ or config.init.hf) and config.diloco.enabled:
+        raise ConfigError("init.from / init.hf cannot start a diloco.enabled run yet; start it from a checkpoint "
+                          "with checkpoint.restore_from, or train the warm start without DiLoCo")
     _validate_spikes_and_faults(config)
     _validate_parallel(config)
     _validate_checkpoint(config)

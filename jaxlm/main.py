@@ -15,6 +15,7 @@ from jaxlm.config import ConfigError, load_config
 from jaxlm.data.format import DataFormatError
 from jaxlm.eval import run_tasks, scalars
 from jaxlm.extras import MissingExtra
+from jaxlm.interop import InteropError, warm_start
 from jaxlm.parallel import distributed, rules
 from jaxlm.plan import auto
 from jaxlm.train import loop
@@ -54,7 +55,7 @@ def eval_tasks_hook(config):
 def train(config) -> dict:
     """jaxlm.train.loop.train with the hooks this entry point registers (the n-shot tasks)."""
     hooks = [h for h in [eval_tasks_hook(config)] if h is not None]
-    return loop.train(config, hooks)
+    return loop.train(config, hooks, init_params=lambda: warm_start.initial_params(config))
 
 
 def run(config_path: str, overrides: list[str]) -> dict:
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         distributed.initialize(args.coordinator, args.num_processes, args.process_id)
         summary = run(args.config, args.overrides)
-    except (ConfigError, DataFormatError, MissingExtra) as e:
+    except (ConfigError, DataFormatError, MissingExtra, InteropError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingHalted as e:  # loss spikes persisted past spikes.max_rollbacks

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import keyword
 import types
 import typing
 from typing import Annotated, Any, Literal, Optional, Union
@@ -96,10 +97,28 @@ def _a(tp) -> str:
     return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
+def key_of(field_name: str) -> str:
+    """The config key of a dataclass field: the name, less the "_" that a Python keyword needs
+    as a field name (`from_` is the key `from`)."""
+    bare = field_name[:-1]
+    return bare if field_name.endswith("_") and keyword.iskeyword(bare) else field_name
+
+
 def fields_of(cls) -> dict[str, Any]:
-    """Field name -> resolved type hint, for the fields a config may set (init fields)."""
+    """Config key -> resolved type hint, for the fields a config may set (init fields)."""
     hints = typing.get_type_hints(cls, include_extras=True)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+    return {key_of(f.name): hints[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+def to_plain(obj):
+    """A dataclass tree as plain data under its config keys (what YAML and JSON records hold)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {key_of(f.name): to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    return obj
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,11 +248,12 @@ def build_fields(cls, value: dict, key: str = "", root=None) -> dict[str, Any]:
     for k in value:
         if k not in fields:
             raise unknown_key(str(k), cls, prefix, root)
-    missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in value
+    missing = [key_of(f.name) for f in dataclasses.fields(cls) if f.init and key_of(f.name) not in value
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ConfigError(f"{prefix + missing[0]!r} is required but missing", prefix + missing[0])
-    return {k: build(fields[k], v, prefix + k, root) for k, v in value.items()}
+    names = {key_of(f.name): f.name for f in dataclasses.fields(cls)}
+    return {names[k]: build(fields[k], v, prefix + k, root) for k, v in value.items()}
 
 
 # ----------------------------------------------------------------------------------------------

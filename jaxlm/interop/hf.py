@@ -17,12 +17,14 @@ import stat
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from jaxlm.config import ModelConfig
 from jaxlm.interop import keymap
 from jaxlm.model import Transformer
+from jaxlm.model.vocab import grow_rows
 
 
 class InteropError(ValueError):
@@ -287,21 +289,33 @@ def warm_start_params(run_cfg: ModelConfig, hf_dir: str) -> dict:
     rope_theta may differ on purpose (context extension), so it is not checked.
     """
     hf_cfg, params = load_hf(hf_dir)
+    return fit_params(run_cfg, hf_cfg, params, hf_dir)
+
+
+def fit_params(run_cfg: ModelConfig, src_cfg: ModelConfig, params: dict, where: str, *,
+               grow_vocab: bool = False) -> dict:
+    """`params` of a model of `src_cfg` made to fit `run_cfg` (see warm_start_params). grow_vocab:
+    the run may have more token rows than the source (tokens added for chat turns); the new rows
+    start at the mean of the source's rows, the old ones unchanged."""
     wrong = []
     for name in _ARCH_FIELDS:
-        mine, theirs = getattr(run_cfg, name), getattr(hf_cfg, name)
+        mine, theirs = getattr(run_cfg, name), getattr(src_cfg, name)
+        if name == "vocab_size" and grow_vocab and mine >= theirs:
+            continue
         if mine != theirs:
             wrong.append(f"model.{name}={theirs} (the run has {mine})")
-    if run_cfg.max_seq_len > hf_cfg.max_seq_len and run_cfg.family == "gpt2":
-        wrong.append(f"model.max_seq_len<={hf_cfg.max_seq_len} (the checkpoint's position table; the run has "
+    if run_cfg.max_seq_len > src_cfg.max_seq_len and run_cfg.family == "gpt2":
+        wrong.append(f"model.max_seq_len<={src_cfg.max_seq_len} (the checkpoint's position table; the run has "
                      f"{run_cfg.max_seq_len})")
     if wrong:
-        raise InteropError(f"{hf_dir} does not fit this run's model; set " + ", ".join(wrong))
+        raise InteropError(f"{where} does not fit this run's model; set " + ", ".join(wrong))
+    params = dict(params)
     if run_cfg.family == "gpt2":
         params["pos_embed"] = params["pos_embed"][:run_cfg.max_seq_len]
-    dtype = np.dtype(run_cfg.param_dtype) if run_cfg.param_dtype != "bfloat16" else None
-    if dtype is None:
-        import jax.numpy as jnp
-        return jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), params)
-    return jax.tree.map(lambda x: x.astype(dtype), params)
+    if run_cfg.vocab_size > src_cfg.vocab_size:
+        params["embed"] = grow_rows(jnp.asarray(params["embed"]), run_cfg.vocab_size, src_cfg.vocab_size, axis=0)
+        if "unembed" in params:
+            params["unembed"] = grow_rows(jnp.asarray(params["unembed"]), run_cfg.vocab_size, src_cfg.vocab_size, axis=1)
+    dtype = jnp.dtype(run_cfg.param_dtype)
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
 

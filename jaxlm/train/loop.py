@@ -40,10 +40,15 @@ class Hook:
 class Trainer:
     """Holds what a run needs between steps; `run()` trains to `train.steps`."""
 
-    def __init__(self, config: Config, hooks: Sequence[Hook] = ()):
+    def __init__(self, config: Config, hooks: Sequence[Hook] = (),
+                 init_params: Optional[Callable[[], Optional[dict]]] = None):
         require_data(config)  # the schema leaves sources optional: eval, export and restore read no data
         self.config = config
         self.hooks = [h for h in hooks if h.every > 0]
+        self.init_params = init_params  # a fresh start's parameters (warm start), read only when needed
+        if (config.init.from_ or config.init.hf) and init_params is None:
+            raise ConfigError("init.from / init.hf are read by `python -m jaxlm.main`; train with "
+                              "jaxlm.main.train(config), or pass init_params")
         t = config.train
         if t.eval_tasks and t.eval_tasks_every and "eval_tasks" not in {h.name for h in self.hooks}:
             raise ConfigError("train.eval_tasks runs through the n-shot hook that `python -m jaxlm.main` "
@@ -214,7 +219,12 @@ class Trainer:
             self.checkpoints.close()  # e.g. a config that cannot resume: give the signal handlers back
             raise
         if self._restored is None:
-            return self.scheme.init()
+            state = self.scheme.init()
+            warm = self.init_params() if self.init_params is not None else None
+            if warm is not None:
+                state["params"] = _warm_params(state["params"], warm)
+                self.incidents.record("warm_start", 0, source=self.config.init.from_ or self.config.init.hf)
+            return state
         return self._restored.state
 
     def _resume_data(self, restored: Optional[checkpoint.Restored]) -> dict:
@@ -320,9 +330,26 @@ class _progress:
             self._bar.close()
 
 
-def train(config: Config, hooks: Sequence[Hook] = ()) -> dict:
+def _warm_params(fresh: dict, warm: dict) -> dict:
+    """`fresh` (the run's new parameters, placed in their shards) with every leaf that `warm` has
+    replaced by warm's value in the same dtype and sharding; leaves warm lacks (LoRA adapters)
+    stay fresh. A warm leaf the run lacks, or of another shape, is an error."""
+    flat_fresh = dict(jax.tree_util.tree_flatten_with_path(fresh)[0])
+    flat_warm = dict(jax.tree_util.tree_flatten_with_path(warm)[0])
+    extra = [jax.tree_util.keystr(k) for k in flat_warm if k not in flat_fresh]
+    wrong = [f"{jax.tree_util.keystr(k)} {tuple(v.shape)} vs {tuple(flat_fresh[k].shape)}"
+             for k, v in flat_warm.items() if k in flat_fresh and tuple(v.shape) != tuple(flat_fresh[k].shape)]
+    if extra or wrong:
+        raise ConfigError(f"the warm-start parameters do not fit this run's model: unknown {extra[:3]}, "
+                          f"shapes {wrong[:3]}; check model.* against the source's config")
+    return jax.tree_util.tree_map_with_path(
+        lambda k, x: jax.device_put(np.asarray(flat_warm[k]).astype(x.dtype), x.sharding) if k in flat_warm else x,
+        fresh)
+
+
+def train(config: Config, hooks: Sequence[Hook] = (), init_params=None) -> dict:
     """Trains to train.steps (resuming from the workdir's checkpoints); returns the last logged values."""
-    trainer = Trainer(config, hooks)
+    trainer = Trainer(config, hooks, init_params)
     try:
         return trainer.run()
     finally:

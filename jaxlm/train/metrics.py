@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from jaxlm import config as config_lib
 from jaxlm.config import Config
 from jaxlm.model.counting import flops_per_token  # noqa: F401  (MFU's count, shared with the planner)
 from jaxlm.parallel.hardware import device_peak_flops
@@ -158,4 +159,4 @@ def _number(v):
 
 
 def _plain(config: Config) -> dict:
-    return dataclasses.asdict(config)
+    return config_lib.to_dict(config)
