@@ -12,7 +12,7 @@ from flax import nnx
 from eval_helpers import tiny_config
 from jaxlm.config import ConfigError, MeshConfig, OptimConfig
 from jaxlm.model import Transformer
-from jaxlm.model.lora import is_adapter, merge_lora, without_lora
+from jaxlm.model.lora import add_adapters, is_adapter, merge_lora, without_lora
 from jaxlm.parallel import rules
 from jaxlm.parallel.mesh import build_mesh
 from jaxlm.train.optimizer import make_optimizer, only_trainable, trainable_mask
@@ -170,3 +170,15 @@ def test_merged_export_gives_the_unmerged_logits_in_transformers(tmp_path):
     np.testing.assert_allclose(theirs, ours, atol=1e-5, rtol=0)
     back_cfg, _ = load_hf(str(tmp_path))
     assert back_cfg.lora.rank == 0
+
+
+def test_adapters_added_to_plain_weights_start_from_them():
+    cfg = lora_cfg("llama")
+    _, tuned_params = tuned(without_lora(cfg), seed=3)  # "pre-trained" plain weights
+    params = add_adapters(tuned_params, cfg, jax.random.key(5))
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    nnx.update(model, params)  # the tree of a LoRA model
+    assert len(adapters_of(params)) == 14
+    assert all(not np.any(np.asarray(b)) for k, b in adapters_of(params).items() if "lora_b" in k)
+    np.testing.assert_array_equal(run(model), run(nnx.merge(nnx.graphdef(Transformer(without_lora(cfg), rngs=nnx.Rngs(0))),
+                                                            tuned_params)))

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
+from flax import nnx
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from jaxlm.config import LoraConfig, ModelConfig
 
@@ -25,6 +28,21 @@ def is_adapter(path: tuple) -> bool:
 def without_lora(cfg: ModelConfig) -> ModelConfig:
     """The model config of merged parameters (`cfg` with no adapters)."""
     return dataclasses.replace(cfg, lora=LoraConfig())
+
+
+def add_adapters(base: dict, cfg: ModelConfig, key: jax.Array) -> dict:
+    """`base` (plain weights, e.g. a pre-trained run's or a transformers checkpoint's) with fresh
+    adapters for the LoRA model `cfg` (A random from `key`, B zero): the model starts as the base."""
+    from jaxlm.model.transformer import Transformer  # lora.py sits below the modules that use it
+
+    def fresh(k):  # only the adapters leave the function: XLA drops the unused base weights
+        full = flatten_dict(nnx.to_pure_dict(nnx.state(Transformer(cfg, rngs=nnx.Rngs(params=k)))))
+        return {"/".join(p): v for p, v in full.items() if is_adapter(p)}
+
+    adapters = jax.jit(fresh)(key)
+    flat = flatten_dict(base)
+    flat.update({tuple(p.split("/")): v for p, v in adapters.items()})
+    return unflatten_dict(flat)
 
 
 def merge_lora(params: dict, cfg: ModelConfig) -> dict:
