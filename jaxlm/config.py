@@ -23,6 +23,23 @@ from jaxlm import schema
 from jaxlm.schema import ConfigError  # noqa: F401  (every jaxlm module raises it from here)
 
 
+LORA_TARGETS = ("q", "k", "v", "o", "up", "gate", "down")  # the Dense layers' names in jaxlm.model
+
+
+@dataclasses.dataclass
+class LoraConfig:
+    """Low-rank adapters on the named Dense layers: y = x W + (alpha / rank) * dropout(x) A B, with A
+    random and B zero at the start (so the model starts as the base). rank 0 = no adapters."""
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0  # on the adapter's input, in training only
+    targets: list[str] = dataclasses.field(default_factory=lambda: ["q", "v"])  # of LORA_TARGETS
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
 @dataclasses.dataclass
 class ModelConfig:
     family: str = "llama"  # gpt2: LayerNorm, learned positions, GELU, biases | llama: RMSNorm, RoPE, SwiGLU, GQA
@@ -55,6 +72,7 @@ class ModelConfig:
     # faster than `none` (measured 1.5x on the Tiny Shakespeare step: fewer saved residuals to move).
     remat: str = "dots"
     loss_chunk: int = 0  # >0: cross-entropy over this many tokens at a time, never holding all logits
+    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
 
     def __post_init__(self):
         """Derived defaults, resolved here once: every reader (model, planner, export, metrics) and
@@ -398,9 +416,27 @@ def validate(config: Config) -> None:
     if (config.init.from_ or config.init.hf) and config.diloco.enabled:
         raise ConfigError("init.from / init.hf cannot start a diloco.enabled run yet; start it from a checkpoint "
                           "with checkpoint.restore_from, or train the warm start without DiLoCo")
+    _validate_lora(m)
     _validate_spikes_and_faults(config)
     _validate_parallel(config)
     _validate_checkpoint(config)
+
+
+def _validate_lora(m: ModelConfig) -> None:
+    lo = m.lora
+    if lo.rank < 0:
+        raise ConfigError(f"model.lora.rank must be >= 0 (0: no adapters), got {lo.rank}")
+    if lo.rank == 0:
+        return
+    if lo.alpha <= 0:
+        raise ConfigError(f"model.lora.alpha must be positive, got {lo.alpha}")
+    if not 0.0 <= lo.dropout < 1.0:
+        raise ConfigError(f"model.lora.dropout must be in [0, 1), got {lo.dropout}")
+    names = LORA_TARGETS if m.family == "llama" else tuple(t for t in LORA_TARGETS if t != "gate")
+    bad = [t for t in lo.targets if t not in names]
+    if bad or not lo.targets or len(set(lo.targets)) != len(lo.targets):
+        raise ConfigError(f"model.lora.targets is {lo.targets}; list distinct layers out of {', '.join(names)} "
+                          f"(the {m.family} model's Dense layers)")
 
 
 def _validate_spikes_and_faults(config: Config) -> None:

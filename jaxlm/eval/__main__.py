@@ -2,6 +2,8 @@
 
   python -m jaxlm.eval --workdir W --text FILE [--stride N]
   python -m jaxlm.eval --workdir W --val [--dataset DIR] [--max-documents N]
+  python -m jaxlm.eval --workdir W --instruct [--dataset DIR] [--max-documents N]   (loss on response tokens)
+  python -m jaxlm.eval --workdir W --chain-of-thought ITEMS.jsonl [--limit N] [--max-new-tokens N]
   python -m jaxlm.eval --workdir W --tasks hellaswag,piqa --shots 0 [--limit N] [--output results.json]
   python -m jaxlm.eval --hf DIR ...            (a transformers checkpoint folder instead of a run)
   python -m jaxlm.eval --workdir W --suite bias [--bias-sets crows_pairs,bbq] [--data-root DIR]
@@ -19,7 +21,8 @@ import sys
 
 from jaxlm.config import ConfigError
 from jaxlm.data.format import DataFormatError
-from jaxlm.eval import bias, harness, perplexity
+from jaxlm.eval import bias, harness, instruct, perplexity
+from jaxlm.eval.chat import hf_template, workdir_template
 from jaxlm.eval.contamination import NgramIndex
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.loading import load_hf_dir, load_workdir
@@ -37,12 +40,17 @@ def _parser() -> argparse.ArgumentParser:
     what = p.add_mutually_exclusive_group()
     what.add_argument("--text", help="UTF-8 text file: perplexity and bits per byte")
     what.add_argument("--val", action="store_true", help="the validation split of --dataset (default: the run's first source)")
+    what.add_argument("--instruct", action="store_true",
+                      help="instruction loss: mean NLL of the response tokens of --dataset's validation split")
+    what.add_argument("--chain-of-thought", metavar="ITEMS",
+                      help="JSON/JSONL {question, answer} items (GSM8K form): exact match of chat answers after '####'")
     what.add_argument("--tasks", help="comma-separated task names or task spec .yaml files")
     what.add_argument("--list-tasks", action="store_true", help="print the built-in tasks and exit")
     what.add_argument("--suite", choices=["bias"], help="bias: CrowS-Pairs, BBQ, WinoBias and Winogender (docs/safety.md)")
     p.add_argument("--bias-sets", help="--suite bias: comma-separated subset of crows_pairs,bbq,winobias,winogender")
     p.add_argument("--system", default="", help="--suite bias: text put before every BBQ prompt (prompt engineering)")
-    p.add_argument("--dataset", help="data_prep folder for --val")
+    p.add_argument("--dataset", help="data_prep folder for --val / --instruct")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="--chain-of-thought: longest answer")
     p.add_argument("--max-documents", type=int, help="--val: only the first N documents")
     p.add_argument("--stride", type=int, help="sliding-window stride in tokens (default: half the context)")
     p.add_argument("--context", type=int, help="evaluate with this many tokens of context (default: the trained length)")
@@ -72,8 +80,10 @@ def run(args) -> int:
         return 0
     if not (args.workdir or args.hf):
         raise EvalError("give the model: --workdir RUN_DIR or --hf CHECKPOINT_DIR")
-    if not (args.text or args.val or args.tasks or args.suite):
-        raise EvalError("say what to evaluate: --text FILE, --val, --tasks NAMES or --suite bias")
+    if not (args.text or args.val or args.instruct or args.chain_of_thought or args.tasks or args.suite):
+        raise EvalError("say what to evaluate: --text FILE, --val, --instruct, --chain-of-thought ITEMS, "
+                        "--tasks NAMES or --suite bias")
+    items = instruct.read_cot_items(args.chain_of_thought)[:args.limit] if args.chain_of_thought else None
     if args.suite:  # the data is checked before the model loads
         sets = [s.strip() for s in (args.bias_sets or ",".join(bias.SETS)).split(",") if s.strip()]
         data_root = args.data_root or default_data_root()
@@ -100,13 +110,21 @@ def run(args) -> int:
             raise EvalError(f"cannot read {args.text!r} as UTF-8 text ({e})") from None
         result = perplexity.text_perplexity(em, text, stride=args.stride, source=args.text, batch_size=args.batch_size)
         print(_kv(result))
-    elif args.val:
+    elif args.val or args.instruct:
         dataset = args.dataset or (em.config.data.sources[0].path if em.config and em.config.data.sources else None)
         if dataset is None:
-            raise EvalError("--val needs --dataset DIR (a data_prep output folder)")
-        result = perplexity.dataset_perplexity(em, dataset, stride=args.stride, max_documents=args.max_documents,
-                                               batch_size=args.batch_size)
-        print(_kv(result))
+            raise EvalError(f"{'--val' if args.val else '--instruct'} needs --dataset DIR (a data_prep output folder)")
+        if args.val:
+            result = perplexity.dataset_perplexity(em, dataset, stride=args.stride, max_documents=args.max_documents,
+                                                   batch_size=args.batch_size)
+        else:
+            result = instruct.instruction_loss(em, dataset, max_documents=args.max_documents, batch_size=args.batch_size)
+        print(_kv({k: v for k, v in result.items() if k != "per_example"}))
+    elif args.chain_of_thought:
+        template = workdir_template(em) if args.workdir else hf_template(args.hf, em)
+        result = instruct.chain_of_thought(em, template, items, max_new_tokens=args.max_new_tokens,
+                                           log_samples=args.log_samples)
+        print(_kv({k: v for k, v in result.items() if k != "samples"}))
     elif args.suite:
         result = bias.evaluate_suite(em, data_root, sets, limit=args.limit, batch_size=args.batch_size,
                                      system=args.system)

@@ -1,7 +1,7 @@
 """Hugging Face `transformers` checkpoints <-> jaxlm parameters, driven by `keymap`'s tables.
 
     export_hf(model_cfg, params, out_dir)   -> config.json + model.safetensors (LlamaForCausalLM
-                                               for llama, GPT2LMHeadModel for gpt2)
+                                               for llama, GPT2LMHeadModel for gpt2; LoRA merged)
     load_hf(hf_dir) -> (ModelConfig, params) a local checkpoint of those two classes
     warm_start_params(model_cfg, hf_dir)    -> params for a run whose config must match the checkpoint
 
@@ -25,6 +25,7 @@ from jaxlm.config import ModelConfig
 from jaxlm.interop import keymap
 from jaxlm.model import Transformer
 from jaxlm.model.vocab import grow_rows
+from jaxlm.model.lora import merge_lora, without_lora
 
 
 class InteropError(ValueError):
@@ -204,8 +205,11 @@ def from_hf_tensors(cfg: ModelConfig, tensors: dict[str, np.ndarray], where: str
 def export_hf(cfg: ModelConfig, params: dict, out_dir: str, *, bos_id: Optional[int] = None,
               eos_id: Optional[int | list[int]] = None, pad_id: Optional[int] = None, dtype: str = "float32") -> list[str]:
     """Writes config.json, generation_config.json and model.safetensors; returns the files written.
-    eos_id may list several ids (a chat model stops at its end-of-turn token or at EOS)."""
+    eos_id may list several ids (a chat model stops at its end-of-turn token or at EOS). LoRA
+    adapters are merged into their weights first: the folder holds a plain model."""
     from safetensors.numpy import save_file
+
+    params, cfg = merge_lora(params, cfg), without_lora(cfg)
 
     if dtype not in ("float32", "float16"):  # numpy has no bfloat16; float32 converts exactly to it later
         raise InteropError(f"export dtype must be float32 or float16, got {dtype!r}")

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxlm.model.layers import Dense, Dropout, Norm, constrain
+from jaxlm.model.layers import Dense, Dropout, Norm, constrain, lora_keys, lora_options
 
 
 def rope(x_BTNH: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
@@ -59,10 +59,10 @@ class Attention(nnx.Module):
         bias = cfg.family == "gpt2"
         common = dict(use_bias=bias, dtype=dtype, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs,
                       matmul_dtype=cfg.matmul_dtype)
-        self.q = Dense((d,), (n, h), ("embed",), ("heads", "kv"), std=std, **common)
-        self.k = Dense((d,), (kv, h), ("embed",), ("heads", "kv"), std=std, **common)
-        self.v = Dense((d,), (kv, h), ("embed",), ("heads", "kv"), std=std, **common)
-        self.o = Dense((n, h), (d,), ("heads", "kv"), ("embed",), std=out_std, **common)
+        self.q = Dense((d,), (n, h), ("embed",), ("heads", "kv"), std=std, **common, **lora_options(cfg, "q"))
+        self.k = Dense((d,), (kv, h), ("embed",), ("heads", "kv"), std=std, **common, **lora_options(cfg, "k"))
+        self.v = Dense((d,), (kv, h), ("embed",), ("heads", "kv"), std=std, **common, **lora_options(cfg, "v"))
+        self.o = Dense((n, h), (d,), ("heads", "kv"), ("embed",), std=out_std, **common, **lora_options(cfg, "o"))
         if cfg.qk_norm:
             norm = dict(kind="rmsnorm", eps=cfg.norm_eps, param_dtype=jnp.dtype(cfg.param_dtype))
             self.q_norm, self.k_norm = Norm(h, "kv", **norm), Norm(h, "kv", **norm)
@@ -73,13 +73,14 @@ class Attention(nnx.Module):
         self.dropout = Dropout(cfg.attn_dropout)
 
     def __call__(self, x_BTD, positions_BT, segment_ids_BT, dropout_key: Optional[jax.Array] = None,
-                 cache: Optional[dict] = None):
+                 cache: Optional[dict] = None, lora_key: Optional[jax.Array] = None):
         """Self-attention. With `cache` ({k, v: (B, S, K, H), segment_ids: (B, S), index: ()}) the new
         keys/values are written at `index` and the queries attend over the whole cache; returns
-        (output, new_cache)."""
-        q = constrain(self.q(x_BTD), ("batch", "length", "heads", "kv"))
-        k = constrain(self.k(x_BTD), ("batch", "length", "heads", "kv"))
-        v = constrain(self.v(x_BTD), ("batch", "length", "heads", "kv"))
+        (output, new_cache). `lora_key`: the adapters' dropout in training."""
+        kq, kk, kv_, ko = lora_keys(lora_key, 4)
+        q = constrain(self.q(x_BTD, kq), ("batch", "length", "heads", "kv"))
+        k = constrain(self.k(x_BTD, kk), ("batch", "length", "heads", "kv"))
+        v = constrain(self.v(x_BTD, kv_), ("batch", "length", "heads", "kv"))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.use_rope:
@@ -95,5 +96,5 @@ class Attention(nnx.Module):
             mask = document_causal_mask(segment_ids_BT, seg, q_offset=index)
             k, v = k.astype(q.dtype), v.astype(q.dtype)
         out = attend(q, k, v, mask, dropout=self.dropout, dropout_key=dropout_key)
-        out = constrain(self.o(out), ("batch", "length", "embed"))
+        out = constrain(self.o(out, ko), ("batch", "length", "embed"))
         return out if cache is None else (out, cache)

@@ -62,24 +62,53 @@ def param(key: jax.Array, shape: tuple, axes: tuple, std: float, dtype) -> nnx.P
 
 class Dense(nnx.Module):
     """y = x @ kernel (+ bias) in `dtype`, the product's operands in `matmul_dtype` (default: `dtype`)
-    with float32 accumulation; `in_axes`/`out_axes` name the kernel's dims (may be several each)."""
+    with float32 accumulation; `in_axes`/`out_axes` name the kernel's dims (may be several each).
+
+    With `lora_rank` > 0 it also carries a low-rank adapter (LoRA): y += lora_scale * (x A) B, A
+    (in..., rank) random and B (rank, out...) zero, so a fresh adapter leaves the layer as it was;
+    `lora_dropout` drops the adapter's input when the call gets a key (training)."""
 
     def __init__(self, in_shape: tuple, out_shape: tuple, in_axes: tuple, out_axes: tuple, *,
-                 std: float, use_bias: bool, dtype, param_dtype, rngs: nnx.Rngs, matmul_dtype=None):
-        self.kernel = param(rngs.params(), in_shape + out_shape, in_axes + out_axes, std, param_dtype)
+                 std: float, use_bias: bool, dtype, param_dtype, rngs: nnx.Rngs, matmul_dtype=None,
+                 lora_rank: int = 0, lora_scale: float = 1.0, lora_dropout: float = 0.0):
+        key = rngs.params()
+        self.kernel = param(key, in_shape + out_shape, in_axes + out_axes, std, param_dtype)
         self.bias = param(None, out_shape, out_axes, 0.0, param_dtype) if use_bias else None
         self.n_in = len(in_shape)
         self.dtype = jnp.dtype(dtype)
         self.matmul_dtype = jnp.dtype(matmul_dtype or dtype)
+        # A's key derives from the kernel's, so the base weights are those of a model without
+        # adapters; std 1/sqrt(fan_in) keeps x A of the order of x.
+        self.lora_a = (param(jax.random.fold_in(key, 1), in_shape + (lora_rank,), in_axes + ("lora",),
+                             1.0 / math.sqrt(math.prod(in_shape)), param_dtype) if lora_rank > 0 else None)
+        self.lora_b = param(None, (lora_rank,) + out_shape, ("lora",) + out_axes, 0.0, param_dtype) if lora_rank > 0 else None
+        self.lora_scale = lora_scale
+        self.lora_dropout = Dropout(lora_dropout)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, lora_key: Optional[jax.Array] = None) -> jax.Array:
         y = matmul(x, self.kernel[...], self.n_in, self.matmul_dtype)
+        if self.lora_a is not None:
+            h = matmul(self.lora_dropout(x, lora_key), self.lora_a[...], self.n_in, self.matmul_dtype)
+            y = y + self.lora_scale * matmul(h, self.lora_b[...], 1, self.matmul_dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(y.dtype)
         # Named for remat's "dots" policy, which keeps these outputs by name: it sees them inside a
         # pipeline's vmapped stages and through the low-precision product's custom_vjp, where a
         # policy that looks for dot primitives without batch dims finds none.
         return checkpoint_name(y.astype(self.dtype), MATMUL_OUTPUT)
+
+
+def lora_options(cfg, name: str) -> dict:
+    """Dense's LoRA arguments for the layer called `name` (q, k, v, o, up, gate, down) under `cfg`."""
+    lo = cfg.lora
+    if lo.rank <= 0 or name not in lo.targets:
+        return {}
+    return dict(lora_rank=lo.rank, lora_scale=lo.scale, lora_dropout=lo.dropout)
+
+
+def lora_keys(key: Optional[jax.Array], n: int) -> list:
+    """n adapter-dropout keys from one (n Nones without a key)."""
+    return [None] * n if key is None else list(jax.random.split(key, n))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,14 +9,13 @@ with `jax.lax.scan` (one compiled block however deep the model), optionally rema
 
 from __future__ import annotations
 
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.model.attention import Attention
-from jaxlm.model.layers import MATMUL_OUTPUT, Dense, Dropout, Norm, constrain, init_stds, param
+from jaxlm.model.layers import MATMUL_OUTPUT, Dense, Dropout, Norm, constrain, init_stds, lora_keys, lora_options, param
 
 
 class MLP(nnx.Module):
@@ -25,16 +24,18 @@ class MLP(nnx.Module):
         self.gated = cfg.family == "llama"
         common = dict(use_bias=not self.gated, dtype=dtype, param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs,
                       matmul_dtype=cfg.matmul_dtype)
-        self.up = Dense((d,), (f,), ("embed",), ("mlp",), std=std, **common)
-        self.gate = Dense((d,), (f,), ("embed",), ("mlp",), std=std, **common) if self.gated else None
-        self.down = Dense((f,), (d,), ("mlp",), ("embed",), std=out_std, **common)
+        self.up = Dense((d,), (f,), ("embed",), ("mlp",), std=std, **common, **lora_options(cfg, "up"))
+        self.gate = (Dense((d,), (f,), ("embed",), ("mlp",), std=std, **common, **lora_options(cfg, "gate"))
+                     if self.gated else None)
+        self.down = Dense((f,), (d,), ("mlp",), ("embed",), std=out_std, **common, **lora_options(cfg, "down"))
 
-    def __call__(self, x_BTD):
+    def __call__(self, x_BTD, lora_key=None):
+        k_up, k_gate, k_down = lora_keys(lora_key, 3)
         if self.gated:
-            h = jax.nn.silu(self.gate(x_BTD)) * self.up(x_BTD)
+            h = jax.nn.silu(self.gate(x_BTD, k_gate)) * self.up(x_BTD, k_up)
         else:
-            h = jax.nn.gelu(self.up(x_BTD), approximate=True)
-        return self.down(constrain(h, ("batch", "length", "mlp")))
+            h = jax.nn.gelu(self.up(x_BTD, k_up), approximate=True)
+        return self.down(constrain(h, ("batch", "length", "mlp")), k_down)
 
 
 class Block(nnx.Module):
@@ -47,14 +48,18 @@ class Block(nnx.Module):
         self.mlp_norm = Norm(cfg.d_model, "embed", **norm)
         self.mlp = MLP(cfg, std=std, out_std=out_std, dtype=dtype, rngs=rngs)
         self.dropout = Dropout(cfg.resid_dropout)
+        self.lora_dropout = cfg.lora.rank > 0 and cfg.lora.dropout > 0
 
     def __call__(self, x_BTD, positions_BT, segment_ids_BT, key=None, cache=None):
+        k_lora_attn = k_lora_mlp = None
+        if key is not None and self.lora_dropout:  # the adapters' own keys (without them: as before)
+            key, k_lora_attn, k_lora_mlp = jax.random.split(key, 3)
         k_attn, k_res1, k_res2 = jax.random.split(key, 3) if key is not None else (None, None, None)
-        h = self.attn(self.attn_norm(x_BTD), positions_BT, segment_ids_BT, k_attn, cache)
+        h = self.attn(self.attn_norm(x_BTD), positions_BT, segment_ids_BT, k_attn, cache, k_lora_attn)
         if cache is not None:
             h, cache = h
         x_BTD = x_BTD + self.dropout(h, k_res1)
-        x_BTD = x_BTD + self.dropout(self.mlp(self.mlp_norm(x_BTD)), k_res2)
+        x_BTD = x_BTD + self.dropout(self.mlp(self.mlp_norm(x_BTD), k_lora_mlp), k_res2)
         x_BTD = constrain(x_BTD, ("batch", "length", "embed"))
         return x_BTD if cache is None else (x_BTD, cache)
 

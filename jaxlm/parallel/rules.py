@@ -27,6 +27,7 @@ PARAM_RULES: dict[str, Any] = {
     "kv": None,
     "layers": "pipe",
     "length": None,
+    "lora": None,  # an adapter's rank: small, kept whole (its other dim is split like the base weight's)
 }
 
 ACTIVATION_RULES: dict[str, Any] = {

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxlm.config import OptimConfig, TrainConfig
+from jaxlm.model.lora import is_adapter
 
 
 def make_schedule(cfg: OptimConfig, total_steps: int, peak: Optional[float] = None) -> optax.Schedule:
@@ -123,6 +124,19 @@ def eval_params(cfg: OptimConfig, params: dict, opt_state) -> dict:
 
 def _is_schedule_free(x) -> bool:
     return isinstance(x, optax.contrib.ScheduleFreeState)
+
+
+def trainable_mask(params: dict, lora: bool) -> dict:
+    """True per parameter that training updates: every one, or with LoRA only the adapters."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: not lora or is_adapter(tuple(getattr(k, "key", k) for k in path)), params)
+
+
+def only_trainable(optimizer: optax.GradientTransformation, mask: dict) -> optax.GradientTransformation:
+    """`optimizer` on the parameters `mask` marks; the others get zero updates and no state (their
+    moments are never allocated: with LoRA the optimizer state is the adapters' size)."""
+    labels = jax.tree.map(lambda m: "train" if m else "frozen", mask)
+    return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)
 
 
 def _scaled_decay(schedule, weight_decay: float) -> optax.GradientTransformation:

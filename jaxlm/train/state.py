@@ -21,7 +21,7 @@ from jaxlm.config import Config
 from jaxlm.model import Transformer
 from jaxlm.parallel import rules
 from jaxlm.train import spikes
-from jaxlm.train.optimizer import make_optimizer
+from jaxlm.train.optimizer import make_optimizer, only_trainable, trainable_mask
 
 
 @dataclasses.dataclass
@@ -88,4 +88,9 @@ def init_state(config: Config, spec: ModelSpec, optimizer, shardings: dict) -> d
 
 
 def build_optimizer(config: Config, spec: ModelSpec) -> optax.GradientTransformation:
-    return make_optimizer(config.optim, config.train.steps, spec.axes)
+    """The run's optimizer; with LoRA (model.lora.rank > 0) it updates, and keeps state for, the
+    adapters alone: the base weights are frozen."""
+    optimizer = make_optimizer(config.optim, config.train.steps, spec.axes)
+    if config.model.lora.rank > 0:
+        optimizer = only_trainable(optimizer, trainable_mask(spec.shapes, lora=True))
+    return optimizer

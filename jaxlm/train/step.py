@@ -30,7 +30,7 @@ BATCH_KEYS = TOKEN_FIELDS
 
 def _uses_dropout(config: Config) -> bool:
     m = config.model
-    return max(m.embed_dropout, m.attn_dropout, m.resid_dropout) > 0
+    return max(m.embed_dropout, m.attn_dropout, m.resid_dropout) > 0 or (m.lora.rank > 0 and m.lora.dropout > 0)
 
 
 def make_loss_fn(config: Config, spec: ModelSpec, objective: Objective, *, train: bool) -> Callable:
