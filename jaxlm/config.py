@@ -53,6 +53,9 @@ class ModelConfig:
     # faster than `none` (measured 1.5x on the Tiny Shakespeare step: fewer saved residuals to move).
     remat: str = "dots"
     loss_chunk: int = 0  # >0: cross-entropy over this many tokens at a time, never holding all logits
+    # Attention kernel: auto (splash on TPU, cuDNN's fused call on GPU, plain XLA elsewhere) | dense
+    # (never a kernel: the full masked logits) | splash (the Pallas TPU kernel, interpreted off TPU).
+    attention: str = "auto"
 
 
 @dataclasses.dataclass
@@ -345,6 +348,7 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.matmul_dtype": (None, "float32", "bfloat16", "float16"),
+    "model.attention": ("auto", "dense", "splash"),
     "optim.name": ("adamw", "adafactor", "lion"),
     "optim.schedule.name": ("constant", "cosine", "linear", "step", "inverse_sqrt", "wsd"),
     "log.wandb.mode": ("offline", "online", "disabled"),
