@@ -81,6 +81,7 @@ class MeshConfig:
     tensor: int = 1
     pipe: int = 1
     auto: bool = False  # `mesh: auto`: sizes chosen from devices, model and batch (jaxlm.parallel.auto)
+    dcn_axis: str = "data"  # several TPU slices: the axis that spans them (over the data-centre network)
 
 
 @dataclasses.dataclass
@@ -353,6 +354,7 @@ _CHOICES = {
     "optim.schedule.name": ("constant", "cosine", "linear", "step", "inverse_sqrt", "wsd"),
     "log.wandb.mode": ("offline", "online", "disabled"),
     "pipeline.schedule": ("gpipe", "circular"),
+    "mesh.dcn_axis": ("data", "fsdp", "tensor", "pipe"),
 }
 
 
