@@ -36,6 +36,9 @@ setup(
         "ray": ["ray>=2.40,<3"],
         "hf": ["transformers>=4.45,<6", "safetensors>=0.4,<1", "torch==2.13.0", "datasets>=2.18,<6"],
         "wandb": ["wandb>=0.18,<1"],
+        # libtpu, pinned by jax to its own version: runs on Cloud TPU, and compiles for TPU slices
+        # anywhere (python -m jaxlm.plan compile)
+        "tpu": ["jax[tpu]>=0.7,<0.13"],
         "plan": ["matplotlib>=3.8,<4"],
         "lmeval": ["lm-eval>=0.4.9,<0.5"],
         "dev": ["pytest>=8,<10", "tensorboard>=2.16,<3", "nbclient>=0.10,<1", "nbformat>=5.9,<6", "ipykernel>=6,<8",

@@ -12,6 +12,7 @@ each chip: megacore), v5e-N (= v5litepod-N) and v6e-N count chips.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from typing import Optional
 
@@ -68,7 +69,7 @@ def parse_topology(name: str, slices: int = 1) -> Topology:
     known = "v4-8 ... v4-8192, v5p-8 ... v5p-17920, v5e-1 ... v5e-256 (or v5litepod-N), v6e-1 ... v6e-256"
     match = re.fullmatch(r"(v4|v5p|v5e|v5litepod|v5lite|v6e|v6)-(\d+)", name.strip().lower())
     if not match:
-        raise PlanError(f"unknown TPU topology {name!r}; give a Cloud TPU accelerator type: {known}")
+        raise PlanError(f"unknown TPU topology {name!r}; give a Cloud TPU accelerator type, known: {known}")
     generation = ALIASES.get(match.group(1), match.group(1))
     count = int(match.group(2))
     ndim, cores_per_chip, host = GENERATIONS[generation]
@@ -91,6 +92,9 @@ def parse_topology(name: str, slices: int = 1) -> Topology:
 
 def topology_devices(topo: Topology) -> list:
     """Compile-only JAX devices of the slice(s), from libtpu's description of the topology."""
+    # Compile-only: no chip is claimed, so several processes may load libtpu at once (it takes a
+    # lock file otherwise, which a second compile, e.g. a test beside a benchmark, would fail on).
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         from jax.experimental import topologies
         desc = topologies.get_topology_desc(
@@ -133,9 +137,13 @@ def _program(name: str, compiled) -> Program:
                    seconds if seconds and seconds > 0 else None)
 
 
-def compile_programs(config, devices) -> tuple[dict, list[Program]]:
-    """Lowers and compiles the run's init, train step and eval step for `devices` (compile-only
-    TPU devices work). Returns the mesh's axis sizes and what the compiler reports."""
+PROGRAMS = ("init", "train step", "eval step")
+
+
+def compile_programs(config, devices, programs=PROGRAMS) -> tuple[dict, list[Program]]:
+    """Lowers and compiles the run's init, train step and eval step (or those named in `programs`)
+    for `devices` (compile-only TPU devices work). Returns the mesh's axis sizes and what the
+    compiler reports."""
     import jax
     import jax.numpy as jnp
 
@@ -166,12 +174,12 @@ def compile_programs(config, devices) -> tuple[dict, list[Program]]:
                         out_shardings=(shardings, None), donate_argnums=0)
         evaluate = jax.jit(make_eval_step(config, spec, mesh),
                            in_shardings=(shardings["params"], {k: micro_sharding for k in BATCH_KEYS}))
-        programs = [_program("init", init.lower().compile()),
-                    _program("train step", train.lower(state, batch).compile()),
-                    _program("eval step", evaluate.lower(state["params"], micro_batch).compile())]
+        lowered = {"init": lambda: init.lower(), "train step": lambda: train.lower(state, batch),
+                   "eval step": lambda: evaluate.lower(state["params"], micro_batch)}
+        out = [_program(name, lowered[name]().compile()) for name in programs]
     finally:
         layers.set_activation_constraint(None)
-    return dict(mesh.shape), programs
+    return dict(mesh.shape), out
 
 
 def planner_workload(config):
@@ -196,7 +204,7 @@ class Report:
 
     @property
     def train(self) -> Program:
-        return self.programs[1]
+        return next(p for p in self.programs if p.name == "train step")
 
     @property
     def peak(self) -> int:  # the largest program: what must fit
@@ -211,16 +219,16 @@ class Report:
         return self.planner_bytes / self.train.peak - 1
 
 
-def compile_report(config, topo: Topology) -> Report:
+def compile_report(config, topo: Topology, programs=PROGRAMS) -> Report:
     from jaxlm.plan.memory import MeshShape, estimate_memory, flops_per_token
 
     if topo.slices > 1 and config.mesh.dcn_axis not in ("data", "fsdp"):
         raise PlanError(f"mesh.dcn_axis is {config.mesh.dcn_axis!r}: only a batch axis (data or fsdp) may span "
                         "slices, whose links (the data-centre network) are too slow for tensor or pipe")
-    mesh, programs = compile_programs(config, topology_devices(topo))
+    mesh, compiled = compile_programs(config, topology_devices(topo), programs)
     estimate = estimate_memory(config.model, planner_workload(config), MeshShape(**mesh))
     tokens = config.train.global_batch * config.data.seq_len
-    return Report(topo, mesh, programs, estimate.total, flops_per_token(config.model, config.data.seq_len), tokens)
+    return Report(topo, mesh, compiled, estimate.total, flops_per_token(config.model, config.data.seq_len), tokens)
 
 
 def format_report(report: Report) -> str:

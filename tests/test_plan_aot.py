@@ -1,0 +1,104 @@
+"""`python -m jaxlm.plan compile`: TPU slices described by name, compiled on this CPU machine with
+libtpu (the `tpu` extra), memory reported per chip beside the planner's estimate."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxlm.config import ConfigError, load_config
+from jaxlm.plan import PlanError, aot
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _needs_libtpu():
+    if importlib.util.find_spec("libtpu") is None:
+        if os.environ.get("CI"):
+            pytest.fail("libtpu is missing; .ci/run installs it with jaxlm[tpu]")
+        pytest.skip("libtpu is not installed (pip install \"jaxlm[tpu]\")")
+
+
+@pytest.mark.parametrize("name, generation, chips, shape, per_host", [
+    ("v4-8", "v4", 4, (2, 2, 1), (2, 2, 1)),
+    ("v4-32", "v4", 16, (2, 2, 4), (2, 2, 1)),
+    ("v5p-8", "v5p", 4, (2, 2, 1), (2, 2, 1)),
+    ("v5p-64", "v5p", 32, (2, 4, 4), (2, 2, 1)),
+    ("v5p-128", "v5p", 64, (4, 4, 4), (2, 2, 1)),
+    ("v5p-1024", "v5p", 512, (8, 8, 8), (2, 2, 1)),
+    ("v5e-16", "v5e", 16, (4, 4), (2, 2, 1)),
+    ("v5litepod-8", "v5e", 8, (2, 4), (2, 4, 1)),
+    ("v5e-256", "v5e", 256, (16, 16), (2, 2, 1)),
+    ("v6e-8", "v6e", 8, (2, 4), (2, 4, 1)),
+    ("v6e-1", "v6e", 1, (1, 1), (1, 1, 1)),
+])
+def test_accelerator_types_name_their_slice(name, generation, chips, shape, per_host):
+    topo = aot.parse_topology(name)
+    assert (topo.generation, topo.chips, topo.shape, topo.chips_per_host) == (generation, chips, shape, per_host)
+    assert topo.topology_name == f"{generation}:{'x'.join(map(str, shape))}"
+
+
+@pytest.mark.parametrize("name, message", [
+    ("v7-8", "unknown TPU topology 'v7-8'"),
+    ("a100-8", "unknown TPU topology"),
+    ("v5p-12", "v5p slices count TensorCores (2 per chip) in powers of two, e.g. v5p-8"),
+    ("v4-4", "v4 slices count TensorCores"),
+    ("v5e-512", "v5e slices count chips in powers of two"),
+])
+def test_unknown_topologies_say_what_is_known(name, message):
+    with pytest.raises(PlanError, match="known: v4-8") as e:
+        aot.parse_topology(name)
+    assert message in str(e.value)
+
+
+def test_cli_rejects_a_bad_topology_before_anything_else():
+    out = subprocess.run([sys.executable, "-m", "jaxlm.plan", "compile", "--config", "no/such.yaml",
+                          "--topology", "v9-8"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("error: unknown TPU topology 'v9-8'")
+
+
+def test_slice_devices_and_a_mesh_across_two_slices():
+    _needs_libtpu()
+    from jaxlm.parallel.mesh import build_mesh
+
+    topo = aot.parse_topology("v5e-16", slices=2)
+    devices = aot.topology_devices(topo)
+    assert len(devices) == 32 and {d.device_kind for d in devices} == {"TPU v5 lite"}
+    assert sorted({d.slice_index for d in devices}) == [0, 1]
+    config = load_config(os.path.join(REPO, "configs/llama-1b.yaml"), ["mesh.data=2"])
+    mesh = build_mesh(config, devices)
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 16, "tensor": 1, "pipe": 1}
+    # the data axis spans the slices (the data-centre network); fsdp stays within one slice's ICI
+    for i in range(2):
+        assert {d.slice_index for d in mesh.devices[i].flat} == {i}
+    with pytest.raises(ConfigError, match=r"mesh.dcn_axis=data, so mesh.data \(1\) must be a multiple of 2"):
+        build_mesh(load_config(os.path.join(REPO, "configs/llama-1b.yaml")), devices)
+    with pytest.raises(PlanError, match="only a batch axis"):
+        aot.compile_report(load_config(os.path.join(REPO, "configs/llama-1b.yaml"), ["mesh.dcn_axis=tensor"]), topo)
+
+
+@pytest.mark.slow  # several minutes: XLA's TPU compiler on a small CPU
+def test_cli_compiles_gpt2_for_v4_8_and_the_planner_is_within_15_percent():
+    _needs_libtpu()
+    out = subprocess.run([sys.executable, "-m", "jaxlm.plan", "compile", "--config", "configs/gpt2-124m.yaml",
+                          "--topology", "v4-8"], cwd=REPO, capture_output=True, text=True, timeout=3000)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert lines[1].startswith("v4-8: 4 x TPU v4 (v4:2x2x1, 32 GiB each); mesh data=4,fsdp=1,tensor=1,pipe=1")
+    programs = {line.split("|")[1].strip(): line for line in lines if line.startswith("| ")}
+    assert {"init", "train step", "eval step", "planner (train step)"} <= set(programs)
+    verdict = next(line for line in lines if line.startswith("fits: "))
+    off = float(verdict.rsplit("estimate is ", 1)[1].split("%")[0])
+    assert abs(off) <= 15, verdict
+
+
+@pytest.mark.slow
+def test_a_recipe_that_does_not_fit_is_reported_as_such():
+    _needs_libtpu()
+    config = load_config(os.path.join(REPO, "configs/llama-8b.yaml"))
+    report = aot.compile_report(config, aot.parse_topology("v5e-16"), programs=("train step",))
+    assert not report.fits and report.train.peak > 16 * 2**30
+    assert "DOES NOT FIT" in aot.format_report(report)
