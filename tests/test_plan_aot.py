@@ -122,3 +122,22 @@ def test_a_recipe_that_does_not_fit_is_reported_as_such():
     report = aot.compile_report(config, aot.parse_topology("v5e-16"), programs=("train step",))
     assert not report.fits and report.train.peak > 16 * 2**30
     assert "DOES NOT FIT" in aot.format_report(report)
+
+
+@pytest.mark.slow
+def test_a_program_the_compiler_refuses_for_want_of_hbm_is_reported_with_its_need():
+    _needs_libtpu()
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = aot.topology_devices(aot.parse_topology("v5e-4"))
+    sharding = NamedSharding(Mesh(devices, ("data",)), PartitionSpec("data"))
+    x = jax.ShapeDtypeStruct((4, 2**16), jnp.float32, sharding=sharding)
+    def outer(x):  # a (2^16, 2^16) float32 temporary per chip: 16 GiB, kept whole by the barrier
+        return jnp.sum(jax.lax.optimization_barrier(x[:, :, None] * x[:, None, :]), axis=2)
+
+    outer = jax.jit(outer)
+    program = aot._compile("outer", outer.lower(x), (x,))
+    assert program.arguments == 2**16 * 4
+    assert 16 * 2**30 <= program.temps <= 17 * 2**30 and program.peak > aot.get_device("v5e").hbm_bytes

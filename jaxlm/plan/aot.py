@@ -140,6 +140,30 @@ def _program(name: str, compiled) -> Program:
 PROGRAMS = ("init", "train step", "eval step")
 
 
+_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _per_chip_bytes(tree) -> int:
+    """Bytes one chip holds of these sharded ShapeDtypeStructs."""
+    import jax
+    import numpy as np
+
+    return sum(int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def _compile(name: str, lowered, args) -> Program:
+    """One program's report; when XLA's TPU compiler refuses it for want of HBM, the temporaries
+    it said it needs (it gives no memory analysis then)."""
+    try:
+        return _program(name, lowered.compile())
+    except Exception as e:  # jax's JaxRuntimeError: RESOURCE_EXHAUSTED: Ran out of memory on HBM ...
+        need = re.search(r"required for HLO temporaries \(([\d.]+)([KMGT])\)", str(e))
+        if "RESOURCE_EXHAUSTED" not in str(e) or not need:
+            raise
+        temps = int(float(need.group(1)) * _UNITS[need.group(2)])
+        return Program(name, _per_chip_bytes(args), 0, temps, 0, 0, None, None)
+
+
 def compile_programs(config, devices, programs=PROGRAMS) -> tuple[dict, list[Program]]:
     """Lowers and compiles the run's init, train step and eval step (or those named in `programs`)
     for `devices` (compile-only TPU devices work). Returns the mesh's axis sizes and what the
@@ -174,23 +198,29 @@ def compile_programs(config, devices, programs=PROGRAMS) -> tuple[dict, list[Pro
                         out_shardings=(shardings, None), donate_argnums=0)
         evaluate = jax.jit(make_eval_step(config, spec, mesh),
                            in_shardings=(shardings["params"], {k: micro_sharding for k in BATCH_KEYS}))
-        lowered = {"init": lambda: init.lower(), "train step": lambda: train.lower(state, batch),
-                   "eval step": lambda: evaluate.lower(state["params"], micro_batch)}
-        out = [_program(name, lowered[name]().compile()) for name in programs]
+        batch = {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding) for k, x in batch.items()}
+        micro_batch = {k: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=micro_sharding)
+                       for k, x in micro_batch.items()}
+        lowered = {"init": lambda: (init.lower(), ()), "train step": lambda: (train.lower(state, batch), (state, batch)),
+                   "eval step": lambda: (evaluate.lower(state["params"], micro_batch), (state["params"], micro_batch))}
+        out = [_compile(name, *lowered[name]()) for name in programs]
     finally:
         layers.set_activation_constraint(None)
     return dict(mesh.shape), out
 
 
 def planner_workload(config):
-    """The planner's description of what one optimizer step of this config processes."""
+    """The planner's description of what one optimizer step of this config processes on TPU."""
+    from jaxlm.model.attention import SPLASH_LANES
     from jaxlm.plan.memory import Workload
 
     m, t = config.model, config.train
+    splash = m.attention == "splash" or (m.attention == "auto" and config.data.seq_len % SPLASH_LANES == 0
+                                          and m.attn_dropout == 0)
     return Workload(global_batch=t.global_batch, seq_len=config.data.seq_len, micro_batch=t.micro_batch,
                     remat=m.remat, compute_dtype=m.dtype, param_dtype=m.param_dtype, optimizer=config.optim.name,
                     loss_chunk=m.loss_chunk, pipeline_repeats=config.pipeline.repeats,
-                    pipeline_microbatches=config.pipeline.microbatches)
+                    pipeline_microbatches=config.pipeline.microbatches, attention="splash" if splash else "dense")
 
 
 @dataclasses.dataclass
