@@ -2,6 +2,7 @@
 
     python benchmarks/tpu_compile.py              # every case below (tens of minutes on 2 cores)
     python benchmarks/tpu_compile.py --only 0 3   # some of them
+    python benchmarks/tpu_compile.py --planner-only   # the planner's side alone, in seconds
 
 Each case builds the recipe's mesh on the slice's compile-only devices (libtpu, `jaxlm[tpu]`),
 lowers and compiles the real train step, and prints the compiler's per-chip bytes beside
@@ -52,10 +53,30 @@ def run_case(recipe: str, topology: str, slices: int, overrides: list[str]) -> l
             f"{seconds:.0f}"]
 
 
+def planner_case(recipe: str, topology: str, slices: int, overrides: list[str]) -> list:
+    """The planner's side alone (no compile): its estimate on the mesh the compile uses."""
+    from jaxlm.parallel.mesh import build_mesh
+    from jaxlm.plan.memory import MeshShape, estimate_memory
+
+    config = load_config(recipe, overrides)
+    topo = aot.parse_topology(topology, slices)
+    mesh = dict(build_mesh(config, aot.topology_devices(topo)).shape)
+    work = aot.planner_workload(config)
+    estimate = estimate_memory(config.model, work, MeshShape(**mesh))
+    name = os.path.basename(recipe) + (f" {' '.join(overrides)}" if overrides else "")
+    return [name, topology + (f" x{slices}" if slices > 1 else ""), ",".join(f"{k}={v}" for k, v in mesh.items() if v > 1),
+            work.attention, f"{estimate.state / GiB:.2f}", f"{estimate.temp / GiB:.2f}", f"{estimate.total / GiB:.2f}"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", type=int, nargs="*", help="case numbers to run (default: all)")
+    parser.add_argument("--planner-only", action="store_true", help="only the planner's estimates (no compile)")
     args = parser.parse_args()
+    if args.planner_only:
+        rows = [planner_case(*case) for i, case in enumerate(CASES) if not args.only or i in args.only]
+        print(table(["recipe", "slice", "mesh", "attention", "state GiB", "temps GiB", "planner total GiB"], rows))
+        return 0
     headers = ["recipe", "slice", "mesh", "args GiB", "temps GiB", "XLA total GiB", "planner GiB",
                "planner vs XLA", "verdict (% of HBM GiB)", "compile s"]
     rows = []
