@@ -65,7 +65,7 @@ def planner_case(recipe: str, topology: str, slices: int, overrides: list[str]) 
     estimate = estimate_memory(config.model, work, MeshShape(**mesh))
     name = os.path.basename(recipe) + (f" {' '.join(overrides)}" if overrides else "")
     return [name, topology + (f" x{slices}" if slices > 1 else ""), ",".join(f"{k}={v}" for k, v in mesh.items() if v > 1),
-            work.attention, f"{estimate.state / GiB:.2f}", f"{estimate.temp / GiB:.2f}", f"{estimate.total / GiB:.2f}"]
+            f"{estimate.state / GiB:.2f}", f"{estimate.temp / GiB:.2f}", f"{estimate.total / GiB:.2f}"]
 
 
 def main() -> int:
@@ -75,7 +75,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.planner_only:
         rows = [planner_case(*case) for i, case in enumerate(CASES) if not args.only or i in args.only]
-        print(table(["recipe", "slice", "mesh", "attention", "state GiB", "temps GiB", "planner total GiB"], rows))
+        print(table(["recipe", "slice", "mesh", "state GiB", "temps GiB", "planner total GiB"], rows))
         return 0
     headers = ["recipe", "slice", "mesh", "args GiB", "temps GiB", "XLA total GiB", "planner GiB",
                "planner vs XLA", "verdict (% of HBM GiB)", "compile s"]

@@ -210,17 +210,14 @@ def compile_programs(config, devices, programs=PROGRAMS) -> tuple[dict, list[Pro
 
 
 def planner_workload(config):
-    """The planner's description of what one optimizer step of this config processes on TPU."""
-    from jaxlm.model.attention import SPLASH_LANES
+    """The planner's description of what one optimizer step of this config processes."""
     from jaxlm.plan.memory import Workload
 
     m, t = config.model, config.train
-    splash = m.attention == "splash" or (m.attention == "auto" and config.data.seq_len % SPLASH_LANES == 0
-                                          and m.attn_dropout == 0)
     return Workload(global_batch=t.global_batch, seq_len=config.data.seq_len, micro_batch=t.micro_batch,
                     remat=m.remat, compute_dtype=m.dtype, param_dtype=m.param_dtype, optimizer=config.optim.name,
                     loss_chunk=m.loss_chunk, pipeline_repeats=config.pipeline.repeats,
-                    pipeline_microbatches=config.pipeline.microbatches, attention="splash" if splash else "dense")
+                    pipeline_microbatches=config.pipeline.microbatches)
 
 
 @dataclasses.dataclass

@@ -199,7 +199,6 @@ class Workload:
     platform: str = "tpu"  # "cpu": XLA's CPU backend keeps bf16 activations as float32
     pipeline_repeats: int = 1  # the circular schedule's rounds (pipeline.repeats); 1: GPipe
     pipeline_microbatches: int = 0  # micro-batches per pipeline pass (pipeline.microbatches); 0: all
-    attention: str = "dense"  # "splash": a blockwise kernel (TPU) that never holds the attention scores
 
     @property
     def n_micro(self) -> int:
@@ -262,8 +261,7 @@ def check_mesh(model, work: Workload, mesh: MeshShape) -> None:
         raise PlanError(f"unknown optimizer {work.optimizer!r}; use one of {', '.join(OPTIMIZER_MOMENTS)}")
 
 
-def _per_token_layer_bytes(model, policy: str, mesh: MeshShape, act_bytes: int, seq_len: int,
-                           attention: str = "dense") -> float:
+def _per_token_layer_bytes(model, policy: str, mesh: MeshShape, act_bytes: int, seq_len: int) -> float:
     g = dims(model)
     t = mesh.tensor
 
@@ -271,8 +269,6 @@ def _per_token_layer_bytes(model, policy: str, mesh: MeshShape, act_bytes: int, 
         return size / t if t > 1 and ways_divide else size
 
     counts = dict(SAVED_PER_LAYER[policy])
-    if attention == "splash":
-        counts["scores"] = 0
     if t > 1 and policy == "none":
         counts["embed"] += TENSOR_PARALLEL_EXTRA_EMBED
     if counts["mlp"] is None:
@@ -303,7 +299,7 @@ def estimate_memory(model, work: Workload, mesh: MeshShape) -> MemoryEstimate:
 
     tokens = (work.micro_batch or work.global_batch) // mesh.batch_shards * work.seq_len
     layers_here = g["L"] // mesh.pipe
-    saved = _per_token_layer_bytes(model, work.remat, mesh, act_bytes, work.seq_len, work.attention)
+    saved = _per_token_layer_bytes(model, work.remat, mesh, act_bytes, work.seq_len)
     activations = layers_here * tokens * saved
     if mesh.pipe > 1:
         # Every iteration of the schedule saves its stage's activations for the backward pass
@@ -316,7 +312,7 @@ def estimate_memory(model, work: Workload, mesh: MeshShape) -> MemoryEstimate:
     if work.remat == "none":
         layer_working = tokens * saved
     else:
-        layer_working = tokens * _per_token_layer_bytes(model, "none", mesh, act_bytes, work.seq_len, work.attention)
+        layer_working = tokens * _per_token_layer_bytes(model, "none", mesh, act_bytes, work.seq_len)
 
     vocab_here = g["V"] / mesh.tensor if g["V"] % mesh.tensor == 0 else g["V"]
     # float32 logits, float32 softmax/gradient, and the gradient cast to the compute dtype (which
