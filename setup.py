@@ -40,6 +40,9 @@ setup(
         "hf": ["transformers>=4.45,<6", "safetensors>=0.4,<1", "tokenizers>=0.19,<1", "torch==2.13.0",
                "datasets>=2.18,<6"],
         "wandb": ["wandb>=0.18,<1"],
+        # libtpu, pinned by jax to its own version: runs on Cloud TPU, and compiles for TPU slices
+        # anywhere (python -m jaxlm.plan compile)
+        "tpu": ["jax[tpu]>=0.7,<0.13"],
         "plan": ["matplotlib>=3.8,<4"],
         "lmeval": ["lm-eval>=0.4.9,<0.5"],
         "safety": ["vaderSentiment>=3.3,<4"],  # BOLD's sentiment scorer

@@ -72,6 +72,9 @@ class ModelConfig:
     # faster than `none` (measured 1.5x on the Tiny Shakespeare step: fewer saved residuals to move).
     remat: str = "dots"
     loss_chunk: int = 0  # >0: cross-entropy over this many tokens at a time, never holding all logits
+    # Attention kernel: auto (splash on TPU, cuDNN's fused call on GPU, plain XLA elsewhere) | dense
+    # (never a kernel: the full masked logits) | splash (the Pallas TPU kernel, interpreted off TPU).
+    attention: str = "auto"
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
 
     def __post_init__(self):
@@ -117,6 +120,7 @@ class MeshConfig:
     tensor: int = 1
     pipe: int = 1
     auto: bool = False  # `mesh: auto`: sizes chosen from devices, model and batch (jaxlm.plan.auto)
+    dcn_axis: str = "data"  # several TPU slices: the axis that spans them (over the data-centre network)
 
 
 @dataclasses.dataclass
@@ -357,9 +361,11 @@ _CHOICES = {
     "model.param_dtype": ("float32", "bfloat16"),
     "model.matmul_dtype": (None, "float32", "bfloat16", "float16"),
     "optim.name": ("adamw", "adafactor", "lion", "muon", "schedule_free_adamw"),
+    "model.attention": ("auto", "dense", "splash"),
     "optim.schedule.name": ("constant", "cosine", "linear", "step", "inverse_sqrt", "wsd"),
     "log.wandb.mode": ("offline", "online", "disabled"),
     "pipeline.schedule": ("gpipe", "circular"),
+    "mesh.dcn_axis": ("data", "fsdp", "tensor", "pipe"),
 }
 
 

@@ -15,7 +15,8 @@ def test_recipe_validates(path):
     assert config.train.steps > 0 and config.data.sources
 
 
-@pytest.mark.parametrize("name, low, high", [("gpt2-124m.yaml", 123e6, 126e6), ("llama-1b.yaml", 1.0e9, 1.4e9)])
+@pytest.mark.parametrize("name, low, high", [("gpt2-124m.yaml", 123e6, 126e6), ("llama-1b.yaml", 1.0e9, 1.4e9),
+                                             ("llama-8b.yaml", 7.9e9, 8.1e9)])
 def test_named_recipes_have_their_size(name, low, high):
     from jaxlm.train.state import model_spec
     count = model_spec(load_config(str(CONFIGS[0].parent / name))).param_count

@@ -38,6 +38,12 @@ def naming_activations(fn: Optional[Callable[[jax.Array, tuple], jax.Array]]):
         _constraint.reset(token)
 
 
+def activation_constraint() -> Optional[Callable[[jax.Array, tuple], jax.Array]]:
+    """The mapping `constrain` uses now (None outside every naming block): what kernels that need
+    each device's shard (splash attention) ask for its `per_shard` and `platform`."""
+    return _constraint.get()
+
+
 def constrain(x: jax.Array, axes: tuple) -> jax.Array:
     """Names the dims of an activation, e.g. constrain(x_BLD, ("batch", "length", "embed"))."""
     fn = _constraint.get()

@@ -10,6 +10,7 @@ import math
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh
 
 from jaxlm.config import Config, ConfigError, MeshConfig
@@ -54,13 +55,30 @@ def build_mesh(cfg: MeshConfig | Config, devices=None) -> Mesh:
     if config is not None:
         fit.check_fits(config, sizes, jax.process_count())
     shape = tuple(sizes[a] for a in AXES)
-    try:  # lays the axes out along the physical topology (ICI rings on TPU)
-        from jax.experimental import mesh_utils
-        grid = mesh_utils.create_device_mesh(shape, devices=devices)
-    except Exception:  # CPU and odd device sets: plain order is fine there
-        grid = np.array(devices).reshape(shape)
+    slices = len({getattr(d, "slice_index", 0) for d in devices})
+    if slices > 1:
+        grid = mesh_utils.create_hybrid_device_mesh(_within_slice(cfg.dcn_axis, sizes, slices),
+                                                    _across_slices(cfg.dcn_axis, slices), devices=devices)
+    else:
+        try:  # lays the axes out along the physical topology (ICI rings on TPU)
+            grid = mesh_utils.create_device_mesh(shape, devices=devices)
+        except Exception:  # CPU and odd device sets: plain order is fine there
+            grid = np.array(devices).reshape(shape)
     _check_processes_own_rows(grid, sizes)
     return Mesh(grid, AXES)
+
+
+def _across_slices(dcn_axis: str, slices: int) -> tuple:
+    return tuple(slices if a == dcn_axis else 1 for a in AXES)
+
+
+def _within_slice(dcn_axis: str, sizes: dict[str, int], slices: int) -> tuple:
+    """Several TPU slices: `mesh.dcn_axis` spans them (slow links), every other axis stays inside one."""
+    if sizes[dcn_axis] % slices:
+        raise ConfigError(f"the {slices} slices are joined along mesh.dcn_axis={dcn_axis}, so mesh.{dcn_axis} "
+                          f"({sizes[dcn_axis]}) must be a multiple of {slices}; set mesh.{dcn_axis}=-1 or "
+                          "a multiple of the slice count")
+    return tuple(sizes[a] // slices if a == dcn_axis else sizes[a] for a in AXES)
 
 
 def _check_processes_own_rows(grid: np.ndarray, sizes: dict[str, int]) -> None:

@@ -86,12 +86,35 @@ def param_shardings(axes_tree: dict, shapes_tree: dict, mesh: Mesh) -> dict:
         axes_tree, shapes_tree, is_leaf=lambda x: isinstance(x, tuple))
 
 
-def activation_constraint(mesh: Mesh, reserved: tuple = ()):
-    """constrain(x, logical axes) -> x with this mesh's sharding constraint (ACTIVATION_RULES)."""
-    def constrain(x: jax.Array, axes: tuple) -> jax.Array:
-        spec = spec_for(axes, x.shape, mesh, ACTIVATION_RULES, reserved)
-        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
-    return constrain
+class ActivationSharding:
+    """What `activation_sharding` installs for this mesh (jaxlm.model.layers.naming_activations): called as
+    `(x, axes)` it constrains an activation; `per_shard` runs a function on each device's shard of
+    named arrays (for Pallas kernels, which XLA does not partition); `platform` names the devices
+    the step is compiled for."""
+
+    def __init__(self, mesh: Mesh, reserved: tuple = ()):
+        self.mesh, self.reserved = mesh, reserved
+        self.platform = mesh.devices.flat[0].platform
+
+    def spec(self, x, axes: tuple) -> PartitionSpec:
+        return spec_for(axes, x.shape, self.mesh, ACTIVATION_RULES, self.reserved)
+
+    def __call__(self, x: jax.Array, axes: tuple) -> jax.Array:
+        return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, self.spec(x, axes)))
+
+    def per_shard(self, fn, in_axes: tuple, out_axes: tuple):
+        def run(*args):
+            in_specs = tuple(self.spec(x, axes) for x, axes in zip(args, in_axes))
+            out_shape = jax.eval_shape(fn, *args)
+            mapped = jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs,
+                                   out_specs=self.spec(out_shape, out_axes), check_vma=False)
+            return mapped(*args)
+        return run
+
+
+def activation_constraint(mesh: Mesh, reserved: tuple = ()) -> ActivationSharding:
+    """The mapping `activation_sharding` installs while tracing, for this mesh."""
+    return ActivationSharding(mesh, reserved)
 
 
 def activation_sharding(mesh: Mesh, reserved: tuple = ()):

@@ -6,6 +6,7 @@
   python -m jaxlm.plan memory --preset llama-8b --devices 64 --device-type v5p --batch 256 --seq-len 8192
   python -m jaxlm.plan memory --config configs/demo.yaml --devices 8 --mesh data=2,fsdp=4
   python -m jaxlm.plan fit runs/n1 runs/n2 ... --budget 1e20 --plot isoflop.png
+  python -m jaxlm.plan compile --config configs/llama-1b.yaml --topology v5p-128 [--slices 2] [k=v ...]
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from jaxlm.plan.memory import (MeshShape, Workload, count_params, estimate_memor
 from jaxlm.plan.plot import plot_isoflops
 from jaxlm.plan.scaling import LAWS, allocate, check_allocation, flops_from_hardware
 
-COMMANDS = ("size", "check", "memory", "fit")
+COMMANDS = ("size", "check", "memory", "fit", "compile")
 
 
 def human(x: float, unit: str = "") -> str:
@@ -232,12 +233,28 @@ def cmd_fit(args) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# compile
+
+
+def cmd_compile(args) -> int:
+    from jaxlm.config import load_config
+    from jaxlm.plan.aot import compile_report, format_report, parse_topology
+
+    topo = parse_topology(args.topology, args.slices)  # a bad name fails before the config loads
+    config = load_config(args.config, args.overrides)
+    print(f"compiling init, train step and eval step for {topo.devices} {topo.device.name} chips...", flush=True)
+    report = compile_report(config, topo)
+    print(format_report(report))
+    return 0 if report.fits else 1
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m jaxlm.plan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", metavar="{size,check,memory,fit}")
+    sub = parser.add_subparsers(dest="command", metavar="{size,check,memory,fit,compile}")
     devices = ", ".join(sorted(DEVICES))
 
     size = sub.add_parser("size", help="compute-optimal N and D for a budget (the default command)")
@@ -280,6 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--bootstrap", type=int, default=100, help="bootstrap refits for uncertainty (0: none)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--plot", help="write IsoFLOP curves and the frontier to this PNG")
+
+    aot = sub.add_parser("compile", help="compile the real run for a TPU slice without one (needs jaxlm[tpu]); "
+                                         "exit status 1 when it does not fit")
+    aot.add_argument("--config", required=True, help="a jaxlm training config")
+    aot.add_argument("--topology", required=True, help="Cloud TPU accelerator type: v4-8, v5e-16, v5p-128, v6e-8, ...")
+    aot.add_argument("--slices", type=positive_int, default=1,
+                     help="slices joined over the data-centre network along mesh.dcn_axis (default 1)")
+    aot.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
     return parser
 
 
@@ -293,11 +318,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         argv.insert(0, "size")  # `python -m jaxlm.plan --flops 1e21`
     args = parser.parse_args(argv)
     try:
-        {"size": cmd_size, "check": cmd_check, "memory": cmd_memory, "fit": cmd_fit}[args.command](args)
+        commands = {"size": cmd_size, "check": cmd_check, "memory": cmd_memory, "fit": cmd_fit, "compile": cmd_compile}
+        return commands[args.command](args) or 0
     except (PlanError, ValueError) as e:  # ConfigError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":
