@@ -23,7 +23,7 @@ from jaxlm.model import attention, layers  # noqa: E402
 from jaxlm.parallel import rules  # noqa: E402
 from jaxlm.parallel.mesh import build_mesh  # noqa: E402
 from jaxlm.plan import aot  # noqa: E402
-from jaxlm.plan.__main__ import table  # noqa: E402
+from jaxlm.plan.tables import table  # noqa: E402
 
 MiB = 2**20
 

@@ -21,7 +21,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the host runs nothing: every pr
 
 from jaxlm.config import load_config  # noqa: E402
 from jaxlm.plan import aot  # noqa: E402
-from jaxlm.plan.__main__ import table  # noqa: E402
+from jaxlm.plan.tables import table  # noqa: E402
 
 GiB = 2**30
 LLAMA_PIPE = ["mesh.data=1", "mesh.fsdp=-1", "mesh.pipe=4", "train.micro_batch=64", "pipeline.microbatches=8"]

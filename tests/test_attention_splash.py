@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from jaxlm.config import ConfigError, MeshConfig, ModelConfig, config_from_dict
-from jaxlm.model import Transformer, attention, layers
+from jaxlm.model import Transformer, attention
 from jaxlm.parallel import rules
 from jaxlm.parallel.mesh import build_mesh
 

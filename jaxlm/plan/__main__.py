@@ -24,6 +24,7 @@ from jaxlm.plan.memory import (MeshShape, Workload, count_params, estimate_memor
                                parse_mesh, preset, recommend_mesh)
 from jaxlm.plan.plot import plot_isoflops
 from jaxlm.plan.scaling import LAWS, allocate, check_allocation, flops_from_hardware
+from jaxlm.plan.tables import table
 
 COMMANDS = ("size", "check", "memory", "fit", "compile")
 
@@ -33,14 +34,6 @@ def human(x: float, unit: str = "") -> str:
         if abs(x) >= scale:
             return f"{x / scale:.3g}{suffix}{unit}"
     return f"{x:.3g}{unit}"
-
-
-def table(headers: list[str], rows: list[list]) -> str:
-    """A markdown table (readable in a terminal and pastable into docs)."""
-    cells = [headers] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
-    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells[1:]])
 
 
 def positive(text: str) -> float:

@@ -243,7 +243,7 @@ def compile_report(config, topo: Topology, programs=PROGRAMS) -> Report:
 
 
 def format_report(report: Report) -> str:
-    from jaxlm.plan.__main__ import table
+    from jaxlm.plan.tables import table
 
     gib = 2**30
     topo, device = report.topology, report.topology.device
