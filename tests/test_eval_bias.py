@@ -3,6 +3,7 @@ original formats, and CrowS-Pairs / BBQ / WinoBias scores of an exported model e
 metrics computed from the transformers model's log-likelihoods."""
 
 import csv
+import gzip
 import json
 
 import numpy as np
@@ -215,6 +216,15 @@ def write_data_root(root):
     for kind in (1, 2):
         (root / f"bias/winobias/pro_stereotyped_type{kind}.txt.test").write_text(f"1 {SENTENCES[kind][0]}\n")
         (root / f"bias/winobias/anti_stereotyped_type{kind}.txt.test").write_text(f"1 {SENTENCES[kind][1]}\n")
+    (root / "bias/bold/prompts").mkdir(parents=True)
+    (root / "bias/bold/prompts/gender_prompt.json").write_text(json.dumps(
+        {"American_actors": {"A_B": ["A B is an actor who "]}, "American_actresses": {"C_D": ["C D is an actress who "]}}))
+    (root / "bias/toxigen/prompts").mkdir(parents=True)
+    (root / "bias/toxigen/prompts/hate_women_1k.txt").write_text("- women are x\\n- women are y\\n-\n")
+    (root / "bias/toxigen/prompts/neutral_women_1k.txt").write_text("- women are z\\n-\n")
+    (root / "pref/hh-rlhf/harmless-base").mkdir(parents=True)
+    with gzip.open(root / "pref/hh-rlhf/harmless-base/test.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"chosen": "\n\nHuman: Is the fox lazy?\n\nAssistant: No.", "rejected": ""}) + "\n")
     (root / "eval/llm_foundry/safety").mkdir(parents=True)
     for sex, pronoun in (("male", "he"), ("female", "she")):
         item = {"query": f"The fox told the dog that {pronoun} was lazy. Who is lazy? A:", "choices": ["the fox", "the dog"], "gold": 0}
@@ -241,3 +251,11 @@ def test_report_puts_models_side_by_side(exported, tmp_path, capsys):
     assert "| metric | no bias | a | b |" in md and "| crows_pairs/pct_stereotype | 0.5 |" in md
     assert safety_report.main(["--model", f"a={tmp_path}/missing", "--data-root", str(data_root), "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
+    pytest.importorskip("vaderSentiment")
+    (tmp_path / "words.txt").write_text("the\n")
+    assert safety_report.main(["--model", f"a={hf}", "--data-root", str(data_root), "--out", str(out), "--sets",
+                               "crows_pairs", "--toxicity-scorer", f"words:{tmp_path / 'words.txt'}",
+                               "--prompts-per-group", "1", "--samples", "2"]) == 0
+    flat = bias.headline(json.loads((out / "report.json").read_text())["results"]["a"])
+    assert {"bold/gender/American_actors/sentiment", "bold/spread/gender/sentiment",
+            "toxigen_prompts/expected_max_toxicity", "hh_harmless/toxicity_probability"} <= set(flat)

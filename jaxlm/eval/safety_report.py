@@ -3,8 +3,12 @@ mitigation), written as markdown and JSON.
 
   python -m jaxlm.eval.safety_report --model base=runs/demo --model cda=runs/demo_cda \\
       [--data-root DIR] [--sets crows_pairs,bbq] [--limit N] [--system TEXT] --out reports/bias
+      [--toxicity-scorer ngram:tox.npz --prompts-per-group 5 --samples 4]
 
-A model is a training workdir (config.yaml) or a transformers folder (config.json).
+A model is a training workdir (config.yaml) or a transformers folder (config.json). With
+--toxicity-scorer the report adds what the models say when they continue prompts: BOLD's sentiment
+and toxicity per group (and the spread across groups), continuation toxicity on ToxiGen's prompts and
+replies to HH-RLHF's harmless-base questions (jaxlm.eval.generation_safety).
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import sys
 from typing import Sequence
 
 from jaxlm.eval import bias
+from jaxlm.eval import generation_safety as gs
 from jaxlm.eval.errors import EvalError
+from jaxlm.eval.generate import SamplingConfig
+from jaxlm.eval.toxicity import load_scorer
 from jaxlm.eval.loading import EvalModel, load_hf_dir, load_workdir
 from jaxlm.eval.tasks import default_data_root
 
@@ -31,6 +38,24 @@ def load_model(path: str) -> EvalModel:
     if os.path.isfile(os.path.join(path, "config.json")):
         return load_hf_dir(path)
     raise EvalError(f"{path!r} is neither a training workdir (config.yaml) nor a transformers folder (config.json)")
+
+
+def generation_metrics(em: EvalModel, data_root: str, scorer, per_group: int, samples: int, system: str) -> dict:
+    """BOLD, ToxiGen-prompt and HH-RLHF continuation metrics, flattened to the report's rows."""
+    sampling = SamplingConfig(max_new_tokens=32, temperature=1.0, top_p=0.9, seed=0)
+    bold = gs.evaluate_bold(em, f"{data_root}/bias/bold/prompts", scorer, per_group=per_group, k=samples,
+                            sampling=sampling, system=system)
+    toxigen = gs.evaluate_prompt_toxicity(em, gs.read_toxigen_prompts(f"{data_root}/bias/toxigen/prompts", per_group),
+                                          scorer, k=samples, sampling=sampling, by="kind", system=system)
+    hh = gs.evaluate_prompt_toxicity(em, gs.read_hh_prompts(f"{data_root}/pref/hh-rlhf/harmless-base/test.jsonl.gz",
+                                                            per_group * 10), scorer, k=samples, sampling=sampling,
+                                     system=system)
+    out = {f"{k}/{m}": v for k, r in bold["by_group"].items() for m, v in r.items() if isinstance(v, float)}
+    out.update({f"spread/{d}/{m}": v for d, r in bold["spread"].items() for m, v in r.items()})
+    out.update({m: v for m, v in toxigen.items() if isinstance(v, float)})
+    out.update({f"{kind}/{m}": v for kind, r in toxigen["by_kind"].items() for m, v in r.items() if isinstance(v, float)})
+    return {"bold": out, "toxigen_prompts": {m: v for m, v in toxigen.items() if isinstance(v, float)},
+            "hh_harmless": {m: v for m, v in hh.items() if isinstance(v, float)}}
 
 
 def markdown(results: dict[str, dict]) -> str:
@@ -79,6 +104,9 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, help="first N items of each set (BBQ: of each category)")
     p.add_argument("--system", default="", help="text put before every BBQ prompt")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--toxicity-scorer", help="words:FILE, ngram:FILE.npz or hf:DIR[#label]: add generation metrics")
+    p.add_argument("--prompts-per-group", type=int, default=5, help="BOLD prompts per group, ToxiGen prompts per file")
+    p.add_argument("--samples", type=int, default=4, help="continuations per prompt")
     args = p.parse_args(argv)
     try:
         models = _parse_models(args.model)
@@ -88,9 +116,17 @@ def main(argv=None) -> int:
         for path in models.values():  # every path is checked before the first model is scored
             if not os.path.isdir(path):
                 raise EvalError(f"model folder {path!r} does not exist")
-        results = {name: bias.evaluate_suite(load_model(path), data_root, sets, args.limit, args.batch_size, args.system)
-                   for name, path in models.items()}
-        meta = {"models": models, "sets": sets, "limit": args.limit, "system": args.system}
+        scorer = load_scorer(args.toxicity_scorer) if args.toxicity_scorer else None
+        results = {}
+        for name, path in models.items():
+            em = load_model(path)
+            results[name] = bias.evaluate_suite(em, data_root, sets, args.limit, args.batch_size, args.system)
+            if scorer is not None:
+                results[name].update(generation_metrics(em, data_root, scorer, args.prompts_per_group,
+                                                        args.samples, args.system))
+        meta = {"models": models, "sets": sets, "limit": args.limit, "system": args.system,
+                "toxicity_scorer": args.toxicity_scorer, "prompts_per_group": args.prompts_per_group,
+                "samples": args.samples}
         md, js = write_report(results, args.out, meta)
     except EvalError as e:
         print(f"error: {e}", file=sys.stderr)
