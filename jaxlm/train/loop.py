@@ -120,7 +120,10 @@ class Trainer:
         return float(nll) / count if count else float("nan")
 
     def eval_params(self) -> dict:
-        """What evaluation sees: schedule-free's average point, else the parameters as trained."""
+        """What evaluation sees: schedule-free's average point, else the parameters as trained (a
+        DiLoCo state keeps no single optimizer state; schedule-free is refused with DiLoCo)."""
+        if self.config.optim.name != "schedule_free_adamw":
+            return self.state["params"]
         return eval_params(self.config.optim, self.state["params"], self.state["opt_state"])
 
     def run(self) -> dict:
