@@ -11,7 +11,8 @@ Needs the demo pipeline run first (README: Quickstart 1, then the SFT step). Pri
     that end with the end-of-turn token rather than running to the limit;
   - on the asked name: the share of answers to "What does `m.f` do?" questions that mention the
     asked name's last part (`f`), the only check of topic that needs no judge;
-then three held-out questions with both models' answers.
+then three held-out questions with both models' answers, and (with --data-root) the zero-shot
+n-shot harness on --tasks for both models, `python -m jaxlm.eval --tasks`'s table.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import jax
 from jaxlm.config import load_config
 from jaxlm.data.shards import DocumentSource, open_dataset
 from jaxlm.eval.chat import reply, workdir_template
+from jaxlm.eval import harness
 from jaxlm.eval.generate import SamplingConfig
 from jaxlm.eval.instruct import instruction_loss
 from jaxlm.eval.loading import from_params, load_workdir
@@ -64,6 +66,9 @@ def main() -> int:
     p.add_argument("--tuned", default="runs/sft_demo")
     p.add_argument("--questions", type=int, default=120)
     p.add_argument("--samples", type=int, default=3)
+    p.add_argument("--data-root", help="the n-shot tasks' local data (e.g. ../shared/data); without it, no harness")
+    p.add_argument("--tasks", default="arc_easy,piqa,winogrande")
+    p.add_argument("--limit", type=int, default=300, help="items per task")
     args = p.parse_args()
     config = load_config(args.base_config)
     dataset = config.data.sources[0].path
@@ -86,6 +91,11 @@ def main() -> int:
         print(f"\n### {questions[i]}")
         for name, r in rows.items():
             print(f"- {name}: {r['answers'][i].strip()[:400]!r}")
+    if args.data_root:
+        tasks = [t for t in args.tasks.split(",") if t]
+        for name, em in (("pre-trained (grown vocab)", base), ("instruction-tuned", tuned)):
+            result = harness.evaluate_tasks(em, tasks, shots=0, limit=args.limit, data_root=args.data_root)
+            print(f"\n{name}, zero-shot:\n{harness.format_table(result)}")
     return 0
 
 
