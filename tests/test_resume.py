@@ -168,7 +168,9 @@ def test_batch_size_change_continues_the_data_stream_exactly(tmp_path, dataset, 
         bigger.close()
     swapped = incidents(tmp_path / "bigger")
     assert [i["how"].split(":")[0] for i in swapped if i["kind"] == "data_setup_changed"] == ["exact"]
-    assert {c["key"] for i in swapped if i["kind"] == "config_changed" for c in i["changes"]} == {"train.global_batch"}
+    # micro_batch defaults to global_batch and is resolved in the config, so it changed too (8 -> 16)
+    assert {c["key"] for i in swapped if i["kind"] == "config_changed" for c in i["changes"]} == \
+        {"train.global_batch", "train.micro_batch"}
 
 
 @pytest.mark.parametrize("key, value", [("d_model", 64), ("vocab_size", 128)])

@@ -10,7 +10,6 @@ from typing import Any
 
 import yaml
 
-from jaxlm import config
 
 
 class SweepError(ValueError):
@@ -106,8 +105,20 @@ def random_trials(space: dict[str, Dimension], n: int, seed: int = 0) -> list[di
 
 
 def set_path(tree: dict, dotted: str, value: Any) -> None:
-    """tree['a']['b'] = value for 'a.b', creating sections as needed (the trainer's own override rule)."""
-    try:
-        config.set_path(tree, dotted, value)
-    except config.ConfigError as e:
-        raise SweepError(str(e)) from None
+    """tree['a']['b'] = value for 'a.b', creating sections as needed. Keys are not checked here: a
+    sweep of jaxlm's trainer checks every trial's config before the first trial runs
+    (check_trial_configs), and another --train-cmd may take keys jaxlm does not know."""
+    node: Any = tree
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            if last:
+                node[int(part)] = value
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            node = node.setdefault(part, {})
+        else:
+            raise SweepError(f"cannot set {dotted!r}: {'.'.join(parts[:i])!r} is not a section of the config")
