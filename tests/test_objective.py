@@ -37,6 +37,7 @@ def _even_only(batch):
     return {**batch, "loss_mask": batch["loss_mask"] * (batch["positions"] % 2 == 0)}
 
 
+@pytest.mark.slow  # ~25-60 s: one-device and pipelined training of the test objective
 def test_the_step_optimises_the_configured_objective():
     """Training with the objective equals next-token training on batches masked the same way, bitwise
     on one device; through a 2-stage pipeline (which takes the objective as its head) within RTOL."""
