@@ -137,6 +137,18 @@ class GlobalStage(Stage):
         pass
 
 
+def in_batches(docs: Iterable[Document], size: int = 256) -> Iterator[list[Document]]:
+    """`docs` in lists of `size` (the last one shorter), for stages that score many texts at once."""
+    batch: list[Document] = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def counted(stage: Stage, docs: Iterable[Document], stats: StageStats) -> Iterator[Document]:
     """Run `stage` over `docs`, counting documents and bytes in and out into `stats`."""
 

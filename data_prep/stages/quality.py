@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from data_prep.document import Document
-from data_prep.stages.base import GlobalStage, StageStats
+from data_prep.stages.base import GlobalStage, StageStats, in_batches
 from data_prep.stages.files import (atomic_save_npz, atomic_write_json, load_npz, read_documents,
                                     write_documents)
 from data_prep.stages.mixing import uniform
@@ -135,17 +135,10 @@ class QualityClassifier(GlobalStage):
         return True
 
     def __call__(self, docs, stats: StageStats):
-        batch: list[Document] = []
-        for doc in docs:
-            batch.append(doc)
-            if len(batch) == 256:
-                yield from self._apply(batch, stats)
-                batch = []
-        yield from self._apply(batch, stats)
+        for batch in in_batches(docs):
+            yield from self._apply(batch, stats)
 
     def _apply(self, batch: list[Document], stats: StageStats):
-        if not batch:
-            return
         for doc, score in zip(batch, self._model.scores([d.text for d in batch]).tolist()):
             doc.meta["quality_score"] = round(score, 4)
             if self.keep(doc, score):

@@ -15,12 +15,11 @@ import pathlib
 import re
 
 from data_prep.document import Document
-from data_prep.stages.base import Stage, StageStats
+from data_prep.stages.base import Stage, StageStats, in_batches
 from data_prep.stages.registry import StageConfigError, check, register
 from jaxlm.data import text_classifier
 
 KIND = "toxicity"  # the tag jaxlm.eval.toxicity saves its classifier under
-BATCH = 256
 
 
 @register("toxicity_filter")
@@ -43,21 +42,17 @@ class ToxicityFilter(Stage):
                         for g, terms in self.groups.items() if terms}
 
     def __call__(self, docs, stats: StageStats):
-        batch: list[Document] = []
-        for doc in docs:
-            if not self.applies_to(doc):
-                yield doc
-                continue
-            batch.append(doc)
-            if len(batch) == BATCH:
-                yield from self._apply(batch, stats)
-                batch = []
-        yield from self._apply(batch, stats)
+        for batch in in_batches(docs):
+            yield from self._apply(batch, stats)
 
     def _apply(self, batch: list[Document], stats: StageStats):
-        if not batch:
-            return
-        for doc, score in zip(batch, self._model.scores([d.text for d in batch]).tolist()):
+        scored = [d.text for d in batch if self.applies_to(d)]
+        scores = iter(self._model.scores(scored).tolist() if scored else [])
+        for doc in batch:
+            if not self.applies_to(doc):  # a source this stage leaves alone
+                yield doc
+                continue
+            score = next(scores)
             doc.meta["toxicity"] = round(score, 4)
             toxic = score >= self.threshold
             for group, pattern in self._groups.items():
