@@ -139,7 +139,7 @@ def test_diloco_trains_on_the_demo_corpus_like_data_parallelism_at_equal_tokens(
     steps, h, devices = 200, 10, jax.devices()[:4]
     config = load_config("configs/demo.yaml", [
         f"data.sources=[{{path: {demo_data}, weight: 1}}]", "mesh={data: 4}", f"train.steps={steps}",
-        "optim.schedule.warmup_steps=20", f"diloco.inner_steps={h}"])
+        "optim.schedule.warmup_steps=20", "diloco.enabled=true", f"diloco.inner_steps={h}"])
 
     def batches(split, n, rows):
         loader = build_loader(sources=[(demo_data, 1.0)], split=split, seq_len=config.data.seq_len,
