@@ -160,9 +160,9 @@ def jaxlm_full_val(run_dir: str, data: str, text: str) -> float:
     from jaxlm.data.shards import DocumentSource, open_dataset
     from jaxlm.eval.loading import graphdef_of
     from jaxlm.eval.tokenizer import Tokenizer
-    from jaxlm.train.checkpoint import restore_params
+    from jaxlm.train.checkpoint_reader import read_params
 
-    config, params = restore_params(run_dir)  # schedule-free runs: their averaged parameters
+    config, params = read_params(run_dir)  # schedule-free runs: their averaged parameters
     tokenizer = Tokenizer.from_dataset(data)
     ids = np.asarray(DocumentSource(open_dataset(data), "val")[0])
     ids = ids[:-1] if ids[-1] == tokenizer.eos_id else ids  # the document's closing EOS is not text

@@ -197,7 +197,7 @@ def test_checkpoint_and_resume_are_exact(tmp_path, name):
 def test_schedule_free_evaluation_and_export_use_the_averaged_parameters(tmp_path):
     from jaxlm.eval.loading import load_hf_dir
     from jaxlm.export import export_run
-    from jaxlm.train.checkpoint import restore_params
+    from jaxlm.train.checkpoint_reader import read_params
     from jaxlm.train.loop import Trainer
     from test_checkpoint_util import make_dataset
 
@@ -215,7 +215,7 @@ def test_schedule_free_evaluation_and_export_use_the_averaged_parameters(tmp_pat
     assert val == on_averaged and val != on_trained  # the loop's val_loss is the average's
     assert max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(averaged))) > 1e-3
 
-    config, restored = restore_params(str(tmp_path / "run"))  # what jaxlm.eval and jaxlm.export read
+    config, restored = read_params(str(tmp_path / "run"))  # what jaxlm.eval and jaxlm.export read
     for a, b in zip(jax.tree.leaves(averaged), jax.tree.leaves(jax.device_get(restored))):
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-7)
     export_run(config, restored, str(tmp_path / "hf"))  # (the test data has no tokenizer to ship)
