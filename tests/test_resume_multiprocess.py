@@ -52,8 +52,8 @@ def test_two_processes_killed_and_resumed_bitwise(tmp_path, setup):
     run_processes(config, cache)
     assert [i["step"] for i in incidents(workdir) if i["kind"] == "restore"] == [saved[-1]]
     assert losses(workdir) == reference
-    assert sorted(os.listdir(workdir)) == sorted(["checkpoints", "config.yaml", "incidents.jsonl", "metrics.jsonl",
-                                                  "run.json"])
+    assert sorted(os.listdir(workdir)) == sorted(["checkpoints", "config.yaml", "incidents.jsonl", "launches.jsonl",
+                                                  "metrics.jsonl", "run.json"])
 
 
 def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, setup):
