@@ -1,12 +1,13 @@
 """Sample text from a trained model (KV-cache generation, jaxlm.eval.generate).
 
-  python -m jaxlm.sample --workdir W --prompt "def fib(n):" [--prompt ...] [--max-new-tokens 128]
+  python -m jaxlm.sample --workdir W --prompt "def fib(n):" [--prompt ...] [--max-new-tokens N]
                          [--temperature 0.8] [--top-k 50] [--top-p 0.95] [--stop STR] [--seed 0]
 
   python -m jaxlm.sample --workdir W --chat --prompt "What does json.dumps do?" [--prompt "And loads?"]
                          [--system TEXT] [--messages conversation.json]
 
-Temperature 0 is greedy decoding. A prompt longer than the context keeps its rightmost tokens
+--max-new-tokens defaults to 128, or half the model's context when that is shorter, so a prompt
+always has room. Temperature 0 is greedy decoding. A prompt longer than the context keeps its rightmost tokens
 (context - max_new_tokens of them); the output says when that happened.
 
 --chat (an instruction-tuned model: the run's dataset, or the transformers folder, has a chat
@@ -42,7 +43,8 @@ def main(argv=None) -> int:
     p.add_argument("--system", help="with --chat: a system message to start the conversation")
     p.add_argument("--messages", help="with --chat: JSON file with the conversation so far [{role, content}, ...]")
     p.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="default: 128, or half the model's context when that is shorter")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -58,7 +60,8 @@ def main(argv=None) -> int:
         em = load_workdir(args.workdir) if args.workdir else load_hf_dir(args.hf)
         if em.tokenizer is None:
             raise EvalError(f"{args.hf} has no tokenizer.model to turn prompts into tokens")
-        cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+        max_new = args.max_new_tokens if args.max_new_tokens is not None else min(128, em.window // 2)
+        cfg = SamplingConfig(max_new_tokens=max_new, temperature=args.temperature, top_k=args.top_k,
                              top_p=args.top_p, stop=tuple(args.stop), seed=args.seed)
         if args.chat:
             template = workdir_template(em) if args.workdir else hf_template(args.hf, em)

@@ -116,6 +116,19 @@ def test_sample_cli_chat(dataset, tmp_path, capsys):
     assert "--messages" in capsys.readouterr().err
 
 
+def test_default_reply_length_fits_a_short_context(dataset, tmp_path, capsys):
+    """Without --max-new-tokens a reply may take half of a short context (here under 128 tokens)."""
+    from jaxlm.export import export_run
+
+    em, _ = model(dataset, end_logit=-100.0)  # never ends: runs to the default length
+    assert em.window < 128
+    export_run(em.config, em.params, str(tmp_path / "hf"))
+    assert sample_main(["--hf", str(tmp_path / "hf"), "--chat", "--prompt", "Hi", "--temperature", "0"]) == 0
+    assert "[assistant] (length)" in capsys.readouterr().out
+    assert sample_main(["--hf", str(tmp_path / "hf"), "--prompt", "Hi", "--temperature", "0"]) == 0
+    assert f"--- (length, {em.window // 2} tokens)" in capsys.readouterr().out
+
+
 def test_chat_on_a_pretraining_run_is_refused(tmp_path):
     config = tiny_config("gpt2", vocab_size=96)
     _, _, params = random_params(config.model)
