@@ -134,7 +134,8 @@ def move(source, destination) -> None:
     source, destination = str(source), str(destination)
     if is_remote(source) or is_remote(destination):
         fs, _ = fsspec.core.url_to_fs(source)
-        fs.mv(source, destination, recursive=True)
+        fs.copy(source, destination, recursive=True)  # (not fs.mv: it tries the newer moveTo call first,
+        fs.rm(source, recursive=True)                 # which not every endpoint has, retrying for ~30 s)
         return
     os.makedirs(os.path.dirname(destination), exist_ok=True)
     os.replace(source, destination)

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import yaml
 
+from jaxlm import storage
 from test_data_loader_util import write_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,11 +100,11 @@ def tail_log(proc: subprocess.Popen, chars: int = 4000) -> str:
 
 
 def metrics(workdir) -> list[dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    """The run's metrics.jsonl rows; the workdir may be local or on Cloud Storage."""
+    path = storage.join(workdir, "metrics.jsonl")
+    if not storage.exists(path):
         return []
-    with open(path) as f:
-        lines = f.read().split("\n")
+    lines = storage.read_text(path).split("\n")
     out = []
     for line in lines:
         try:
@@ -130,8 +131,12 @@ def last_step(workdir) -> int:
 
 
 def finished_checkpoints(workdir) -> list[int]:
-    d = os.path.join(workdir, "checkpoints")
-    return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+    """Committed checkpoint steps. Locally Orbax renames a finished one into place; on Cloud Storage
+    (no rename) it writes into the step's folder and adds commit_success.txt last."""
+    d = storage.join(workdir, "checkpoints")
+    remote = storage.is_remote(d)
+    return sorted(int(n) for n in storage.listdir(d)
+                  if n.isdigit() and (not remote or storage.exists(storage.join(d, n, "commit_success.txt"))))
 
 
 def wait_until(predicate, proc: subprocess.Popen, timeout: float = 300, poll: float = 0.01) -> None:

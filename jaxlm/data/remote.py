@@ -4,8 +4,8 @@ The ArrayRecord reader opens local files only, and training reads records of eve
 random, epoch after epoch; so each machine copies the dataset once, into
 `$JAXLM_DATA_CACHE/<bucket>/<path>` (default `~/.cache/jaxlm/datasets`), and reads the copy.
 
-The copy follows the manifest: the tokenizer, the chat template (instruction data) and every shard
-it lists. Each file is checked against the manifest as it arrives (bytes, sha256) and only then
+The copy follows the manifest: every shard it lists, and the tokenizer and chat template
+(instruction data) when the bucket holds them (training reads neither; evaluation does). Each file is checked against the manifest as it arrives (bytes, sha256) and only then
 moved into place; the manifest is written last. A later start finds the manifest equal to the
 bucket's and reads the copy at once; a copy cut short, or a dataset prepared again, copies only
 the files that are missing or changed. Processes of one machine may copy at the same time: each
@@ -62,7 +62,9 @@ def _copy(remote: str) -> str:
     local = os.path.join(cache_root(), remote.replace("://", "/", 1))
     local_manifest = os.path.join(local, fmt.MANIFEST)
     try:
-        wanted = _files(local, json.loads(text))
+        manifest = json.loads(text)
+        wanted = _files(local, manifest)
+        shards = {s["path"] for split in manifest["splits"].values() for s in split["shards"]}
     except DataFormatError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -70,7 +72,8 @@ def _copy(remote: str) -> str:
                               "copy the folder up again.") from None
     earlier = _read(local_manifest)
     have = _files_or_none(local, earlier)
-    todo = [f for f in wanted if not _cached(f, have, same_manifest=earlier == text)]
+    todo = [f for f in wanted if not _cached(f, have, same_manifest=earlier == text)
+            and (f[0] in shards or storage.exists(storage.join(remote, f[0])))]  # training reads no tokenizer
     if todo:
         total = sum(f[2] or 0 for f in todo)
         print(f"copying {len(todo)} files of dataset {remote} ({total / 1e6:,.1f} MB) to {local}",
