@@ -6,7 +6,7 @@ checkpoint folders and a dataset's files are reached through these functions. Th
 through fsspec's gcsfs (the `gcs` extra). Two kinds of file are written by their own libraries,
 which speak Cloud Storage themselves: checkpoint arrays (TensorStore, under Orbax) and TensorBoard
 event files (tensorboardX). The ArrayRecord reader opens local files only, so a dataset on Cloud
-Storage is read through a local copy (jaxlm/data/shards.py).
+Storage is read through a local copy (jaxlm/data/remote.py).
 
 Object stores have no append and no rename: `LineLog` keeps an append-only file's lines and
 rewrites the whole object when synced; `move` copies, then deletes.
@@ -85,10 +85,6 @@ def isdir(path) -> bool:
 def isfile(path) -> bool:
     p = _p(path)
     return p.exists() and not p.is_dir()
-
-
-def size(path) -> int:
-    return _p(path).stat().length
 
 
 def makedirs(path) -> None:
