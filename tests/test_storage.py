@@ -22,8 +22,8 @@ from jaxlm import storage
 from jaxlm.data import remote
 from jaxlm.data.format import DataFormatError
 from jaxlm.train.checkpoint_reader import read_params
-from test_checkpoint_util import (finished_checkpoints, free_port, incidents, kill, last_step, losses, make_dataset,
-                                  run, start, tiny_config, wait_until, write_config)
+from test_checkpoint_util import (finished_checkpoints, free_port, incidents, kill_and_resume, losses, make_dataset,
+                                  tiny_config, uninterrupted_run, write_config)
 
 BUCKET = "jaxlm-test"
 EVERY = 4  # checkpoint.every_steps
@@ -211,12 +211,7 @@ def test_a_missing_bucket_is_one_clear_message_before_any_compute(emulator, gs_d
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, dataset, cache):
     """The uninterrupted run, local workdir and local dataset: its workdir and {step: loss, ("val", step): val_loss}."""
-    root = tmp_path_factory.mktemp("reference")
-    config = write_config(root / "config.yaml", tiny_config(root / "run", dataset, steps=STEPS, every=EVERY))
-    run(config, cache)
-    result = losses(root / "run")
-    assert sorted(k for k in result if isinstance(k, int)) == list(range(1, STEPS + 1))
-    return root / "run", result
+    return uninterrupted_run(tmp_path_factory.mktemp("reference"), dataset, cache, steps=STEPS, every=EVERY)
 
 
 @pytest.mark.slow
@@ -228,16 +223,8 @@ def test_sigkill_and_resume_on_cloud_storage_is_bitwise_exact(emulator, gs_datas
     workdir = f"gs://{BUCKET}/runs/resume-{seed}"
     config = write_config(tmp_path / "config.yaml",
                           tiny_config(workdir, gs_dataset, steps=STEPS, every=EVERY, log={"tensorboard": True}))
-    proc = start(config, cache)
-    wait_until(lambda: last_step(workdir) >= kill_after and finished_checkpoints(workdir), proc, poll=0.2)
-    kill(proc)
-    killed_at, saved = last_step(workdir), finished_checkpoints(workdir)
-    assert killed_at < STEPS and saved, (killed_at, saved)
-
-    run(config, cache)
-    restores = [i["step"] for i in incidents(workdir) if i["kind"] == "restore"]
-    assert restores == [saved[-1]], f"killed after step {killed_at} with checkpoints {saved}"
-    assert losses(workdir) == reference[1], f"killed after step {killed_at}, checkpoints {saved}"
+    when = kill_and_resume(config, workdir, cache, kill_after, STEPS, poll=0.2)  # (each look is a few requests)
+    assert losses(workdir) == reference[1], when
     assert [i["launch"] for i in incidents(workdir) if i["kind"] == "restart"] == [2]
     assert len(storage.read_text(storage.join(workdir, "launches.jsonl")).splitlines()) == 2
     assert storage.isfile(storage.join(workdir, "config.yaml")) and storage.isfile(storage.join(workdir, "run.json"))
