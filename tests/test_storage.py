@@ -208,6 +208,20 @@ def test_a_missing_bucket_is_one_clear_message_before_any_compute(emulator, gs_d
     assert not storage.exists(storage.join(workdir, "run.json")) and not finished_checkpoints(workdir)
 
 
+def test_the_workdir_check_on_cloud_storage(emulator):
+    """A writable prefix passes (its probe object is gone after); an object where the run keeps a
+    folder is one message."""
+    from jaxlm.config import ConfigError, config_from_dict
+    from jaxlm.train.records import check_writable
+
+    config = config_from_dict(tiny_config(f"gs://{BUCKET}/runs/check", "unused"))
+    check_writable(f"gs://{BUCKET}/runs/check", config)
+    assert storage.listdir(f"gs://{BUCKET}/runs/check") == []
+    storage.write_text(f"gs://{BUCKET}/runs/check/checkpoints", "not a folder")
+    with pytest.raises(ConfigError, match="holds a file 'checkpoints' where the run keeps its checkpoints/ folder"):
+        check_writable(f"gs://{BUCKET}/runs/check", config)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, dataset, cache):
     """The uninterrupted run, local workdir and local dataset: its workdir and {step: loss, ("val", step): val_loss}."""
