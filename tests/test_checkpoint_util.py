@@ -16,6 +16,7 @@ import time
 import numpy as np
 import yaml
 
+from jaxlm import storage
 from test_data_loader_util import write_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,17 +94,41 @@ def run(config_path, cache_dir, *args: str, expect: int = 0, devices: int = 8) -
         raise AssertionError(f"exit status {code}, expected {expect}:\n{tail_log(proc)}")
 
 
+def uninterrupted_run(root, dataset, cache_dir, *, steps: int, every: int) -> tuple:
+    """A tiny run from start to end in `root`/run: its workdir and losses (see `losses`)."""
+    config = write_config(root / "config.yaml", tiny_config(root / "run", dataset, steps=steps, every=every))
+    run(config, cache_dir)
+    result = losses(root / "run")
+    assert sorted(k for k in result if isinstance(k, int)) == list(range(1, steps + 1))
+    return root / "run", result
+
+
+def kill_and_resume(config_path, workdir, cache_dir, kill_after: int, steps: int, poll: float = 0.01) -> str:
+    """Starts the run, SIGKILLs it once it has logged step `kill_after` (or later, before `steps`)
+    and finished a checkpoint, and runs it again to the end, which must restore the newest
+    checkpoint. Returns what the failure messages of the caller's checks should say."""
+    proc = start(config_path, cache_dir)
+    wait_until(lambda: last_step(workdir) >= kill_after and finished_checkpoints(workdir), proc, poll=poll)
+    kill(proc)
+    killed_at, saved = last_step(workdir), finished_checkpoints(workdir)
+    assert killed_at < steps and saved, (killed_at, saved)
+    run(config_path, cache_dir)
+    restores = [i["step"] for i in incidents(workdir) if i["kind"] == "restore"]
+    assert restores == [saved[-1]], f"killed after step {killed_at} with checkpoints {saved}"
+    return f"killed after step {killed_at}, checkpoints {saved}"
+
+
 def tail_log(proc: subprocess.Popen, chars: int = 4000) -> str:
     with open(proc.log_path) as f:
         return f.read()[-chars:]
 
 
 def metrics(workdir) -> list[dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    """The run's metrics.jsonl rows; the workdir may be local or on Cloud Storage."""
+    path = storage.join(workdir, "metrics.jsonl")
+    if not storage.exists(path):
         return []
-    with open(path) as f:
-        lines = f.read().split("\n")
+    lines = storage.read_text(path).split("\n")
     out = []
     for line in lines:
         try:
@@ -130,8 +155,12 @@ def last_step(workdir) -> int:
 
 
 def finished_checkpoints(workdir) -> list[int]:
-    d = os.path.join(workdir, "checkpoints")
-    return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+    """Committed checkpoint steps. Locally Orbax renames a finished one into place; on Cloud Storage
+    (no rename) it writes into the step's folder and adds commit_success.txt last."""
+    d = storage.join(workdir, "checkpoints")
+    remote = storage.is_remote(d)
+    return sorted(int(n) for n in storage.listdir(d)
+                  if n.isdigit() and (not remote or storage.exists(storage.join(d, n, "commit_success.txt"))))
 
 
 def wait_until(predicate, proc: subprocess.Popen, timeout: float = 300, poll: float = 0.01) -> None:

@@ -18,7 +18,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # Lowest first. Each entry is one layer: the jaxlm modules or packages it holds. docs/architecture.md
 # draws the same order (checked below).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("config", ("jaxlm.schema", "jaxlm.config", "jaxlm.extras")),
+    ("config", ("jaxlm.schema", "jaxlm.config", "jaxlm.extras", "jaxlm.storage")),
     ("model", ("jaxlm.model",)),
     ("parallel", ("jaxlm.parallel",)),
     ("data", ("jaxlm.data",)),

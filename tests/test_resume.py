@@ -9,8 +9,8 @@ import signal
 
 import pytest
 
-from test_checkpoint_util import (finished_checkpoints, incidents, kill, last_step, losses, make_dataset, run,
-                                  start, tiny_config, wait_until, write_config)
+from test_checkpoint_util import (finished_checkpoints, incidents, kill, kill_and_resume, last_step, losses,
+                                  make_dataset, run, start, tiny_config, uninterrupted_run, wait_until, write_config)
 
 EVERY = 4  # checkpoint.every_steps
 STEPS = 24
@@ -29,13 +29,9 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, dataset, cache):
     """The uninterrupted run: its workdir and {step: loss, ("val", step): val_loss}."""
-    root = tmp_path_factory.mktemp("reference")
-    config = write_config(root / "config.yaml", tiny_config(root / "run", dataset, steps=STEPS, every=EVERY))
-    run(config, cache)
-    result = losses(root / "run")
-    assert sorted(k for k in result if isinstance(k, int)) == list(range(1, STEPS + 1))
+    workdir, result = uninterrupted_run(tmp_path_factory.mktemp("reference"), dataset, cache, steps=STEPS, every=EVERY)
     assert [k for k in result if not isinstance(k, int)] == [("val", s) for s in (6, 12, 18, 24)]
-    return root / "run", result
+    return workdir, result
 
 
 def config_for(tmp_path, dataset, **sections):
@@ -50,16 +46,8 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_exact(tmp_path, dataset
     kill_after = random.Random(seed).randint(EVERY + 1, STEPS - 3)
     config = config_for(tmp_path, dataset)
     workdir = tmp_path / "run"
-    proc = start(config, cache)
-    wait_until(lambda: last_step(workdir) >= kill_after and finished_checkpoints(workdir), proc)
-    kill(proc)
-    killed_at, saved = last_step(workdir), finished_checkpoints(workdir)
-    assert killed_at < STEPS and saved, (killed_at, saved)
-
-    run(config, cache)
-    restores = [i["step"] for i in incidents(workdir) if i["kind"] == "restore"]
-    assert restores == [saved[-1]], f"killed after step {killed_at} with checkpoints {saved}"
-    assert losses(workdir) == reference[1], f"killed after step {killed_at}, checkpoints {saved}"
+    when = kill_and_resume(config, workdir, cache, kill_after, STEPS)
+    assert losses(workdir) == reference[1], when
     assert not [n for n in os.listdir(workdir / "checkpoints") if "tmp" in n]
 
 

@@ -93,6 +93,17 @@ def shard_name(split: str, index: int, count: int) -> str:
     return f"{SHARD_DIR}/{split}-{index:05d}-of-{count:05d}.array_record"
 
 
+def inside(root: str, rel: Any, what: str) -> str:
+    """`rel` joined to the dataset folder `root`. A manifest names files inside its own folder only:
+    an absolute path or a `..` would let a copied or hand-edited manifest read files from anywhere."""
+    parts = str(rel).replace("\\", "/").split("/")
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel) or ".." in parts:
+        raise DataFormatError(
+            f"{os.path.join(root, MANIFEST)}: {what}'s path {rel!r} is not a relative path inside the "
+            "dataset folder (absolute paths and '..' are refused); re-run data_prep for this folder.")
+    return os.path.join(root, rel)
+
+
 def read_manifest(dataset_dir: str) -> dict[str, Any]:
     """Reads and checks `manifest.json`; raises DataFormatError with the fix when it is unusable.
 

@@ -9,7 +9,6 @@ in jaxlm/data. Work from outside the loop (the n-shot tasks of jaxlm.main) comes
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import numpy as np
 
+from jaxlm import storage
 from jaxlm.config import Config, ConfigError, require_data
 from jaxlm.train import checkpoint, records, resume
 from jaxlm.train import faults as faults_lib, spikes
@@ -54,7 +54,7 @@ class Trainer:
             raise ConfigError("train.eval_tasks runs through the n-shot hook that `python -m jaxlm.main` "
                               "registers; train with jaxlm.main.train(config), or set train.eval_tasks_every=0")
         self.is_main = jax.process_index() == 0
-        self.workdir = os.path.abspath(config.workdir)
+        self.workdir = storage.absolute(config.workdir)  # a local folder or gs://BUCKET/PATH
         records.check_writable(self.workdir, config)  # also creates it
 
         # The mesh (checked against the batch first), objective, state layout and compiled steps.
@@ -293,6 +293,7 @@ class Trainer:
             return
         if reason in ("interval", "time") and not self.spikes.safe_to_save():
             return  # flags in the recent window: keep the last good checkpoint, save when they are over
+        self.writer.flush()  # the metrics of every step the checkpoint holds are on storage before it
         self.checkpoints.save(step, self.state, data_state, self.checkpoint_extra(), reason=reason)
         self.spikes.checkpoint_saved(step)
         if reason == "preemption":
