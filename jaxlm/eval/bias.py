@@ -180,6 +180,21 @@ def winobias_metrics(pairs: Sequence[dict], ll_pro: Sequence[float], ll_anti: Se
     return out
 
 
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], resamples: int = 2000, level: float = 0.95,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """(mean of b - a, and the percentile bootstrap interval of that mean at `level`), resampling
+    items with their pairing kept: how far the same items, redrawn, could move a difference between
+    two models' per-item scores (e.g. CrowS-Pairs preferences before and after a mitigation)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 1 or a.shape != b.shape or not len(a):
+        raise ValueError(f"paired_bootstrap needs two equal-length, non-empty 1-d sequences, got {a.shape} and {b.shape}")
+    diff = b - a
+    idx = np.random.default_rng(seed).integers(0, len(diff), (resamples, len(diff)))
+    means = diff[idx].mean(axis=1)
+    tail = (1.0 - level) / 2
+    return float(diff.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))
+
+
 def winogender_metrics(male_correct: Sequence[bool], female_correct: Sequence[bool]) -> dict:
     male, female = float(np.mean(male_correct)), float(np.mean(female_correct))
     return {"accuracy_male": male, "accuracy_female": female, "gap": male - female, "items": len(male_correct)}
