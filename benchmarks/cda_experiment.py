@@ -15,11 +15,12 @@
 Every model is scored on CrowS-Pairs' 262 gender pairs (share of pairs whose more stereotypical
 sentence is more likely; 0.5 = no preference), WinoBias' 1,584 sentence pairs (dev and test, both
 types; share whose pro-stereotypical pronoun is more likely, 0.5 = none, and the mean log-likelihood
-gap pro - anti in nats, 0 = none), and the loss on the plain corpus' held-out paragraphs (nats per
+gap pro - anti in nats, 0 = none; the same pairs read by gender, male against female: the model's
+gender prior, which the augmentation balances in the data), and the loss on the plain corpus' held-out paragraphs (nats per
 token). Columns average the seeds; a difference comes with its 95% paired bootstrap interval over the
 items (each item's score averaged over the seeds first) and its value for each seed. Prints the
-tables and writes them with every number to OUT/results.json; finished datasets and runs in OUT are
-reused.
+tables and writes them with every number to OUT/results.json; finished datasets, runs and their
+scores in OUT are reused (a rerun with more seeds trains only the new ones).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ NEEDS = ("text/wikitext-2/wiki.valid.tokens", "text/wikitext-2/wiki.test.tokens"
 METRICS = (("crows_gender", "CrowS-Pairs gender: share stereotypical", "0.5"),
            ("winobias_pro", "WinoBias: share pro-stereotypical", "0.5"),
            ("winobias_gap", "WinoBias: log-lik gap pro - anti (nats)", "0"),
+           ("winobias_male", "WinoBias: share preferring the male pronoun", "0.5"),
+           ("winobias_male_gap", "WinoBias: log-lik gap male - female (nats)", "0"),
            ("val_loss", "loss on plain held-out text (nats/token)", ""))
 
 
@@ -99,7 +102,25 @@ def _finished(metrics: str, steps: int) -> bool:
 
 
 def score(workdir: str, crows: list[dict], wino: list[dict], plain_data: str) -> dict:
-    """Per-item scores (CrowS-Pairs preference, WinoBias preference and gap) and the held-out loss."""
+    """Per-item scores (CrowS-Pairs preference, WinoBias preference and gap) and the held-out loss,
+    kept in the workdir so a rerun with more seeds scores only the new models."""
+    cache, scores = os.path.join(workdir, "bias_scores.npz"), None
+    if os.path.isfile(cache):
+        with np.load(cache) as saved:
+            scores = {k: saved[k] for k in saved.files}
+        if len(scores["crows_gender"]) != len(crows) or len(scores["winobias_pro"]) != len(wino):
+            scores = None
+    if scores is None:
+        scores = _score(workdir, crows, wino, plain_data)
+        np.savez(cache, **scores)
+    # the same pairs read by gender: gap male - female, over the pairs whose male side is known
+    side = [bias.winobias_pro_is_male(w) for w in wino]
+    male_gap = np.array([g if m else -g for g, m in zip(scores["winobias_gap"], side) if m is not None])
+    return {**scores, "val_loss": float(scores["val_loss"]), "winobias_male": (male_gap > 0).astype(float),
+            "winobias_male_gap": male_gap}
+
+
+def _score(workdir: str, crows: list[dict], wino: list[dict], plain_data: str) -> dict:
     em = load_workdir(workdir)
     texts = ([c["sent_more"] for c in crows] + [c["sent_less"] for c in crows]
              + [w["pro"] for w in wino] + [w["anti"] for w in wino])

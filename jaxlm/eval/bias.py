@@ -102,6 +102,23 @@ def read_winobias(folder: str, split: str = "test") -> list[dict]:
     return pairs
 
 
+_MALE = frozenset(("he", "him", "his", "himself"))
+_FEMALE = frozenset(("she", "her", "hers", "herself"))
+_WORDS = re.compile(r"[a-z]+")
+
+
+def winobias_pro_is_male(pair: dict) -> Optional[bool]:
+    """Whether the pair's pro-stereotypical sentence is the one with the male pronoun (True), the
+    female one (False), or neither can be told (None: a few lines of the original files do not
+    pair up word for word). Turns a pro/anti gap into a male/female one: the model's gender prior."""
+    def maleness(text: str) -> int:
+        words = _WORDS.findall(text.lower())
+        return sum(w in _MALE for w in words) - sum(w in _FEMALE for w in words)
+
+    lean = maleness(pair["pro"]) - maleness(pair["anti"])
+    return None if lean == 0 else lean > 0
+
+
 def read_jsonl(path: str) -> list[dict]:
     with _open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
