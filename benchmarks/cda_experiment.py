@@ -16,11 +16,12 @@ Every model is scored on CrowS-Pairs' 262 gender pairs (share of pairs whose mor
 sentence is more likely; 0.5 = no preference), WinoBias' 1,584 sentence pairs (dev and test, both
 types; share whose pro-stereotypical pronoun is more likely, 0.5 = none, and the mean log-likelihood
 gap pro - anti in nats, 0 = none; the same pairs read by gender, male against female: the model's
-gender prior, which the augmentation balances in the data), and the loss on the plain corpus' held-out paragraphs (nats per
-token). Columns average the seeds; a difference comes with its 95% paired bootstrap interval over the
-items (each item's score averaged over the seeds first) and its value for each seed. Prints the
-tables and writes them with every number to OUT/results.json; finished datasets, runs and their
-scores in OUT are reused (a rerun with more seeds trains only the new ones).
+gender prior, which the augmentation balances in the data), and the loss on the plain corpus'
+held-out paragraphs (nats per token). Columns average the seeds; a difference comes with its 95%
+paired bootstrap interval over the items (each item's score averaged over the seeds first) and its
+value for each seed. Prints the tables and writes them with every number to OUT/results.json;
+finished datasets, runs and their scores in OUT are reused (a rerun with more seeds trains only
+the new ones).
 """
 
 from __future__ import annotations
@@ -182,7 +183,8 @@ def main() -> int:
     tokenizer = os.path.join(plain, "tokenizer.model")
     data = {"plain": plain, "cda": prepare_data("wikitext2_cda", root, out, tokenizer),
             "debias": prepare_data("wikitext2_debias", root, out, tokenizer)}
-    tokens = {k: json.load(open(os.path.join(v, "manifest.json")))["splits"]["train"]["tokens"] for k, v in data.items()}
+    tokens = {k: json.load(open(os.path.join(v, "manifest.json")))["splits"]["train"]["tokens"]
+              for k, v in data.items()}
     print(f"train tokens: plain {tokens['plain']:,}, CDA {tokens['cda']:,}, debiasing set {tokens['debias']:,}")
 
     crows = [c for c in bias.read_crows_pairs(os.path.join(root, "bias/crows_pairs/crows_pairs_anonymized.csv"))
@@ -192,10 +194,11 @@ def main() -> int:
     info = {name: [] for name in runs}
     for seed in seeds:
         d = os.path.join(out, "runs")
+        start = (f"init.from={d}/plain_s{seed}",)  # both fine-tunings start from this seed's plain model
         jobs = [("plain", "wikitext2.yaml", data["plain"], args.steps, ()),
                 ("cda", "wikitext2.yaml", data["cda"], args.steps, ()),
-                ("ft_plain", "wikitext2_debias.yaml", data["plain"], args.ft_steps, (f"init.from={d}/plain_s{seed}",)),
-                ("ft_debias", "wikitext2_debias.yaml", data["debias"], args.ft_steps, (f"init.from={d}/plain_s{seed}",))]
+                ("ft_plain", "wikitext2_debias.yaml", data["plain"], args.ft_steps, start),
+                ("ft_debias", "wikitext2_debias.yaml", data["debias"], args.ft_steps, start)]
         for name, config, path, steps, extra in jobs:
             workdir = os.path.join(d, f"{name}_s{seed}")
             info[name].append(train(config, workdir, path, seed, steps, extra))

@@ -204,7 +204,8 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], resamples: int = 20
     two models' per-item scores (e.g. CrowS-Pairs preferences before and after a mitigation)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.ndim != 1 or a.shape != b.shape or not len(a):
-        raise ValueError(f"paired_bootstrap needs two equal-length, non-empty 1-d sequences, got {a.shape} and {b.shape}")
+        raise ValueError("paired_bootstrap needs two equal-length, non-empty 1-d sequences, "
+                         f"got {a.shape} and {b.shape}")
     diff = b - a
     idx = np.random.default_rng(seed).integers(0, len(diff), (resamples, len(diff)))
     means = diff[idx].mean(axis=1)
