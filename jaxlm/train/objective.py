@@ -47,6 +47,7 @@ class Objective:
 
     name = "objective"
     batch_fields: tuple[str, ...] = TOKEN_FIELDS
+    float_fields: tuple[str, ...] = ()  # those of batch_fields that hold float32 values (the rest int32)
 
     def loss(self, model, h_BTD: jax.Array, micro: dict, *, train: bool) -> Sums:
         raise NotImplementedError
@@ -78,8 +79,17 @@ def register(name: str, factory: Callable[[Config], Objective]) -> None:
     _REGISTRY[name] = factory
 
 
+def _register_pair_objectives() -> None:
+    """The reward model and the DPO family (jaxlm/train/pair_objectives.py). Imported here, not at
+    the top: that module builds on this one's Objective and Sums."""
+    from jaxlm.train.pair_objectives import FACTORIES
+    for name, factory in FACTORIES.items():
+        _REGISTRY.setdefault(name, factory)
+
+
 def build(config: Config) -> Objective:
     """The objective `train.objective` names; ConfigError (listing the known ones) otherwise."""
+    _register_pair_objectives()
     name = config.train.objective
     if name not in _REGISTRY:
         raise ConfigError(f"train.objective is {name!r}; known objectives: {', '.join(sorted(_REGISTRY))}")
