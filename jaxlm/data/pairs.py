@@ -15,24 +15,31 @@ stream pads its last batch with empty pairs, which objectives do not count.
 Pipeline (Grain): shards -> pairs -> global shuffle, reshuffled every epoch -> repeat -> this
 process's part (i::process_count) -> sources interleaved by weight -> batches. The state is the
 position in that random-access sequence (loader.Loader), so a resumed run sees the same batches.
+
+`write_reference` copies a pair dataset with a reference model's log-probabilities in its records
+(`python -m jaxlm.eval --workdir REF --pairs DIR --reference-logps OUT` computes them).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
+import shutil
 from typing import Sequence
 
 import grain
 import numpy as np
+from array_record.python.array_record_module import ArrayRecordWriter
 
 from jaxlm.data import format as fmt
 from jaxlm.data.format import DataFormatError
 from jaxlm.data.loader import Loader, _check_args, _describe, _source_seed, reader_options
 from jaxlm.data.mixing import MixedDocuments
 from jaxlm.data.packing import rows_from_stream
-from jaxlm.data.shards import DocumentSource, open_dataset
+from jaxlm.data.shards import DocumentSource, open_dataset, sha256_file
 
+WRITER_OPTIONS = "group_size:1"  # one record per chunk, as data_prep writes shards (fast random access)
 PAIR_FIELDS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
 REFERENCE_FIELD = "ref_logp"
 
@@ -123,3 +130,45 @@ def build_pair_loader(
 def has_reference(manifest: dict) -> bool:
     """Whether a pair dataset's records carry reference log-probabilities (its `reference` block)."""
     return bool(manifest.get("reference"))
+
+
+def real_pair_count(batch: dict) -> int:
+    """Pairs of a batch that are not padding (their chosen row has a token)."""
+    return int(np.sum(np.any(batch["segment_ids"][0::2] > 0, axis=-1)))
+
+
+def write_reference(src: str, out: str, logprobs: dict[str, np.ndarray], block: dict) -> dict:
+    """Copies pair dataset `src` to `out` with each record's reference log-probabilities: per split,
+    a (pairs, 2) array in the split's record order (shard by shard). `block` ({"model", "seq_len",
+    ...}) becomes the manifest's `reference`. Returns the new manifest."""
+    info = open_dataset(src)
+    if info.record_kind != "pair":
+        raise DataFormatError(f"{src!r} holds {info.record_kind!r} records, not preference pairs")
+    if os.path.abspath(out) == info.path:
+        raise DataFormatError("the output folder must differ from the pair dataset it copies")
+    manifest = json.loads(json.dumps(info.manifest))
+    os.makedirs(os.path.join(out, fmt.SHARD_DIR), exist_ok=True)
+    for name in os.listdir(info.path):  # tokenizer, chat template, report: everything but shards and manifest
+        path = os.path.join(info.path, name)
+        if os.path.isfile(path) and name != fmt.MANIFEST:
+            shutil.copyfile(path, os.path.join(out, name))
+    for split, spec in manifest["splits"].items():
+        values = logprobs.get(split)
+        if values is None or len(values) != spec["documents"]:
+            raise DataFormatError(f"split {split!r} has {spec['documents']} pairs but {0 if values is None else len(values)} "
+                                  "reference values were given")
+        source, index = DocumentSource(info, split), 0
+        for entry in spec["shards"]:
+            path = os.path.join(out, entry["path"])
+            writer = ArrayRecordWriter(path, WRITER_OPTIONS)
+            for _ in range(entry["records"]):
+                pair = source[index]
+                writer.write(fmt.encode_pair_record(pair.chosen["token"], pair.chosen["mask"], pair.rejected["token"],
+                                                    pair.rejected["mask"], info.dtype, values[index]))
+                index += 1
+            writer.close()
+            entry["sha256"], entry["bytes"] = sha256_file(path), os.path.getsize(path)
+    manifest["reference"] = block
+    with open(os.path.join(out, fmt.MANIFEST), "w", encoding="utf-8") as f:  # last: the folder is complete
+        json.dump(manifest, f, indent=2)
+    return manifest

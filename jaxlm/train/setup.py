@@ -124,6 +124,11 @@ def _check_record_kind(config: Config, i: int, info) -> None:
         raise ConfigError(f"{where} stores no reference log-probabilities (preference.reference=cached): write them "
                           "with `python -m jaxlm.eval --workdir REF --pairs DIR --reference-logps OUT`, or use "
                           "preference.reference=model")
+    cached_len = (info.manifest.get("reference") or {}).get("seq_len")
+    if objective in REFERENCE_OBJECTIVES and config.preference.reference == "cached" and cached_len != config.data.seq_len:
+        raise ConfigError(f"{where}: its reference log-probabilities were computed on sequences cut at {cached_len} "
+                          f"tokens, this run cuts them at data.seq_len={config.data.seq_len}; set data.seq_len={cached_len} "
+                          "or write them again with the run's length (jaxlm.eval --context)")
 
 
 def make_loader(config: Config, split: str, *, epochs: Optional[int] = None):
