@@ -1,6 +1,7 @@
 """Preference pairs in evaluation: a reward model's accuracy on held-out pairs, a language model's
 log-probabilities of both responses (the reference log-probabilities DPO reads from the records),
-and reward-model scores of any conversations (win rates).
+reward-model scores of any conversations (win rates), and pairs made from a model's own samples
+that a verifier labels (`verifier_pairs`: DPO on a verifiable task).
 
 Pairs are read exactly as training reads them (jaxlm.data.pairs: rows side by side, cut at the
 window + 1 tokens), so a score or log-probability here is the one the trainer would compute.
@@ -8,17 +9,20 @@ window + 1 tokens), so a score or log-probability here is the one the trainer wo
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxlm.data.chat import ChatTemplate
 from jaxlm.data.format import DataFormatError
 from jaxlm.data.pairs import PAIR_FIELDS, build_pair_loader, real_pair_count, sequence_row, write_reference
 from jaxlm.data.shards import open_dataset
+from jaxlm.eval.chat import end_of_turn_id, reply
 from jaxlm.eval.errors import EvalError
+from jaxlm.eval.generate import Generator, SamplingConfig
 from jaxlm.eval.loading import EvalModel
 from jaxlm.eval.scoring import compiled
 from jaxlm.train.pair_objectives import last_token_index, token_logprobs
@@ -101,6 +105,33 @@ def write_reference_logprobs(em: EvalModel, dataset: str, out: str, *, model: st
         return write_reference(dataset, out, splits, {"model": model, "seq_len": em.window})
     except (DataFormatError, OSError) as e:
         raise EvalError(f"cannot write {out!r}: {e}") from None
+
+
+def verifier_pairs(em: EvalModel, template: ChatTemplate, items: Sequence[dict], verifier: Callable[[str, str], float],
+                   *, samples: int = 4, temperature: float = 1.0, max_new_tokens: int = 64, seed: int = 0,
+                   batch_size: int = 64) -> tuple[list[dict], dict]:
+    """(pairs, counts): `samples` answers drawn from `em` for each item {question, answer}, rewarded
+    by verifier(response, answer); for every question with both a rewarded (1) and an unrewarded
+    (< 1) answer, pairs {prompt, chosen, rejected} (the pairs source's layout), the k-th distinct
+    rewarded answer with the k-th distinct unrewarded one. An answer cut by max_new_tokens counts
+    as unrewarded whatever its text (it never ended its turn)."""
+    conversations = [[{"role": "user", "content": it["question"]}] for it in items for _ in range(samples)]
+    outs = reply(em, template, conversations, SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
+                                                             seed=seed), Generator(
+        em.graphdef, em.params, em.window, tokenizer=em.tokenizer, eos_id=end_of_turn_id(template, em.tokenizer),
+        batch_size=batch_size))
+    pairs, rewarded = [], 0
+    for i, it in enumerate(items):
+        good, bad = [], []
+        for g in outs[i * samples:(i + 1) * samples]:
+            ok = g.finish_reason == "end_of_turn" and verifier(g.text, it["answer"]) >= 1.0
+            rewarded += ok
+            side = good if ok else bad
+            if g.text not in side:
+                side.append(g.text)
+        pairs += [{"prompt": it["question"], "chosen": c, "rejected": r} for c, r in zip(good, bad)]
+    return pairs, {"questions": len(items), "samples": len(outs), "rewarded": rewarded / max(1, len(outs)),
+                   "pairs": len(pairs)}
 
 
 def score_conversations(em: EvalModel, sequences: Sequence[np.ndarray], batch_pairs: int = 8) -> np.ndarray:

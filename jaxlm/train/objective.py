@@ -79,17 +79,8 @@ def register(name: str, factory: Callable[[Config], Objective]) -> None:
     _REGISTRY[name] = factory
 
 
-def _register_pair_objectives() -> None:
-    """The reward model and the DPO family (jaxlm/train/pair_objectives.py). Imported here, not at
-    the top: that module builds on this one's Objective and Sums."""
-    from jaxlm.train.pair_objectives import FACTORIES
-    for name, factory in FACTORIES.items():
-        _REGISTRY.setdefault(name, factory)
-
-
 def build(config: Config) -> Objective:
     """The objective `train.objective` names; ConfigError (listing the known ones) otherwise."""
-    _register_pair_objectives()
     name = config.train.objective
     if name not in _REGISTRY:
         raise ConfigError(f"train.objective is {name!r}; known objectives: {', '.join(sorted(_REGISTRY))}")

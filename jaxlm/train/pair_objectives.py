@@ -15,7 +15,8 @@ their count, so every metric is a mean per pair and accumulation equals the larg
            jaxlm.train.preference's losses; ipo on per-token averages with preference.ipo_average.
   simpo    reference-free: length-normalised log-probabilities.
 The DPO family logs rewards_chosen / rewards_rejected (implicit rewards), reward_margin,
-reward_accuracy, logp_chosen / logp_rejected.
+reward_accuracy, logp_chosen / logp_rejected. Importing this module registers the four names
+(jaxlm.train.setup does).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 from jaxlm.config import Config
 from jaxlm.data.pairs import REFERENCE_FIELD
 from jaxlm.train import preference
-from jaxlm.train.objective import TOKEN_FIELDS, Objective, Sums
+from jaxlm.train.objective import TOKEN_FIELDS, Objective, Sums, register
 
 
 def real_pairs(micro: dict):
@@ -102,9 +103,6 @@ class DirectPreference(Objective):
             "reward_accuracy": (reward_c > reward_r).astype(jnp.float32), "logp_chosen": pc, "logp_rejected": pr})
 
 
-FACTORIES = {
-    "reward": RewardModel,
-    "dpo": lambda config: DirectPreference(config, "dpo"),
-    "ipo": lambda config: DirectPreference(config, "ipo"),
-    "simpo": lambda config: DirectPreference(config, "simpo"),
-}
+register("reward", RewardModel)
+for _kind in ("dpo", "ipo", "simpo"):
+    register(_kind, lambda config, kind=_kind: DirectPreference(config, kind))

@@ -28,6 +28,7 @@ from jaxlm.data.pairs import build_pair_loader, has_reference
 from jaxlm.parallel import fit, rules
 from jaxlm.parallel.mesh import BATCH_AXES, build_mesh
 from jaxlm.train import diloco, objective as objective_lib
+from jaxlm.train import pair_objectives  # noqa: F401  (registers train.objective: reward, dpo, ipo, simpo)
 from jaxlm.train.objective import Objective
 from jaxlm.train.schemes import Standard
 from jaxlm.train.state import ModelSpec, model_spec
