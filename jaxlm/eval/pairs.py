@@ -120,18 +120,28 @@ def verifier_pairs(em: EvalModel, template: ChatTemplate, items: Sequence[dict],
                                                              seed=seed), Generator(
         em.graphdef, em.params, em.window, tokenizer=em.tokenizer, eos_id=end_of_turn_id(template, em.tokenizer),
         batch_size=batch_size))
-    pairs, rewarded = [], 0
-    for i, it in enumerate(items):
-        good, bad = [], []
-        for g in outs[i * samples:(i + 1) * samples]:
-            ok = g.finish_reason == "end_of_turn" and verifier(g.text, it["answer"]) >= 1.0
-            rewarded += ok
-            side = good if ok else bad
-            if g.text not in side:
-                side.append(g.text)
-        pairs += [{"prompt": it["question"], "chosen": c, "rejected": r} for c, r in zip(good, bad)]
+    answers = [[(g.text, g.finish_reason == "end_of_turn") for g in outs[i * samples:(i + 1) * samples]]
+               for i in range(len(items))]
+    pairs, rewarded = pairs_from_answers(items, answers, verifier)
     return pairs, {"questions": len(items), "samples": len(outs), "rewarded": rewarded / max(1, len(outs)),
                    "pairs": len(pairs)}
+
+
+def pairs_from_answers(items: Sequence[dict], answers: Sequence[Sequence[tuple[str, bool]]],
+                       verifier: Callable[[str, str], float]) -> tuple[list[dict], int]:
+    """(pairs, rewarded answers): per item, its answers [(text, ended its turn)] split into
+    rewarded (ended, verifier gives 1) and the rest, each side without repeats, paired in order."""
+    pairs, rewarded = [], 0
+    for it, mine in zip(items, answers):
+        good, bad = [], []
+        for text, ended in mine:
+            ok = ended and verifier(text, it["answer"]) >= 1.0
+            rewarded += ok
+            side = good if ok else bad
+            if text not in side:
+                side.append(text)
+        pairs += [{"prompt": it["question"], "chosen": c, "rejected": r} for c, r in zip(good, bad)]
+    return pairs, rewarded
 
 
 def score_conversations(em: EvalModel, sequences: Sequence[np.ndarray], batch_pairs: int = 8) -> np.ndarray:
