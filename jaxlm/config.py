@@ -282,6 +282,7 @@ class PreferenceConfig:
     label_smoothing: float = 0.0  # dpo: the share of labels assumed flipped (conservative DPO), in [0, 0.5)
     gamma: float = 0.5  # simpo: the target reward margin
     ipo_average: bool = True  # ipo: per-token average log-probabilities (as TRL) rather than sums (as the paper)
+    rpo_alpha: float = 0.0  # dpo/ipo/simpo: weight of the chosen response's mean per-token NLL added to the loss (RPO)
     margin: float = 0.0  # reward: Bradley-Terry margin, loss = -log sigmoid(s_chosen - s_rejected - margin)
     # dpo/ipo: where the reference log-probabilities come from. model: the frozen init.from / init.hf
     # model, computed before every step; cached: stored in the pair records (jaxlm.eval --reference-logps)
@@ -504,6 +505,8 @@ def _validate_preference(config: Config) -> None:
     p, t = config.preference, config.train
     if p.beta <= 0:
         raise ConfigError(f"preference.beta must be positive, got {p.beta}")
+    if p.rpo_alpha < 0:
+        raise ConfigError(f"preference.rpo_alpha must be >= 0 (0: plain DPO), got {p.rpo_alpha}")
     if not 0.0 <= p.label_smoothing < 0.5:
         raise ConfigError(f"preference.label_smoothing must be in [0, 0.5), got {p.label_smoothing}")
     if t.objective not in PAIR_OBJECTIVES:

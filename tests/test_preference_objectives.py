@@ -91,13 +91,17 @@ def np_direct(name, pi, ref, counts, p):
         dh = (-(1 - ls) * sigmoid(-h) + ls * sigmoid(h)) / n
         d[0:6:2], d[1:6:2] = dh * p["beta"], -dh * p["beta"]
         rew_c, rew_r = p["beta"] * (pc - rc), p["beta"] * (pr - rr)
+    if p.get("rpo_alpha"):  # plus alpha * the chosen response's mean per-token NLL
+        loss = loss - p["rpo_alpha"] * pc / lc
+        d[0:6:2] -= p["rpo_alpha"] / lc / n
     metrics = {"rewards_chosen": rew_c.mean(), "rewards_rejected": rew_r.mean(), "reward_margin": (rew_c - rew_r).mean(),
                "reward_accuracy": (rew_c > rew_r).mean(), "logp_chosen": pc.mean(), "logp_rejected": pr.mean()}
     return loss.mean(), d, metrics
 
 
 CASES = [("dpo", {"beta": 0.3}), ("dpo", {"beta": 0.3, "label_smoothing": 0.1}), ("ipo", {"beta": 0.3}),
-         ("ipo", {"beta": 0.3, "ipo_average": False}), ("simpo", {"beta": 2.0, "gamma": 0.5})]
+         ("ipo", {"beta": 0.3, "ipo_average": False}), ("simpo", {"beta": 2.0, "gamma": 0.5}),
+         ("dpo", {"beta": 0.3, "rpo_alpha": 0.7})]
 
 
 @pytest.fixture(scope="module")

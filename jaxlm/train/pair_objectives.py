@@ -14,6 +14,9 @@ their count, so every metric is a mean per pair and accumulation equals the larg
            jaxlm.train.reference, or read from the pair records), through
            jaxlm.train.preference's losses; ipo on per-token averages with preference.ipo_average.
   simpo    reference-free: length-normalised log-probabilities.
+  With preference.rpo_alpha > 0 each of the three adds alpha times the chosen response's mean
+  per-token negative log-likelihood to its pair's loss (RPO, Pang et al. 2024; TRL's rpo_alpha,
+  which averages over the batch's chosen tokens instead of per pair).
 The DPO family logs rewards_chosen / rewards_rejected (implicit rewards), reward_margin,
 reward_accuracy, logp_chosen / logp_rejected. Importing this module registers the four names
 (jaxlm.train.setup does).
@@ -98,6 +101,8 @@ class DirectPreference(Objective):
             else:
                 terms = preference.ipo_terms(pc, pr, rc, rr, beta=p.beta)
         losses, reward_c, reward_r = terms
+        if p.rpo_alpha:  # RPO (Pang et al. 2024): the chosen response's mean per-token NLL added
+            losses = losses + p.rpo_alpha * (-pc / lc)
         return _sums(losses, real_pairs(micro), {
             "rewards_chosen": reward_c, "rewards_rejected": reward_r, "reward_margin": reward_c - reward_r,
             "reward_accuracy": (reward_c > reward_r).astype(jnp.float32), "logp_chosen": pc, "logp_rejected": pr})
