@@ -87,7 +87,7 @@ def conversations(kind: str, record) -> list[list[dict]]:
     raise ValueError(f"not an instruction source type: {kind}")
 
 
-def _records(path: str, where: str, stats: StageStats) -> Iterator[tuple[str, object]]:
+def read_records(path: str, where: str, stats: StageStats) -> Iterator[tuple[str, object]]:
     """(place, record) of a JSON list file or a JSONL file; bad lines are skipped and counted."""
     try:
         with open_binary(path) as f:
@@ -123,7 +123,7 @@ def read_examples(src: SourceConfig, path: str, where: str, stats: StageStats) -
         for doc_id, messages, module in python_examples(path, f"{src.name}/"):
             yield _document(messages, doc_id, src.name, module)
         return
-    for at, record in _records(path, where, stats):
+    for at, record in read_records(path, where, stats):
         try:
             convs = conversations(src.type, record)
         except ChatError as e:

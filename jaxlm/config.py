@@ -76,6 +76,9 @@ class ModelConfig:
     # (never a kernel: the full masked logits) | splash (the Pallas TPU kernel, interpreted off TPU).
     attention: str = "auto"
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
+    # A scalar head (embed,) on the final hidden state: a reward model's score of a sequence, read at
+    # its last token (train.objective: reward). Saved in checkpoints with the other parameters.
+    reward_head: bool = False
 
     def __post_init__(self):
         """Derived defaults, resolved here once: every reader (model, planner, export, metrics) and
@@ -270,6 +273,23 @@ class InitConfig:
 
 
 @dataclasses.dataclass
+class PreferenceConfig:
+    """The pair objectives (train.objective: reward | dpo | ipo | simpo; docs/preference_tuning.md).
+    Their data is a pair dataset (data_prep's hh_rlhf, pairs or alpaca_eval sources); a micro-batch
+    holds chosen and rejected rows one after the other, so train.global_batch and micro_batch
+    count sequences: 16 is 8 pairs."""
+    beta: float = 0.1  # dpo: scale of the implicit reward beta * (log pi - log ref); ipo: tau; simpo: its scale (2.0 typical)
+    label_smoothing: float = 0.0  # dpo: the share of labels assumed flipped (conservative DPO), in [0, 0.5)
+    gamma: float = 0.5  # simpo: the target reward margin
+    ipo_average: bool = True  # ipo: per-token average log-probabilities (as TRL) rather than sums (as the paper)
+    rpo_alpha: float = 0.0  # dpo/ipo/simpo: weight of the chosen response's mean per-token NLL added to the loss (RPO)
+    margin: float = 0.0  # reward: Bradley-Terry margin, loss = -log sigmoid(s_chosen - s_rejected - margin)
+    # dpo/ipo: where the reference log-probabilities come from. model: the frozen init.from / init.hf
+    # model, computed before every step; cached: stored in the pair records (jaxlm.eval --reference-logps)
+    reference: str = "model"
+
+
+@dataclasses.dataclass
 class Config:
     workdir: str = "runs/default"
     seed: int = 0
@@ -285,6 +305,7 @@ class Config:
     spikes: SpikesConfig = dataclasses.field(default_factory=SpikesConfig)
     faults: list[FaultConfig] = dataclasses.field(default_factory=list)
     init: InitConfig = dataclasses.field(default_factory=InitConfig)
+    preference: PreferenceConfig = dataclasses.field(default_factory=PreferenceConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -366,6 +387,7 @@ _CHOICES = {
     "log.wandb.mode": ("offline", "online", "disabled"),
     "pipeline.schedule": ("gpipe", "circular"),
     "mesh.dcn_axis": ("data", "fsdp", "tensor", "pipe"),
+    "preference.reference": ("model", "cached"),
 }
 
 
@@ -426,6 +448,7 @@ def validate(config: Config) -> None:
     _validate_spikes_and_faults(config)
     _validate_parallel(config)
     _validate_checkpoint(config)
+    _validate_preference(config)
 
 
 def _validate_lora(m: ModelConfig) -> None:
@@ -472,6 +495,34 @@ def _validate_spikes_and_faults(config: Config) -> None:
             raise ConfigError(f"faults[{i}] needs step >= 0 and steps >= 1, got step={f.step}, steps={f.steps}")
         if f.kind == "lr" and f.factor <= 0:
             raise ConfigError(f"faults[{i}].factor must be positive, got {f.factor}")
+
+
+PAIR_OBJECTIVES = ("reward", "dpo", "ipo", "simpo")  # objectives over preference pairs (jaxlm.train.pair_objectives)
+REFERENCE_OBJECTIVES = ("dpo", "ipo")  # ... those that need a reference model's log-probabilities
+
+
+def _validate_preference(config: Config) -> None:
+    p, t = config.preference, config.train
+    if p.beta <= 0:
+        raise ConfigError(f"preference.beta must be positive, got {p.beta}")
+    if p.rpo_alpha < 0:
+        raise ConfigError(f"preference.rpo_alpha must be >= 0 (0: plain DPO), got {p.rpo_alpha}")
+    if not 0.0 <= p.label_smoothing < 0.5:
+        raise ConfigError(f"preference.label_smoothing must be in [0, 0.5), got {p.label_smoothing}")
+    if t.objective not in PAIR_OBJECTIVES:
+        return
+    if config.diloco.enabled:
+        raise ConfigError(f"train.objective={t.objective} cannot run under diloco.enabled yet; train it without DiLoCo")
+    if t.micro_batch % 2:
+        raise ConfigError(f"train.micro_batch ({t.micro_batch}) must be even for train.objective={t.objective}: "
+                          "it counts sequences, a chosen and a rejected one per pair")
+    if t.objective == "reward" and not config.model.reward_head:
+        raise ConfigError("train.objective=reward trains the scalar head: set model.reward_head=true")
+    if (t.objective in REFERENCE_OBJECTIVES and p.reference == "model"
+            and not (config.init.from_ or config.init.hf)):
+        raise ConfigError(f"train.objective={t.objective} with preference.reference=model compares the policy with "
+                          "the model it starts from: set init.from (a workdir) or init.hf, or use "
+                          "preference.reference=cached with pairs that carry reference log-probabilities")
 
 
 def _validate_checkpoint(config: Config) -> None:

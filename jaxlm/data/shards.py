@@ -139,7 +139,7 @@ def _check_split(root: str, name: str, spec: dict[str, Any], verify: bool) -> Sp
                 f"shard {shard.path} has {size} bytes, the manifest says {shard.bytes}: it is truncated or "
                 f"was replaced; {redo}."
             )
-        if verify and shard.sha256 and _sha256(shard.path) != shard.sha256:
+        if verify and shard.sha256 and sha256_file(shard.path) != shard.sha256:
             raise DataFormatError(f"shard {shard.path} does not match its sha256 in the manifest: it is corrupt; {redo}.")
         records = _count_records(shard.path)
         if records != shard.records:
@@ -169,7 +169,7 @@ def _count_records(path: str) -> int:
         ) from e
 
 
-def _sha256(path: str) -> str:
+def sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -179,9 +179,9 @@ def compile_programs(config, devices, programs=PROGRAMS) -> tuple[dict, list[Pro
     mesh, fields, t = s.mesh, s.objective.batch_fields, config.train
     micro = t.micro_batch
     state = s.abstract()
-    batch = {k: jax.ShapeDtypeStruct((t.global_batch // micro, micro, config.data.seq_len), jnp.int32,
+    batch = {k: jax.ShapeDtypeStruct((t.global_batch // micro, micro, config.data.seq_len), s.field_dtype(k),
                                      sharding=s.batch_sharding) for k in fields}
-    micro_batch = {k: jax.ShapeDtypeStruct((micro, config.data.seq_len), jnp.int32, sharding=s.micro_sharding)
+    micro_batch = {k: jax.ShapeDtypeStruct((micro, config.data.seq_len), s.field_dtype(k), sharding=s.micro_sharding)
                    for k in fields}
     init = jax.jit(lambda: init_state(config, s.spec, s.scheme.optimizer, s.scheme.shardings),
                    out_shardings=s.scheme.shardings)

@@ -15,17 +15,20 @@ import time
 from typing import Callable, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxlm import storage
-from jaxlm.config import Config, ConfigError, require_data
+from jaxlm.config import REFERENCE_OBJECTIVES, Config, ConfigError, require_data
 from jaxlm.train import checkpoint, records, resume
+from jaxlm.train import reference as reference_lib
 from jaxlm.train import faults as faults_lib, spikes
 from jaxlm.train import metrics as metrics_lib
 from jaxlm.train import setup as setup_lib
 from jaxlm.train.incidents import Incidents
 from jaxlm.train.optimizer import BatchRamp, eval_params
 from jaxlm.train.preemption import Preempted
+from jaxlm.train.state import init_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +72,7 @@ class Trainer:
                                                         incidents=self.incidents)
         self.train_step, self.eval_step = self.setup.train_step, self.setup.eval_step
         self.state = self._restore_or_init()  # auto-resume: the latest good checkpoint, else a fresh state
+        self.reference = self._make_reference()  # DPO/IPO's frozen model, when its log-probabilities are not cached
         start = int(self.state["step"])
         if start < t.steps and self.is_main:  # a launch that trains: its records (a refused or finished one writes none)
             launch = records.write_run_files(self.workdir, config, self.mesh, self.spec.param_count, start)
@@ -91,16 +95,23 @@ class Trainer:
 
     def next_batch(self, step: int) -> dict[str, jax.Array]:
         micro = [next(self.loader) for _ in range(self.ramp.micro_steps_at(step))]
-        return self.setup.batch({k: np.stack([m[k] for m in micro]) for k in self.setup.objective.batch_fields})
+        batch = self.setup.batch({k: np.stack([m[k] for m in micro]) for k in self.setup.objective.batch_fields
+                                  if k in micro[0]})
+        return self.reference.add(batch) if self.reference else batch
 
     # ------------------------------------------------------------------------------------------
 
     def evaluate(self) -> float:
         """Mean validation loss (the objective's `loss` over its weight) over the first
         `train.eval_batches` micro-batches of the validation split (the same ones each time)."""
+        return self.evaluate_metrics()["loss"]
+
+    def evaluate_metrics(self) -> dict[str, float]:
+        """Every metric of the objective (its sum over its weight; `loss` among them) over the first
+        `train.eval_batches` micro-batches of the validation split, e.g. a reward model's accuracy."""
         loader = setup_lib.make_loader(self.config, "val", epochs=1)
         fields = self.setup.objective.batch_fields
-        nll, count = 0.0, 0.0
+        totals, count = {}, 0.0
         empty = None
         params = self.eval_params()
         for _ in range(self.config.train.eval_batches):
@@ -113,11 +124,13 @@ class Trainer:
                     rows = self.config.train.micro_batch // jax.process_count()
                     empty = {k: np.zeros((rows, self.config.data.seq_len), np.int32) for k in fields}
                 micro = empty
-            sums = self.eval_step(params, self.setup.batch(micro, leading=0))
-            nll, count = nll + sums.metrics["loss"], count + sums.weight
+            batch = self.setup.batch(micro, leading=0)
+            sums = self.eval_step(params, self.reference.add(batch, leading=0) if self.reference else batch)
+            totals = {k: totals.get(k, 0.0) + v for k, v in sums.metrics.items()}
+            count = count + sums.weight
         loader.close()
         count = float(count)
-        return float(nll) / count if count else float("nan")
+        return {k: float(v) / count if count else float("nan") for k, v in totals.items()}
 
     def eval_params(self) -> dict:
         """What evaluation sees: schedule-free's average point, else the parameters as trained (a
@@ -177,10 +190,11 @@ class Trainer:
                     window_start, window_tokens = time.perf_counter(), 0.0
             if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
                 eval_start = time.perf_counter()
-                val = self.evaluate()
-                summary["val_loss"] = val
-                if self.is_main:
-                    self.writer.write(step, {"val_loss": val, "tokens_seen": float(self.ramp.tokens_before(step))})
+                val = self.evaluate_metrics()
+                summary["val_loss"] = val["loss"]
+                if self.is_main:  # val_loss, and the objective's other metrics (val_accuracy, ...)
+                    self.writer.write(step, {**{f"val_{k}": v for k, v in val.items()},
+                                             "tokens_seen": float(self.ramp.tokens_before(step))})
                 window_start += time.perf_counter() - eval_start  # eval time is not training time
             for hook in self.hooks:
                 if step % hook.every == 0 or step == t.steps:
@@ -229,6 +243,21 @@ class Trainer:
                 self.incidents.record("warm_start", 0, source=self.config.init.from_ or self.config.init.hf)
             return state
         return self._restored.state
+
+    def _make_reference(self) -> Optional[reference_lib.Reference]:
+        """The frozen reference of dpo/ipo with preference.reference=model: the parameters the run
+        started from (a copy of the fresh state's, or rebuilt as it was made when resuming)."""
+        c = self.config
+        if c.train.objective not in REFERENCE_OBJECTIVES or c.preference.reference != "model":
+            return None
+        if self._restored is None:
+            params = jax.tree.map(jnp.copy, self.state["params"])  # the first step donates the state
+        else:
+            params = init_params(c, self.spec, self.shardings["params"], c.seed)
+            warm = self.init_params() if self.init_params is not None else None
+            if warm is not None:
+                params = _warm_params(params, warm)
+        return reference_lib.Reference(self.setup, params)
 
     def _resume_data(self, restored: Optional[checkpoint.Restored]) -> dict:
         """Puts the train loader where `restored` left it (or where a changed data setup derives)."""
