@@ -142,6 +142,8 @@ def _model_and_workload(args):
             work[key] = value
     if args.device_type == "cpu":
         work["platform"] = "cpu"
+    elif args.device_type and get_device(args.device_type).name.startswith("NVIDIA"):
+        work["platform"] = "gpu"
     workload = Workload(**work)
     if args.tokens is not None:
         tokens = args.tokens
@@ -176,7 +178,7 @@ def cmd_memory(args) -> None:
         print(f"mesh: {mesh}")
     rows = [[name, f"{value / GiB:.2f}"] for name, value in estimate.rows()]
     print(table(["per device", "GiB"], rows))
-    if estimate.logits_dominate and estimate.working > 0.3 * estimate.total and work.loss_chunk == 0:
+    if estimate.logits_dominate and estimate.at_loss > 0.3 * estimate.total and work.loss_chunk == 0:
         print("the (tokens, vocab) logits dominate: set model.loss_chunk (--loss-chunk 4096) or a smaller micro-batch")
     if device is not None:
         verdict = "fits" if estimate.total <= device.hbm_bytes else "DOES NOT FIT"

@@ -120,10 +120,17 @@ class Program:
     code: int
     flops: Optional[float]  # per chip
     seconds: Optional[float]  # the compiler's own estimate of the run time
+    peak_memory: int = 0  # the compiler's peak: arguments, outputs and temporaries as its buffer assignment packs them
+    refused: bool = False  # the compiler refused it: its peak exceeds the HBM it may use
 
     @property
     def peak(self) -> int:
-        return self.arguments + self.outputs - self.aliased + self.temps + self.code
+        """HBM the program needs per chip: the compiler's own peak, the figure it checks against the
+        chip's HBM (a program over it is refused, `_compile`). `temps` (memory_analysis's
+        temp_size_in_bytes) is no part of it on TPU: it also counts buffers that memory-space
+        assignment keeps in on-chip memory, and a program whose arguments + temps exceed HBM compiles
+        when its peak does not (docs/tpu.md). Backends that report no peak: the sum of the parts."""
+        return self.peak_memory or self.arguments + self.outputs - self.aliased + self.temps + self.code
 
 
 def _program(name: str, compiled) -> Program:
@@ -134,7 +141,7 @@ def _program(name: str, compiled) -> Program:
     seconds = cost.get("optimal_seconds")
     return Program(name, mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.temp_size_in_bytes,
                    mem.alias_size_in_bytes, mem.generated_code_size_in_bytes, cost.get("flops"),
-                   seconds if seconds and seconds > 0 else None)
+                   seconds if seconds and seconds > 0 else None, getattr(mem, "peak_memory_in_bytes", 0) or 0)
 
 
 PROGRAMS = ("init", "train step", "eval step")
@@ -152,16 +159,19 @@ def _per_chip_bytes(tree) -> int:
 
 
 def _compile(name: str, lowered, args) -> Program:
-    """One program's report; when XLA's TPU compiler refuses it for want of HBM, the temporaries
-    it said it needs (it gives no memory analysis then)."""
+    """One program's report; when XLA's TPU compiler refuses it for want of HBM, the memory it said
+    the program needs (it gives no memory analysis then). That figure is the same peak
+    `Program.peak` reads from a compiled program: arguments, outputs and temporaries together,
+    although the message calls it "HLO temporaries"."""
     try:
         return _program(name, lowered.compile())
     except Exception as e:  # jax's JaxRuntimeError: RESOURCE_EXHAUSTED: Ran out of memory on HBM ...
         need = re.search(r"required for HLO temporaries \(([\d.]+)([KMGT])\)", str(e))
         if "RESOURCE_EXHAUSTED" not in str(e) or not need:
             raise
-        temps = int(float(need.group(1)) * _UNITS[need.group(2)])
-        return Program(name, _per_chip_bytes(args), 0, temps, 0, 0, None, None)
+        peak = int(float(need.group(1)) * _UNITS[need.group(2)])
+        arguments = _per_chip_bytes(args)
+        return Program(name, arguments, 0, max(peak - arguments, 0), 0, 0, None, None, peak, refused=True)
 
 
 def compile_programs(config, devices, programs=PROGRAMS) -> tuple[dict, list[Program]]:
@@ -222,8 +232,8 @@ class Report:
         return max(p.peak for p in self.programs)
 
     @property
-    def fits(self) -> bool:
-        return self.peak <= self.topology.device.hbm_bytes
+    def fits(self) -> bool:  # the compiler refuses a program over the HBM it may use (a little under the chip's)
+        return not any(p.refused for p in self.programs) and self.peak <= self.topology.device.hbm_bytes
 
     @property
     def planner_error(self) -> float:  # planner / compiler - 1, on the train step
@@ -250,11 +260,15 @@ def format_report(report: Report) -> str:
     lines = [f"{topo.name}{f' x {topo.slices} slices' if topo.slices > 1 else ''}: {topo.devices} x {device.name} "
              f"({topo.topology_name}, {device.hbm_bytes / gib:.0f} GiB each); mesh "
              + ",".join(f"{k}={v}" for k, v in report.mesh.items())]
-    rows = [[p.name, f"{p.arguments / gib:.2f}", f"{p.temps / gib:.2f}", f"{(p.outputs - p.aliased) / gib:.2f}",
+    rows = [[p.name + (" (refused: over HBM)" if p.refused else ""), f"{p.arguments / gib:.2f}",
+             "" if p.refused else f"{p.temps / gib:.2f}", "" if p.refused else f"{(p.outputs - p.aliased) / gib:.2f}",
              f"{p.peak / gib:.2f}", f"{p.peak / device.hbm_bytes:.0%}"] for p in report.programs]
     rows.append(["planner (train step)", "", "", "", f"{report.planner_bytes / gib:.2f}",
                  f"{report.planner_bytes / device.hbm_bytes:.0%}"])
-    lines.append(table(["per chip, GiB", "arguments", "temporaries", "outputs (not aliased)", "total", "of HBM"], rows))
+    lines.append(table(["per chip, GiB", "arguments", "temporaries", "outputs (not aliased)", "peak", "of HBM"], rows))
+    lines.append("peak: the compiler's, what it checks against HBM (arguments, outputs and temporaries as its buffer "
+                 "assignment packs them); temporaries: memory_analysis's, which on TPU also counts buffers kept in "
+                 "on-chip memory")
     margin = device.hbm_bytes - report.peak
     verdict = (f"fits: {margin / gib:.2f} GiB to spare per chip" if report.fits else
                f"DOES NOT FIT: {-margin / gib:.2f} GiB per chip over the {device.hbm_bytes / gib:.0f} GiB")
