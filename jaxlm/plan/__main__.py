@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Optional
 
@@ -123,11 +124,8 @@ def _model_and_workload(args):
     if args.config:
         config = load_config(args.config, args.set or [])
         model = config.model
-        t = config.train
-        work = dict(global_batch=t.global_batch, seq_len=config.data.seq_len, micro_batch=t.micro_batch,
-                    remat=model.remat, compute_dtype=model.dtype, param_dtype=model.param_dtype,
-                    optimizer=config.optim.name, loss_chunk=model.loss_chunk)
-        tokens = t.steps * t.global_batch * config.data.seq_len
+        work = dataclasses.asdict(Workload.of(config))
+        tokens = config.train.steps * config.train.global_batch * config.data.seq_len
         mesh_from_config = config.mesh
     elif args.preset:
         model = preset(args.preset)

@@ -203,15 +203,40 @@ def compile_programs(config, devices, programs=PROGRAMS) -> tuple[dict, list[Pro
     return dict(mesh.shape), out
 
 
-def planner_workload(config):
-    """The planner's description of what one optimizer step of this config processes."""
-    from jaxlm.plan.memory import Workload
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A shipped config compiled for a slice: one row of docs/tpu.md's table."""
+    config: str  # path from the repository root
+    topology: str
+    slices: int = 1
+    overrides: tuple = ()
+    label: str = ""  # what the overrides make of it, for the table
 
-    m, t = config.model, config.train
-    return Workload(global_batch=t.global_batch, seq_len=config.data.seq_len, micro_batch=t.micro_batch,
-                    remat=m.remat, compute_dtype=m.dtype, param_dtype=m.param_dtype, optimizer=config.optim.name,
-                    loss_chunk=m.loss_chunk, pipeline_repeats=config.pipeline.repeats,
-                    pipeline_microbatches=config.pipeline.microbatches)
+    @property
+    def name(self) -> str:
+        stem = os.path.splitext(os.path.basename(self.config))[0]
+        return f"{stem}, {self.label}" if self.label else stem
+
+    @property
+    def slice_name(self) -> str:
+        return self.topology + (f" x {self.slices}" if self.slices > 1 else "")
+
+
+PIPELINE_OVERRIDES = ("mesh.data=1", "mesh.fsdp=-1", "mesh.pipe=4", "train.micro_batch=64", "pipeline.microbatches=8")
+# The recipes the planner's TPU memory model is checked against (tests/test_plan_aot.py, within 15%
+# of the compiler's peak each; benchmarks/tpu_compile.py prints docs/tpu.md's table from them).
+REFERENCE_RECIPES = (
+    Recipe("configs/gpt2-124m.yaml", "v4-8"),
+    Recipe("configs/llama-1b.yaml", "v5e-16"),
+    Recipe("configs/llama-1b.yaml", "v5p-8"),
+    Recipe("configs/llama-1b.yaml", "v6e-8"),
+    Recipe("configs/llama-8b.yaml", "v5p-64", label="FSDP, remat full"),
+    Recipe("configs/llama-1b.yaml", "v5p-32", overrides=PIPELINE_OVERRIDES,
+           label="pipeline: 4 stages (gpipe, 8 micro-batches), fsdp 4"),
+    Recipe("configs/llama-1b.yaml", "v5e-16", slices=2, overrides=("mesh.data=2",),
+           label="2 slices (data=2 across them)"),
+    Recipe("configs/llama-8b.yaml", "v5e-16", label="on 16 GiB chips: does not fit"),
+)
 
 
 @dataclasses.dataclass
@@ -241,13 +266,13 @@ class Report:
 
 
 def compile_report(config, topo: Topology, programs=PROGRAMS) -> Report:
-    from jaxlm.plan.memory import MeshShape, estimate_memory, flops_per_token
+    from jaxlm.plan.memory import MeshShape, Workload, estimate_memory, flops_per_token
 
     if topo.slices > 1 and config.mesh.dcn_axis not in ("data", "fsdp"):
         raise PlanError(f"mesh.dcn_axis is {config.mesh.dcn_axis!r}: only a batch axis (data or fsdp) may span "
                         "slices, whose links (the data-centre network) are too slow for tensor or pipe")
     mesh, compiled = compile_programs(config, topology_devices(topo), programs)
-    estimate = estimate_memory(config.model, planner_workload(config), MeshShape(**mesh))
+    estimate = estimate_memory(config.model, Workload.of(config), MeshShape(**mesh))
     tokens = config.train.global_batch * config.data.seq_len
     return Report(topo, mesh, compiled, estimate.total, flops_per_token(config.model, config.data.seq_len), tokens)
 

@@ -155,6 +155,15 @@ class Workload:
     pipeline_repeats: int = 1  # the circular schedule's rounds (pipeline.repeats); 1: GPipe
     pipeline_microbatches: int = 0  # micro-batches per pipeline pass (pipeline.microbatches); 0: all
 
+    @classmethod
+    def of(cls, config) -> "Workload":
+        """What one optimizer step of a jaxlm Config processes."""
+        m, t, p = config.model, config.train, config.pipeline
+        return cls(global_batch=t.global_batch, seq_len=config.data.seq_len, micro_batch=t.micro_batch,
+                   remat=m.remat, compute_dtype=m.dtype, param_dtype=m.param_dtype, optimizer=config.optim.name,
+                   loss_chunk=m.loss_chunk, pipeline_microbatches=p.microbatches,
+                   pipeline_repeats=p.repeats if p.schedule == "circular" else 1)
+
     def __post_init__(self):  # the derived default, resolved once (as jaxlm.config.TrainConfig does)
         if not self.micro_batch:
             object.__setattr__(self, "micro_batch", self.global_batch)
