@@ -338,6 +338,10 @@ def estimate_memory(model, work: Workload, mesh: MeshShape) -> MemoryEstimate:
         layer = tokens * saved
     else:  # the backward pass recomputes the layer's forward: its activations as remat none keeps them
         layer = tokens * _per_token_layer_bytes(model, "none", mesh, act_bytes, work)
+    if mesh.pipe > 1 and not cpu:
+        # TPU: the backward pass of a schedule iteration copies the stage's saved activations for
+        # all its L/(S*R) layers out of the schedule's stack at once, beside the layer it works on
+        layer += (layers_here // work.pipeline_repeats - 1) * tokens * saved
 
     vocab_here = g["V"] / mesh.tensor if g["V"] % mesh.tensor == 0 else g["V"]
     # float32 logits, float32 softmax/gradient, and the gradient cast to the compute dtype (which
