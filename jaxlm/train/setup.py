@@ -27,6 +27,7 @@ from jaxlm.data.loader import build_loader, open_dataset
 from jaxlm.parallel import fit, rules
 from jaxlm.parallel.mesh import BATCH_AXES, build_mesh
 from jaxlm.train import diloco, objective as objective_lib
+from jaxlm.train import policy_gradient  # noqa: F401  (registers train.objective: policy_gradient)
 from jaxlm.train.objective import Objective
 from jaxlm.train.schemes import Standard
 from jaxlm.train.state import ModelSpec, model_spec
@@ -57,10 +58,15 @@ class Setup:
         """The state as ShapeDtypeStructs with shardings: what a checkpoint restores into."""
         return self.scheme.abstract()
 
+    def field_dtype(self, name: str) -> np.dtype:
+        """A batch field's dtype: int32, or float32 for the objective's float fields."""
+        return np.dtype(np.float32 if name in self.objective.float_fields else np.int32)
+
     def batch(self, local: dict, leading: int = 1) -> dict[str, jax.Array]:
         """This process's rows {field: (n_micro, rows, length)} (leading=0: one micro-batch) ->
-        global arrays on the mesh, rows over the batch axes."""
-        fields = {k: np.asarray(local[k], np.int32) for k in self.objective.batch_fields}
+        global arrays on the mesh, rows over the batch axes. Fields the objective reads that
+        `local` lacks are added later (a reference model's log-probabilities, jaxlm.train.reference)."""
+        fields = {k: np.asarray(local[k], self.field_dtype(k)) for k in self.objective.batch_fields if k in local}
         return to_global(fields, self.mesh, BATCH_AXES, leading=leading)
 
 
@@ -121,7 +127,7 @@ def compile_for_analysis(config: Config, n_micro: int = 1):
     planner compares its memory estimate with the result's `memory_analysis()`."""
     s = build(config)
     rows = config.train.micro_batch
-    batch = {k: jax.ShapeDtypeStruct((n_micro, rows, config.data.seq_len), jnp.int32)
+    batch = {k: jax.ShapeDtypeStruct((n_micro, rows, config.data.seq_len), s.field_dtype(k))
              for k in s.objective.batch_fields}
     return s.train_step.lower(s.abstract(), batch).compile()
 
