@@ -278,8 +278,9 @@ class RLRewardConfig:
 
 @dataclasses.dataclass
 class RLConfig:
-    """Online RL (train.objective: policy_gradient; jaxlm.rl, docs/online_rl.md). Each step samples
-    train.global_batch / group_size prompts, generates group_size responses to each with the policy
+    """Online RL (train.objective: policy_gradient; jaxlm.rl, docs/online_rl.md). data.sources[0] is
+    the instruction dataset whose tokenizer and chat template the prompts are written with (its
+    records are not read). Each step samples train.global_batch / group_size prompts, generates group_size responses to each with the policy
     (KV cache, seeded from the step), scores them, and takes one clipped policy-gradient step with a
     KL penalty to the frozen reference (the init.from model)."""
     algorithm: str = ""  # grpo | rloo ("" = no RL)
@@ -535,9 +536,9 @@ def _validate_rl(config: Config) -> None:
     if r.eval_every and not r.eval_prompts:
         raise ConfigError("rl.eval_every is set but rl.eval_prompts is empty: name the held-out items (e.g. "
                           "data/arithmetic/test.jsonl), or set rl.eval_every=0")
-    if config.data.sources or t.eval_every:
-        raise ConfigError("an RL run makes its batches by generation and reads no dataset: leave data.sources empty "
-                          "and set train.eval_every=0 (held-out exact match: rl.eval_prompts, rl.eval_every)")
+    if t.eval_every:
+        raise ConfigError("an RL run makes its batches by generation and has no validation loss: set "
+                          "train.eval_every=0 (held-out evaluation: rl.eval_prompts, rl.eval_every)")
     if t.batch_ramp or config.diloco.enabled or config.model.lora.rank or config.mesh.pipe > 1:
         raise ConfigError("online RL does not run with train.batch_ramp, diloco, model.lora or mesh.pipe > 1 yet")
 

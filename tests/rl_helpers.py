@@ -49,8 +49,9 @@ def train_base(root, dataset) -> str:
     return workdir
 
 
-def rl_config(workdir, base, items, *, steps: int = 4, every: int = 2, **rl) -> dict:
-    return {"workdir": str(workdir), "init": {"from": base}, "data": {"seq_len": 96}, "model": dict(MODEL),
+def rl_config(workdir, base, items, dataset, *, steps: int = 4, every: int = 2, **rl) -> dict:
+    return {"workdir": str(workdir), "init": {"from": base}, "data": {"sources": [{"path": dataset}], "seq_len": 96},
+            "model": dict(MODEL),
             "mesh": {"data": 4, "fsdp": 2},
             "train": {"objective": "policy_gradient", "steps": steps, "global_batch": 16, "micro_batch": 8,
                       "log_every": 1, "eval_every": 0, "peak_flops": 1e9},

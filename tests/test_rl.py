@@ -15,7 +15,7 @@ from eval_helpers import random_params
 from jaxlm.config import ConfigError, config_from_dict
 from jaxlm.interop import warm_start
 from jaxlm.rl import Rollouts
-from jaxlm.rl.rollout import choose_prompts, group_advantages, token_rows
+from jaxlm.rl.rollout import choose_prompts, group_advantages, sampling_seed, token_rows
 from jaxlm.train import checkpoint_reader
 from jaxlm.train.loop import Trainer
 from jaxlm.train.policy_gradient import ESTIMATORS, PolicyGradient
@@ -36,10 +36,12 @@ def test_group_advantages_by_hand():
                                rtol=1e-6, atol=1e-7)
 
 
-def test_prompts_are_a_function_of_seed_and_step():
+def test_prompts_and_samples_are_a_function_of_seed_step_and_attempt():
     a = choose_prompts(100, 8, seed=3, step=5)
     assert (a == choose_prompts(100, 8, 3, 5)).all() and len(set(a.tolist())) == 8
-    assert not (a == choose_prompts(100, 8, 3, 6)).all() and not (a == choose_prompts(100, 8, 4, 5)).all()
+    for other in (choose_prompts(100, 8, 3, 6), choose_prompts(100, 8, 4, 5), choose_prompts(100, 8, 3, 5, attempt=1)):
+        assert not (a == other).all()  # another step, seed or rollback attempt draws other prompts
+    assert sampling_seed(3, 5) == sampling_seed(3, 5) != sampling_seed(3, 5, 1) != sampling_seed(3, 6)
 
 
 def test_token_rows_mask_the_response_and_its_end_of_turn():
@@ -125,7 +127,7 @@ def test_policy_gradient_loss_and_kl_equal_numpy(estimator):
 def task(tmp_path_factory):
     root = tmp_path_factory.mktemp("rl")
     items, dataset = make_task(str(root))
-    return root, items, train_base(str(root), dataset)
+    return items, dataset, train_base(str(root), dataset)
 
 
 def _trainer(config_dict) -> Trainer:
@@ -133,9 +135,10 @@ def _trainer(config_dict) -> Trainer:
     return Trainer(config, init_params=lambda: warm_start.initial_params(config), rollouts=Rollouts(config))
 
 
+@pytest.mark.slow
 def test_a_rollout_is_bitwise_reproducible_from_its_seed(task, tmp_path):
-    root, items, base = task
-    trainer = _trainer(rl_config(tmp_path / "run", base, items, temperature=1.0))
+    items, dataset, base = task
+    trainer = _trainer(rl_config(tmp_path / "run", base, items, dataset, temperature=1.0))
     try:
         r = trainer.rollouts
         params = trainer.state["params"]
@@ -165,27 +168,29 @@ def test_a_rollout_is_bitwise_reproducible_from_its_seed(task, tmp_path):
         trainer.close()
 
 
+@pytest.mark.slow
 def test_rl_run_records_and_resumes_exactly(task, tmp_path):
     """Through the trainer core: per-step RL metrics, run.json's reference pointer, the reference
     step in checkpoints; then a run stopped at a checkpoint and resumed gives the uninterrupted
     run's losses and rewards bit for bit (its batches are made anew from the restored policy)."""
     from jaxlm.main import train
 
-    root, items, base = task
-    full = config_from_dict(rl_config(tmp_path / "full", base, items, steps=4, every=2))
+    items, dataset, base = task
+    full = config_from_dict(rl_config(tmp_path / "full", base, items, dataset, steps=4, every=2))
     train(full)
     rows = [m for m in read_metrics(tmp_path / "full") if "loss" in m]
     assert [m["step"] for m in rows] == [1, 2, 3, 4]
     for key in ("reward_mean", "reward_std", "kl", "kl_k3", "entropy", "response_length", "rollout_seconds",
                 "generate_seconds", "rollout_tokens_per_sec", "clip_fraction", "grad_norm"):
         assert all(np.isfinite(m[key]) for m in rows), key
-    assert all("update_seconds" in m and 0 < m["rollout_share"] < 1 for m in rows[1:])
+    # the update time of a step is taken when the next rollout starts (none after the last step)
+    assert all("update_seconds" in m and 0 < m["rollout_share"] < 1 for m in rows[1:-1])
     assert rows[0]["kl_k3"] < 1e-6 < rows[-1]["kl_k3"]  # the policy starts as the reference, then leaves it
     run = json.loads((tmp_path / "full" / "run.json").read_text())
     assert run["rl"]["reference"] == {"from": os.path.abspath(base), "step": 2}
     assert run["rl"]["algorithm"] == "grpo" and run["rl"]["kl_estimator"] == "k3"
 
-    half = rl_config(tmp_path / "part", base, items, steps=4, every=2)
+    half = rl_config(tmp_path / "part", base, items, dataset, steps=4, every=2)
     train(config_from_dict({**half, "train": {**half["train"], "steps": 2}}))
     train(config_from_dict(half))  # resumes from the checkpoint of step 2
     resumed = {m["step"]: m for m in read_metrics(tmp_path / "part") if "loss" in m}
@@ -201,24 +206,60 @@ def test_rl_run_records_and_resumes_exactly(task, tmp_path):
         mngr.close()
 
 
-def test_rl_configs_fail_clearly(task, tmp_path):
-    root, items, base = task
-    good = rl_config(tmp_path / "run", base, items)
+def _changed(raw: dict, changes: dict) -> dict:
+    """A copy of `raw` with section__key=value changes."""
+    raw = json.loads(json.dumps(raw))
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        raw[section][key] = value
+    return raw
+
+
+def test_rl_configs_fail_clearly_before_any_compute(tmp_path):
+    good = rl_config(tmp_path / "run", "runs/base", "data/arithmetic", "data/arith_sft")
 
     def error(**changes):
-        raw = json.loads(json.dumps(good))
-        for dotted, value in changes.items():
-            section, key = dotted.split("__")
-            raw[section][key] = value
         with pytest.raises(ConfigError) as e:
-            _trainer(raw).close()
+            config_from_dict(_changed(good, changes))
         return str(e.value)
 
+    config_from_dict(good)
     assert "choose grpo or rloo" in error(rl__algorithm="ppo2")
+    assert "choose k1 or k3" in error(rl__kl_estimator="k2")
     assert "divide train.global_batch" in error(rl__group_size=3)
+    assert "at least 2" in error(rl__group_size=1)
     assert "train.objective=policy_gradient" in error(train__objective="next_token")
+    assert "choose grpo or rloo" in error(rl__algorithm="")  # the objective without an algorithm
     assert "set init.from" in error(init__from="")
+    assert "rl.prompts is empty" in error(rl__prompts="")
+    assert "has no validation loss" in error(train__eval_every=2)
+    assert "rl.eval_prompts is empty" in error(rl__eval_every=5)
+    assert "clip > 0" in error(rl__clip=0.0)
+
+
+@pytest.mark.slow
+def test_rl_runs_fail_clearly_on_what_they_read(task, tmp_path):
+    items, dataset, base = task
+    good = rl_config(tmp_path / "run", base, items, dataset)
+
+    def error(**changes):
+        with pytest.raises(ConfigError) as e:
+            _trainer(_changed(good, changes)).close()
+        return str(e.value)
+
     assert "module:function" in error(rl__reward={"verifier": "digit_share"})
+    assert "cannot be loaded" in error(rl__reward={"verifier": "tests.rl_helpers:nope"})
+    assert "cannot read" in error(rl__prompts=str(tmp_path / "missing.jsonl"))
     assert "does not fit beside rl.max_new_tokens" in error(rl__max_new_tokens=90)
-    assert "reads no dataset" in error(data__sources=[{"path": "x"}])
     assert "no finished checkpoint" in error(init__from=str(tmp_path))
+
+
+def test_the_shipped_grpo_recipe_starts_from_the_sft_recipe():
+    from jaxlm.config import load_config
+
+    configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    sft, grpo = (load_config(os.path.join(configs, f"arith_{name}.yaml")) for name in ("sft", "grpo"))
+    assert grpo.init.from_ == sft.workdir and grpo.model == sft.model
+    assert grpo.data.sources[0].path == sft.data.sources[0].path  # the tokenizer and chat template
+    assert grpo.rl.eval_prompts.endswith("test.jsonl") and grpo.rl.prompts.endswith("train.jsonl")
+    assert grpo.train.global_batch % grpo.rl.group_size == 0

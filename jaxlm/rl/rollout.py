@@ -12,8 +12,9 @@ Each step (`Rollouts.batch(trainer, step)`):
      policy and of the frozen reference (one compiled forward pass each).
 The trainer's compiled step then takes the policy-gradient step (jaxlm.train.policy_gradient).
 
-A batch is a function of the parameters and the step alone, so a resumed run (parameters restored
-bit for bit) makes the same batches as the uninterrupted one, and a rollback makes them anew.
+A batch is a function of the parameters, the step and the number of loss-spike rollbacks so far,
+so a resumed run (parameters restored bit for bit) makes the same batches as the uninterrupted
+one, and the steps redone after a rollback draw other prompts and samples.
 The reference is the init.from workdir's newest checkpoint when the run starts; its step is saved
 in every checkpoint (`state_dict`) and in run.json, and a resumed run reads that step again.
 """
@@ -59,16 +60,17 @@ class Rollout:
     advantages: np.ndarray  # (P, G)
 
 
-def choose_prompts(n_items: int, n: int, seed: int, step: int) -> np.ndarray:
+def choose_prompts(n_items: int, n: int, seed: int, step: int, attempt: int = 0) -> np.ndarray:
     """The prompts of `step`: n items (distinct when there are enough), drawn by a generator seeded
-    with (seed, step) alone."""
-    rng = np.random.default_rng([seed, step])
+    with (seed, step, attempt) alone; `attempt` counts loss-spike rollbacks, so that the steps
+    redone after one see other prompts and samples, as a rollback skips the data it saw."""
+    rng = np.random.default_rng([seed, step, attempt])
     return rng.choice(n_items, n, replace=n > n_items)
 
 
-def sampling_seed(seed: int, step: int) -> int:
-    """The generator's seed at `step`: distinct per (seed, step), the same on resume."""
-    return int(np.random.SeedSequence([seed, step, 1]).generate_state(1)[0])
+def sampling_seed(seed: int, step: int, attempt: int = 0) -> int:
+    """The generator's seed at `step`: distinct per (seed, step, attempt), the same on resume."""
+    return int(np.random.SeedSequence([seed, step, attempt, 1]).generate_state(1)[0])
 
 
 def group_advantages(rewards_PG: np.ndarray, algorithm: str, *, scale: bool = True) -> np.ndarray:
@@ -145,23 +147,24 @@ class Rollouts:
     def start(self, trainer, saved: Optional[dict] = None) -> None:
         c = self.config
         self.reference_step = int(saved["reference_step"]) if saved else newest_step(c.init.from_)
-        ref_config, ref = read_params(c.init.from_, step=self.reference_step, mesh=trainer.mesh)
+        _, ref = read_params(c.init.from_, step=self.reference_step, mesh=trainer.mesh)
         want = jax.tree.map(lambda x: tuple(x.shape), trainer.spec.shapes)
         got = jax.tree.map(lambda x: tuple(x.shape), ref)
         if want != got:
             raise ConfigError(f"init.from={c.init.from_}: the reference model's parameters do not have this run's "
                               "shapes; give the RL run the same model.* as the run it starts from")
         self.ref_params = jax.device_put(ref, trainer.shardings["params"])
-        sources = ref_config.data.sources
-        template = dataset_template(sources[0].path) if sources else None
+        dataset = c.data.sources[0].path  # the chat template and tokenizer the prompts are written with
+        template = dataset_template(dataset)
         if template is None:
-            raise ConfigError(f"init.from={c.init.from_} was not trained on an instruction dataset with a chat "
-                              "template (its data.sources[0] manifest has no `chat`); RL prompts are chat turns")
+            raise ConfigError(f"data.sources[0] ({dataset}) is not an instruction dataset (its manifest has no `chat` "
+                              "template); an RL run's prompts are chat turns: name the dataset the reference was "
+                              "tuned on")
         try:
-            self.tokenizer = Tokenizer.from_dataset(sources[0].path)
+            self.tokenizer = Tokenizer.from_dataset(dataset)
             eot = end_of_turn_id(template, self.tokenizer)
         except EvalError as e:
-            raise ConfigError(f"init.from={c.init.from_}: {e}") from None
+            raise ConfigError(f"data.sources[0] ({dataset}): {e}") from None
         self.window = window_of(c)
         room = self.window - c.rl.max_new_tokens
 
@@ -195,15 +198,17 @@ class Rollouts:
     # ------------------------------------------------------------------------------------------
     # Rollouts
 
-    def generate(self, params, step: int) -> Rollout:
-        """The responses of `step` with `params`: bitwise the same for the same (params, step)."""
+    def generate(self, params, step: int, *, attempt: int = 0, use_cache: bool = True) -> Rollout:
+        """The responses of `step` with `params`: bitwise the same for the same (params, step,
+        attempt: rollbacks so far). use_cache=False recomputes the whole sequence for every token
+        (the throughput baseline)."""
         c, g = self.config, self.group
-        index = choose_prompts(len(self.items), self.prompts_per_step, c.seed, step)
+        index = choose_prompts(len(self.items), self.prompts_per_step, c.seed, step, attempt)
         prompts = [self.prompt_ids[i] for i in index for _ in range(g)]
         self.generator.params = params
-        cfg = dataclasses.replace(self.sampling, seed=sampling_seed(c.seed, step))
+        cfg = dataclasses.replace(self.sampling, seed=sampling_seed(c.seed, step, attempt))
         with rules.activation_sharding(self.mesh):
-            outs = self.generator.generate_ids(prompts, cfg)
+            outs = self.generator.generate_ids(prompts, cfg, use_cache=use_cache)
         texts = [self.tokenizer.decode(o.tokens) for o in outs]
         ended = np.array([o.finish_reason == "eos" for o in outs])
         rewards = np.array([float(self.verifier(t, self.items[i]["answer"]))
@@ -232,7 +237,7 @@ class Rollouts:
         start = time.perf_counter()
         if self._handed_at is not None:
             self._stats.setdefault(step, {})["update_seconds"] = start - self._handed_at
-        rollout = self.generate(params, step)
+        rollout = self.generate(params, step, attempt=trainer.spikes.rollbacks)
         generated = time.perf_counter()
         batch = jax.block_until_ready(self.to_batch(rollout, params))
         done = time.perf_counter()
