@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("train", ("jaxlm.train",)),
     ("interop", ("jaxlm.interop",)),
     ("eval", ("jaxlm.eval",)),
+    ("rl", ("jaxlm.rl",)),
     ("plan", ("jaxlm.plan",)),
     ("commands", ("jaxlm.main", "jaxlm.sample", "jaxlm.export", "jaxlm.sweep", "jaxlm.humaneval")),
 ]

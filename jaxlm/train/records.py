@@ -63,10 +63,11 @@ def check_writable(workdir: str, config: Config) -> None:
         fail("cannot be written:", f"{getattr(e, 'strerror', None) or e}")
 
 
-def write_run_files(workdir: str, config: Config, mesh, param_count: int, start_step: int) -> int:
-    """config.yaml and run.json (library versions, git SHA, devices, mesh, pipeline schedule) of
-    this launch, which trains from `start_step`; a line for it in launches.jsonl. Returns its
-    number (1 for the workdir's first)."""
+def write_run_files(workdir: str, config: Config, mesh, param_count: int, start_step: int,
+                    extra: Optional[dict] = None) -> int:
+    """config.yaml and run.json (library versions, git SHA, devices, mesh, pipeline schedule, and
+    `extra`'s keys: online RL's reference model) of this launch, which trains from `start_step`; a
+    line for it in launches.jsonl. Returns its number (1 for the workdir's first)."""
     now = round(time.time(), 3)
     launches = storage.LineLog(storage.join(workdir, LAUNCHES), create=False)
     number = launches.count() + 1
@@ -94,6 +95,7 @@ def write_run_files(workdir: str, config: Config, mesh, param_count: int, start_
         t = config.train
         plan = pipeline.make_plan(config, stages, t.global_batch // t.micro_batch)
         run["pipeline"] = {**dataclasses.asdict(plan), "bubble": plan.bubble, "describe": plan.describe()}
+    run.update(extra or {})
     storage.write_text(storage.join(workdir, "run.json"), json.dumps(run, indent=2))
     return number
 

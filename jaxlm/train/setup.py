@@ -29,6 +29,7 @@ from jaxlm.parallel import fit, rules
 from jaxlm.parallel.mesh import BATCH_AXES, build_mesh
 from jaxlm.train import diloco, objective as objective_lib
 from jaxlm.train import pair_objectives  # noqa: F401  (registers train.objective: reward, dpo, ipo, simpo)
+from jaxlm.train import policy_gradient  # noqa: F401  (registers train.objective: policy_gradient)
 from jaxlm.train.objective import Objective
 from jaxlm.train.schemes import Standard
 from jaxlm.train.state import ModelSpec, model_spec
