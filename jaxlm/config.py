@@ -287,6 +287,9 @@ class PreferenceConfig:
     # dpo/ipo: where the reference log-probabilities come from. model: the frozen init.from / init.hf
     # model, computed before every step; cached: stored in the pair records (jaxlm.eval --reference-logps)
     reference: str = "model"
+
+
+@dataclasses.dataclass
 class RLRewardConfig:
     """Where a rollout's reward comes from: a Python verifier "module:function" (response text,
     reference answer) -> reward (jaxlm.eval.verifiers: final_number, the shipped task's)."""
@@ -553,6 +556,8 @@ def _validate_preference(config: Config) -> None:
         raise ConfigError(f"train.objective={t.objective} with preference.reference=model compares the policy with "
                           "the model it starts from: set init.from (a workdir) or init.hf, or use "
                           "preference.reference=cached with pairs that carry reference log-probabilities")
+
+
 def _validate_rl(config: Config) -> None:
     r, t = config.rl, config.train
     rl_objective = t.objective == "policy_gradient"

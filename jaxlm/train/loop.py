@@ -274,6 +274,7 @@ class Trainer:
             if warm is not None:
                 params = _warm_params(params, warm)
         return reference_lib.Reference(self.setup, params)
+
     def _data_state(self) -> dict:
         """The train loader's position ({} for RL: its batches are a function of the step alone)."""
         return self.loader.get_state() if self.loader is not None else {}
