@@ -35,7 +35,7 @@ from jaxlm.eval.divergence import sampled_kl
 from jaxlm.eval.instruct import chain_of_thought
 from jaxlm.eval.loading import from_params, load_workdir
 from jaxlm.eval.pairs import reward_accuracy, verifier_pairs
-from jaxlm.eval.verifiers import final_number
+from jaxlm.eval.verifiers import load_verifier
 from jaxlm.train.checkpoint_reader import read_params
 
 MAX_NEW = 48  # the task's worked answers are at most ~35 tokens
@@ -54,18 +54,34 @@ def run(cmd: list[str]) -> None:
     print(f"  ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
-def make_pairs(sft, template, data: str, samples: int, train_questions: int) -> None:
+def make_pairs(sft, template, data: str, samples: int, train_questions: int, verifier: str) -> bool:
+    """Writes pairs_{train,test}.jsonl (unless made already with these settings); False when files
+    made with other settings are in the way."""
+    settings = {"sft": os.path.abspath(sft.config.workdir), "samples": samples, "train_questions": train_questions,
+                "verifier": verifier, "temperature": 1.0, "max_new_tokens": MAX_NEW}
+    info = os.path.join(data, "pairs_settings.json")
+    if os.path.isfile(info):
+        with open(info, encoding="utf-8") as f:
+            made = json.load(f)
+        if made != settings:
+            print(f"error: the pairs in {data} were made with {made}, not {settings}; delete {data}/pairs_*, "
+                  "the pair dataset, the DPO and the reward model runs to make them again", file=sys.stderr)
+            return False
+    with open(info, "w", encoding="utf-8") as f:
+        json.dump(settings, f)
     for split, limit in (("train", train_questions), ("test", None)):
         out = os.path.join(data, f"pairs_{split}.jsonl")
         if os.path.isfile(out):
             continue
         start = time.perf_counter()
-        pairs, counts = verifier_pairs(sft, template, items(os.path.join(data, f"{split}.jsonl"), limit), final_number,
-                                       samples=samples, max_new_tokens=MAX_NEW, seed=0 if split == "train" else 1)
+        pairs, counts = verifier_pairs(sft, template, items(os.path.join(data, f"{split}.jsonl"), limit),
+                                       load_verifier(verifier), samples=samples, max_new_tokens=MAX_NEW,
+                                       seed=0 if split == "train" else 1)
         with open(out, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(p) + "\n" for p in pairs)
         print(f"{split}: {counts['questions']} questions x {samples} samples, {counts['rewarded']:.1%} of the "
               f"answers right -> {counts['pairs']} pairs ({time.perf_counter() - start:.0f} s) -> {out}", flush=True)
+    return True
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
@@ -82,6 +98,8 @@ def main() -> int:
     p.add_argument("--pairs-config", default="data_prep/configs/arith_pairs.yaml")
     p.add_argument("--samples", type=int, default=4, help="answers sampled per question")
     p.add_argument("--train-questions", type=int, default=2000)
+    p.add_argument("--verifier", default="jaxlm.eval.verifiers:final_number",
+                   help="labels the sampled answers (module:function); checked_working also checks every step")
     p.add_argument("--kl-questions", type=int, default=200, help="held-out questions the KL is estimated on")
     p.add_argument("--figure", default="docs/preference_arith.png")
     p.add_argument("--output", help="write the numbers as JSON here")
@@ -92,7 +110,8 @@ def main() -> int:
             return 2
     sft = load_workdir(args.sft)
     template = workdir_template(sft)
-    make_pairs(sft, template, args.data, args.samples, args.train_questions)
+    if not make_pairs(sft, template, args.data, args.samples, args.train_questions, args.verifier):
+        return 2
     pairs_dir = load_config(args.dpo_config).data.sources[0].path
     if not os.path.isfile(os.path.join(pairs_dir, "manifest.json")):
         run([sys.executable, "-m", "data_prep", "--config", args.pairs_config])

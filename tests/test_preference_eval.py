@@ -16,7 +16,7 @@ from jaxlm.eval.alignment_tax import alignment_tax, format_table, reward_model_w
 from jaxlm.eval.divergence import sampled_kl
 from jaxlm.eval.loading import EvalModel, from_params
 from jaxlm.eval.pairs import pairs_from_answers, score_conversations, verifier_pairs
-from jaxlm.eval.verifiers import final_number
+from jaxlm.eval.verifiers import checked_working, final_number
 from jaxlm.model import Transformer
 from tests.sft_helpers import train_tokenizer
 
@@ -49,6 +49,16 @@ def test_pairs_from_answers_pair_rewarded_with_unrewarded_answers():
     pairs, rewarded = pairs_from_answers(items, answers, final_number)
     assert rewarded == 2 + 2 + 0
     assert pairs == [{"prompt": "1+1?", "chosen": "#### 2", "rejected": "#### 3"}]
+
+
+def test_checked_working_rewards_a_right_answer_reached_by_right_steps():
+    assert checked_working("13 + 18 = 31\n31 + 17 = 48\n#### 48", "48") == 1.0
+    assert checked_working("13 + 18 = 37\n37 + 17 = 48\n#### 48", "48") == 0.0  # a lucky final number
+    assert checked_working("13 + 18 = 31\n31 + 17 = 48\n#### 47", "48") == 0.0
+    assert checked_working("6 x 2 = 12\n12 / 4 = 3\n3 * 5 = 15\n#### 15", "15") == 1.0
+    assert checked_working("9 - 12 = -3\n#### -3", "-3") == 1.0
+    assert checked_working("#### 7", "7") == 1.0  # no working written: nothing to check
+    assert checked_working("1 / 0 = 0\n#### 0", "0") == 0.0
 
 
 def test_verifier_pairs_samples_are_seeded_and_counted(chat_models):
