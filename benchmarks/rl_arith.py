@@ -1,7 +1,7 @@
 """The shipped verifiable task end to end: the SFT base, then GRPO from it; held-out exact match
 before and after, the curve, and the KL to the reference.
 
-  python benchmarks/rl_arith.py [--sft configs/arith_sft.yaml] [--grpo configs/arith_grpo.yaml] [--limit 200] [k=v ...]
+  python benchmarks/rl_arith.py [--sft configs/arith_sft.yaml] [--grpo configs/arith_grpo.yaml] [--limit 400] [k=v ...]
 
 Runs, each skipped when its output is there already (a finished workdir resumes to its end at once):
   python -m data_prep.arithmetic --out data/arithmetic
@@ -45,7 +45,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sft", default="configs/arith_sft.yaml")
     p.add_argument("--grpo", default="configs/arith_grpo.yaml")
-    p.add_argument("--limit", type=int, default=200, help="held-out problems scored")
+    p.add_argument("--limit", type=int, default=400, help="held-out problems scored (the first N)")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="for the GRPO run")
     args = p.parse_args()
 
