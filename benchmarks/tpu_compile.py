@@ -90,8 +90,8 @@ def main() -> int:
     print(table(headers, rows))
     print("per chip, train step. XLA peak: the compiler's (memory_analysis().peak_memory_in_bytes: arguments, "
           "outputs and temporaries as its buffer assignment packs them; for a refused program, the figure its "
-          "refusal quotes), what it checks against HBM. XLA temps: memory_analysis's temp_size, which also "
-          "counts buffers kept in on-chip memory. Compile seconds on this machine's CPU.")
+          "refusal quotes), what it checks against HBM. XLA temps: memory_analysis's temp_size, which counts "
+          "more than the compiler's buffer assignment holds (docs/tpu.md). Compile seconds on this machine's CPU.")
     return 0
 
 
