@@ -3,6 +3,7 @@
     python benchmarks/tpu_compile.py              # every recipe (an hour or more on a loaded 2-core machine)
     python benchmarks/tpu_compile.py --only 0 3   # some of them
     python benchmarks/tpu_compile.py --planner-only   # the planner's side alone, in seconds
+    python benchmarks/tpu_compile.py --only 0 --hbm-limit-mib 7000   # libtpu told the chip has 7,000 MiB
 
 Each recipe (`jaxlm.plan.aot.REFERENCE_RECIPES`) builds its mesh on the slice's compile-only devices
 (libtpu, `jaxlm[tpu]`), lowers and compiles the real train step, and prints the compiler's per-chip
@@ -68,7 +69,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", type=int, nargs="*", help="recipe numbers to run (default: all)")
     parser.add_argument("--planner-only", action="store_true", help="only the planner's estimates (no compile)")
+    parser.add_argument("--hbm-limit-mib", type=int, help="compile as if each chip had this much HBM (libtpu's "
+                        "--xla_tpu_max_hbm_size_mib): which figure the compiler checks against HBM")
     args = parser.parse_args()
+    if args.hbm_limit_mib:  # read by libtpu when it loads, at the first compile
+        os.environ["LIBTPU_INIT_ARGS"] = (os.environ.get("LIBTPU_INIT_ARGS", "")
+                                          + f" --xla_tpu_max_hbm_size_mib={args.hbm_limit_mib}").strip()
     recipes = [r for i, r in enumerate(aot.REFERENCE_RECIPES) if not args.only or i in args.only]
     if args.planner_only:
         print(table(["recipe", "slice", "mesh", "state GiB", "held GiB", "+ loss GiB", "+ backward GiB",
@@ -90,8 +96,11 @@ def main() -> int:
     print(table(headers, rows))
     print("per chip, train step. XLA peak: the compiler's (memory_analysis().peak_memory_in_bytes: arguments, "
           "outputs and temporaries as its buffer assignment packs them; for a refused program, the figure its "
-          "refusal quotes), what it checks against HBM. XLA temps: memory_analysis's temp_size, which also "
-          "counts buffers kept in on-chip memory. Compile seconds on this machine's CPU.")
+          "refusal quotes), what it checks against HBM. XLA temps: memory_analysis's temp_size, which counts "
+          "more than the compiler's buffer assignment holds (docs/tpu.md). Compile seconds on this machine's CPU.")
+    if args.hbm_limit_mib:
+        print(f"compiled with libtpu's HBM limit at {args.hbm_limit_mib:,} MiB: a recipe the compiler did not refuse "
+              "fits that limit")
     return 0
 
 

@@ -127,9 +127,9 @@ class Program:
     def peak(self) -> int:
         """HBM the program needs per chip: the compiler's own peak, the figure it checks against the
         chip's HBM (a program over it is refused, `_compile`). `temps` (memory_analysis's
-        temp_size_in_bytes) is no part of it on TPU: it also counts buffers that memory-space
-        assignment keeps in on-chip memory, and a program whose arguments + temps exceed HBM compiles
-        when its peak does not (docs/tpu.md). Backends that report no peak: the sum of the parts."""
+        temp_size_in_bytes) is no part of it on TPU: it counts more than the compiler's buffer
+        assignment holds, and a program whose arguments + temps exceed HBM compiles when its peak
+        does not (docs/tpu.md). Backends that report no peak: the sum of the parts."""
         return self.peak_memory or self.arguments + self.outputs - self.aliased + self.temps + self.code
 
 
@@ -292,8 +292,8 @@ def format_report(report: Report) -> str:
                  f"{report.planner_bytes / device.hbm_bytes:.0%}"])
     lines.append(table(["per chip, GiB", "arguments", "temporaries", "outputs (not aliased)", "peak", "of HBM"], rows))
     lines.append("peak: the compiler's, what it checks against HBM (arguments, outputs and temporaries as its buffer "
-                 "assignment packs them); temporaries: memory_analysis's, which on TPU also counts buffers kept in "
-                 "on-chip memory")
+                 "assignment packs them); temporaries: memory_analysis's, which on TPU counts more than that buffer "
+                 "assignment holds")
     margin = device.hbm_bytes - report.peak
     verdict = (f"fits: {margin / gib:.2f} GiB to spare per chip" if report.fits else
                f"DOES NOT FIT: {-margin / gib:.2f} GiB per chip over the {device.hbm_bytes / gib:.0f} GiB")

@@ -12,11 +12,15 @@ The counts were measured on XLA's compiled train step (jaxlm.train.step) by diff
 different depth and width; see docs/planning.md. The step's peak is
 
     params + optimizer state                      (arguments; outputs alias them: donated)
-  + grads (float32) [+ accumulator when micro-batching] [+ compute-dtype weights and their grads]
+  + float32 gradient accumulator (micro-batching) + compute-dtype weights
   + layers x saved activations per layer
-  + max(logits and their gradient, one layer's backward working set)
+  + max(the loss's logits and their gradient, the micro-batch's float32 gradients + one layer's
+        backward working set)
 
 because the loss's (tokens, vocab) buffers are freed before the first layer's backward starts.
+What the compiler does differs by platform (`Workload.platform`): the TPU terms were read off XLA's
+TPU compiler's buffer assignments for real recipes and slices (docs/tpu.md), the CPU ones measured
+on XLA's CPU backend (docs/planning.md).
 """
 
 from __future__ import annotations
