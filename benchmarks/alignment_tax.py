@@ -4,10 +4,11 @@ table `python -m jaxlm.eval --alignment-tax` prints (jaxlm/eval/alignment_tax.py
   python benchmarks/alignment_tax.py [--data-root ../shared/data] [--limit 300] [--which arith,demo]
 
   arith  the arithmetic task's DPO model (configs/arith_dpo.yaml) against its SFT base
-         (configs/arith_sft.yaml): perplexity on the base's training data's validation split, the
-         zero-shot harness (--tasks, with --data-root), exact match on the 400 test problems with
-         the verifier's win rate, and the reward model's (configs/reward_arith.yaml) win rate on
-         the prompts of the held-out pairs. Run benchmarks/preference_arith.py first.
+         (configs/arith_sft.yaml), which had no pre-training: the response loss on the base's
+         training data's validation split (the worked answers of the test problems), the zero-shot
+         harness (--tasks, with --data-root), exact match on the 400 test problems with the
+         verifier's win rate, and the reward model's (configs/reward_arith.yaml) win rate on the
+         prompts of the held-out pairs. Run benchmarks/preference_arith.py first.
   demo   the instruction-tuned demo model (configs/sft_demo.yaml) against the pre-trained one
          (configs/demo.yaml): perplexity on the demo corpus's validation split and the harness.
 A pair is skipped, saying so, when its runs are missing. Numbers depend on the machine only
@@ -33,7 +34,7 @@ def arith(args) -> dict:
     with open("data/arithmetic/test.jsonl", encoding="utf-8") as f:
         items = [{"question": r["instruction"], "answer": r["answer"]} for r in map(json.loads, f)]
     return dict(runs=(dpo.workdir, base.workdir, rm.workdir),
-                kw=dict(dataset=base.data.sources[0].path, items=items, max_new_tokens=48,
+                kw=dict(instruct_dataset=base.data.sources[0].path, items=items, max_new_tokens=48,
                         pairs=dpo.data.sources[0].path))
 
 
@@ -47,7 +48,7 @@ def main() -> int:
     p.add_argument("--which", default="arith,demo")
     p.add_argument("--data-root", help="local data of the n-shot tasks (e.g. ../shared/data); without it, no harness rows")
     p.add_argument("--tasks", default="arc_easy,piqa")
-    p.add_argument("--limit", type=int, default=300, help="items per task and prompts per win rate")
+    p.add_argument("--limit", type=int, default=400, help="items per task, test problems, prompts per win rate")
     p.add_argument("--max-documents", type=int, default=400, help="validation documents for the perplexity")
     p.add_argument("--output", help="write the tables as JSON here")
     args = p.parse_args()

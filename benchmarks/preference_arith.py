@@ -9,14 +9,16 @@ Needs the SFT base first (configs/arith_sft.yaml: `python -m data_prep.arithmeti
 `python -m data_prep --config data_prep/configs/arith_sft.yaml`, `python -m jaxlm.main --config
 configs/arith_sft.yaml`). Then, in order (each step is skipped when its output exists):
   1. pairs: `--samples` answers (temperature 1, seed 0) from the SFT model to each of the first
-     `--train-questions` train problems and to every test problem; the verifier
-     (jaxlm.eval.verifiers:final_number) labels them; a question with both a right and a wrong answer
-     gives pairs -> data/arithmetic/pairs_{train,test}.jsonl -> data_prep/configs/arith_pairs.yaml;
+     `--train-questions` train problems and to every test problem; the verifier (`--verifier`,
+     default jaxlm.eval.verifiers:checked_working: the right final number reached by right steps)
+     labels them; a question with both a right and a wrong answer gives pairs ->
+     data/arithmetic/pairs_{train,test}.jsonl -> data_prep/configs/arith_pairs.yaml;
   2. DPO: configs/arith_dpo.yaml (frozen SFT reference, a checkpoint every 25 steps, all kept);
   3. the reward model: configs/reward_arith.yaml;
 then prints, for the SFT model (step 0) and every DPO checkpoint: held-out exact match (greedy, the
-400 test problems), the KL to the SFT model (sampled answers, sequence level), DPO's implicit-reward
-accuracy on the held-out pairs; then the reward model's held-out pair accuracy, and draws the curve.
+400 test problems), sampled accuracy (4 answers per problem at temperature 1), the KL to the SFT
+model (sampled answers, sequence level), DPO's implicit-reward accuracy on the held-out pairs; then
+the reward model's held-out pair accuracy, and draws the curve.
 Times are the machine's (a shared, loaded 2-core CPU when the docs' numbers were taken).
 """
 
@@ -35,7 +37,7 @@ from jaxlm.eval.divergence import sampled_kl
 from jaxlm.eval.instruct import chain_of_thought
 from jaxlm.eval.loading import from_params, load_workdir
 from jaxlm.eval.pairs import reward_accuracy, verifier_pairs
-from jaxlm.eval.verifiers import load_verifier
+from jaxlm.eval.verifiers import final_number, load_verifier
 from jaxlm.train.checkpoint_reader import read_params
 
 MAX_NEW = 48  # the task's worked answers are at most ~35 tokens
@@ -96,11 +98,12 @@ def main() -> int:
     p.add_argument("--dpo-config", default="configs/arith_dpo.yaml")
     p.add_argument("--reward-config", default="configs/reward_arith.yaml")
     p.add_argument("--pairs-config", default="data_prep/configs/arith_pairs.yaml")
-    p.add_argument("--samples", type=int, default=4, help="answers sampled per question")
-    p.add_argument("--train-questions", type=int, default=2000)
-    p.add_argument("--verifier", default="jaxlm.eval.verifiers:final_number",
+    p.add_argument("--samples", type=int, default=8, help="answers sampled per question")
+    p.add_argument("--train-questions", type=int, default=4000)
+    p.add_argument("--verifier", default="jaxlm.eval.verifiers:checked_working",
                    help="labels the sampled answers (module:function); checked_working also checks every step")
     p.add_argument("--kl-questions", type=int, default=200, help="held-out questions the KL is estimated on")
+    p.add_argument("--eval-samples", type=int, default=4, help="sampled answers per test problem (sampled accuracy)")
     p.add_argument("--figure", default="docs/preference_arith.png")
     p.add_argument("--output", help="write the numbers as JSON here")
     args = p.parse_args()
@@ -126,23 +129,28 @@ def main() -> int:
     val = {r["step"]: r for r in map(json.loads, open(os.path.join(dpo_config.workdir, "metrics.jsonl")))
            if "val_reward_accuracy" in r}
     rows = []
-    print(f"\nheld-out exact match on {len(test)} test problems (greedy), KL(policy || SFT) on {len(kl_questions)} of "
-          "them (one sampled answer each), DPO's implicit-reward accuracy on the held-out pairs")
-    print(f"{'model':>12}  {'step':>5}  {'exact match':>11}  {'KL':>12}  {'pair acc':>8}  {'seconds':>7}")
+    print(f"\nOn the {len(test)} held-out test problems: exact match (greedy); sampled: the share of {args.eval_samples} "
+          f"answers each (temperature 1) that end with the right number; KL(policy || SFT) on {len(kl_questions)} of "
+          "them (one sampled answer each, nats per answer); pair acc: DPO's implicit-reward accuracy on the held-out pairs")
+    print(f"{'model':>5}  {'step':>5}  {'exact match':>11}  {'sampled':>8}  {'KL':>12}  {'pair acc':>8}  {'seconds':>7}")
     for step in [0] + checkpoint_steps(dpo_config.workdir):
         start = time.perf_counter()
         em = sft if step == 0 else from_params(dpo_config, read_params(dpo_config.workdir, step)[1])
         em_result = chain_of_thought(em, template, test, max_new_tokens=MAX_NEW)
+        sampled = verifier_pairs(em, template, test, final_number, samples=args.eval_samples, max_new_tokens=MAX_NEW,
+                                 seed=2)[1]["rewarded"]
         kl = sampled_kl(em, sft, template, kl_questions, max_new_tokens=MAX_NEW) if step else {"kl": 0.0, "kl_stderr": 0.0}
         acc = val.get(step, {}).get("val_reward_accuracy", float("nan"))
-        rows.append({"step": step, "exact_match": em_result["exact_match"], "kl": kl["kl"], "kl_stderr": kl["kl_stderr"],
-                     "pair_accuracy": acc})
+        rows.append({"step": step, "exact_match": em_result["exact_match"], "sampled_accuracy": sampled, "kl": kl["kl"],
+                     "kl_stderr": kl["kl_stderr"], "pair_accuracy": acc})
         name = "SFT" if step == 0 else "DPO"
-        print(f"{name:>12}  {step:>5}  {em_result['exact_match']:>11.4f}  {kl['kl']:>7.3f}±{kl['kl_stderr']:.3f}  "
+        print(f"{name:>5}  {step:>5}  {em_result['exact_match']:>11.4f}  {sampled:>8.4f}  {kl['kl']:>7.3f}±{kl['kl_stderr']:.3f}  "
               f"{acc:>8.3f}  {time.perf_counter() - start:>7.0f}", flush=True)
-    gain = rows[-1]["exact_match"] - rows[0]["exact_match"]
-    print(f"\nDPO raises held-out exact match from {rows[0]['exact_match']:.4f} to {rows[-1]['exact_match']:.4f} "
-          f"({gain:+.4f}, x{rows[-1]['exact_match'] / max(rows[0]['exact_match'], 1e-9):.2f}) at KL {rows[-1]['kl']:.3f}")
+    first, last = rows[0], rows[-1]
+    print(f"\nDPO (step {last['step']}) against the SFT model: exact match {first['exact_match']:.4f} -> "
+          f"{last['exact_match']:.4f} ({last['exact_match'] - first['exact_match']:+.4f}), sampled "
+          f"{first['sampled_accuracy']:.4f} -> {last['sampled_accuracy']:.4f} "
+          f"({last['sampled_accuracy'] - first['sampled_accuracy']:+.4f}), at KL {last['kl']:.3f}")
 
     reward_workdir = load_config(args.reward_config).workdir
     rm = reward_accuracy(load_workdir(reward_workdir), pairs_dir)
@@ -164,9 +172,11 @@ def draw(rows: list[dict], path: str) -> None:
 
     steps = [r["step"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    left.plot(steps, [r["exact_match"] for r in rows], "o-", color="tab:blue")
-    left.axhline(rows[0]["exact_match"], color="gray", ls="--", lw=1, label="SFT model")
-    left.set(xlabel="DPO step", ylabel="held-out exact match", title="Arithmetic task: exact match (greedy)")
+    left.plot(steps, [r["exact_match"] for r in rows], "o-", color="tab:blue", label="greedy exact match")
+    left.plot(steps, [r["sampled_accuracy"] for r in rows], "s-", color="tab:green", label="sampled accuracy (T=1)")
+    left.axhline(rows[0]["exact_match"], color="tab:blue", ls="--", lw=1)
+    left.axhline(rows[0]["sampled_accuracy"], color="tab:green", ls="--", lw=1)
+    left.set(xlabel="DPO step (0: the SFT model)", ylabel="held-out accuracy", title="Arithmetic task, 400 test problems")
     left.legend()
     right.errorbar(steps, [r["kl"] for r in rows], yerr=[r["kl_stderr"] for r in rows], fmt="o-", color="tab:red")
     right.set(xlabel="DPO step", ylabel="KL(policy || SFT), nats per answer", title="KL to the reference")

@@ -105,3 +105,17 @@ def test_alignment_tax_of_a_model_against_itself(chat_models):
     assert 0.0 <= versus["win_rate"] <= 1.0 and versus["n"] == 4
     table = format_table(result)
     assert "exact match" in table and "+0.0000" in table
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--workdir", "w", "--alignment-tax"], "--workdir TUNED --base BASE"),
+    (["--workdir", "w", "--reference-logps", "out"], "needs --pairs DIR"),
+    (["--workdir", "w", "--tasks", "piqa", "--chain-of-thought", "x.jsonl"], "choose one measurement"),
+    (["--workdir", "w", "--base", "b", "--alignment-tax", "--text", "t.txt"], "run the others on their own"),
+    (["--pairs", "d"], "give the model"),
+])
+def test_eval_cli_refuses_incomplete_preference_requests(argv, message, capsys):
+    from jaxlm.eval.__main__ import main
+
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -10,7 +10,7 @@
   python -m jaxlm.eval --list-tasks [--data-root DIR]
   python -m jaxlm.eval --reward RM --pairs DIR [--split val]        (reward model accuracy on held-out pairs)
   python -m jaxlm.eval --workdir W --pairs DIR --reference-logps OUT (DIR's pairs with W's log-probabilities)
-  python -m jaxlm.eval --workdir TUNED --base BASE --alignment-tax [--dataset PRETRAIN] [--tasks ...]
+  python -m jaxlm.eval --workdir TUNED --base BASE --alignment-tax [--dataset PRETRAIN] [--instruct-dataset SFT] [--tasks ...]
                        [--chain-of-thought ITEMS] [--reward RM --pairs DIR]   (one table, docs/preference_tuning.md)
 
 Task data comes from the Hugging Face Hub through `datasets` (cached after the first download),
@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", metavar="DIR", help="a pair dataset (data_prep's hh_rlhf, pairs or alpaca_eval sources)")
     p.add_argument("--split", default="val", help="--pairs: the split to read (default val)")
     p.add_argument("--base", metavar="WORKDIR", help="--alignment-tax: the model the tuned one started from")
+    p.add_argument("--instruct-dataset", metavar="DIR", help="--alignment-tax: an instruction dataset whose "
+                   "validation responses both models are scored on")
     p.add_argument("--bias-sets", help="--suite bias: comma-separated subset of crows_pairs,bbq,winobias,winogender")
     p.add_argument("--system", default="", help="--suite bias: text put before every BBQ prompt (prompt engineering)")
     p.add_argument("--dataset", help="data_prep folder for --val / --instruct")
@@ -145,7 +147,8 @@ def run(args) -> int:
             em, load_workdir(args.base, args.context), dataset=args.dataset, tasks=names if args.tasks else (),
             shots=args.shots, limit=args.limit, data_root=args.data_root, task_files=task_files, items=items,
             max_new_tokens=args.max_new_tokens, reward=load_workdir(args.reward) if args.reward else None,
-            pairs=args.pairs, split=args.split, batch_size=args.batch_size, max_documents=args.max_documents)
+            pairs=args.pairs, split=args.split, batch_size=args.batch_size, max_documents=args.max_documents,
+            instruct_dataset=args.instruct_dataset)
         return _done(args, result, alignment_tax.format_table(result))
     if args.text:
         try:

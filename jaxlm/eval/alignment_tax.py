@@ -1,11 +1,14 @@
 """The alignment tax: what tuning (SFT, DPO, RL) costs a model elsewhere, beside what it gains, in
 one table of the tuned model against its base.
 
-  python -m jaxlm.eval --alignment-tax --workdir TUNED --base BASE [--dataset PRETRAIN]
+  python -m jaxlm.eval --alignment-tax --workdir TUNED --base BASE [--dataset PRETRAIN] [--instruct-dataset SFT]
          [--tasks a,b --shots N] [--chain-of-thought ITEMS] [--reward RM --pairs DIR] [--limit N]
 
 Rows (each measured on both models, side by side, with the change):
   perplexity        on the pre-training validation split (--dataset; `jaxlm.eval --val`'s number)
+  response loss     mean NLL of the response tokens of an instruction dataset's validation split
+                    (--instruct-dataset; `jaxlm.eval --instruct`'s number): what tuning cost the
+                    answers the model was instruction-tuned on
   <task> <metric>   the n-shot harness (--tasks), its primary metric
   exact match       chain-of-thought exact match on ITEMS (the verifier: the final answer after ####)
   win rate          the tuned model's answer against the base's to the same prompt, greedy: a win when
@@ -29,7 +32,7 @@ from jaxlm.eval.answers import exact_match
 from jaxlm.eval.chat import end_of_turn_id, workdir_template
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.generate import Generator, SamplingConfig
-from jaxlm.eval.instruct import chain_of_thought
+from jaxlm.eval.instruct import chain_of_thought, instruction_loss
 from jaxlm.eval.loading import EvalModel
 from jaxlm.eval.pairs import score_conversations
 
@@ -82,11 +85,12 @@ def alignment_tax(tuned: EvalModel, base: EvalModel, *, dataset: Optional[str] =
                   shots: int = 0, limit: Optional[int] = None, data_root: Optional[str] = None,
                   task_files: Optional[dict] = None, items: Optional[list[dict]] = None, max_new_tokens: int = 64,
                   reward: Optional[EvalModel] = None, pairs: Optional[str] = None, split: str = "val",
-                  batch_size: int = 8, max_documents: Optional[int] = None) -> dict:
+                  batch_size: int = 8, max_documents: Optional[int] = None,
+                  instruct_dataset: Optional[str] = None) -> dict:
     """{"rows": [{metric, base, tuned, change, better}], ...}: every measurement asked for, on both models."""
-    if not (dataset or tasks or items or (reward and pairs)):
-        raise EvalError("the alignment tax needs something to measure: --dataset (perplexity), --tasks, "
-                        "--chain-of-thought ITEMS, or --reward RM with --pairs DIR")
+    if not (dataset or instruct_dataset or tasks or items or (reward and pairs)):
+        raise EvalError("the alignment tax needs something to measure: --dataset (perplexity), --instruct-dataset, "
+                        "--tasks, --chain-of-thought ITEMS, or --reward RM with --pairs DIR")
     rows = []
 
     def row(metric: str, b: float, t: float, better: str) -> None:
@@ -96,6 +100,10 @@ def alignment_tax(tuned: EvalModel, base: EvalModel, *, dataset: Optional[str] =
         b, t = (perplexity.dataset_perplexity(em, dataset, max_documents=max_documents, batch_size=batch_size)
                 for em in (base, tuned))
         row(f"perplexity ({dataset} val)", b["perplexity"], t["perplexity"], "lower")
+    if instruct_dataset:
+        b, t = (instruction_loss(em, instruct_dataset, max_documents=max_documents, batch_size=batch_size)
+                for em in (base, tuned))
+        row(f"response loss ({instruct_dataset} val)", b["loss"], t["loss"], "lower")
     if tasks:
         kw = dict(task_files=task_files, shots=shots, limit=limit, data_root=data_root, batch_size=batch_size)
         b, t = (harness.evaluate_tasks(em, list(tasks), **kw) for em in (base, tuned))
