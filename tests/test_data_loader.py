@@ -9,11 +9,11 @@ import shutil
 import grain
 import numpy as np
 import pytest
-from test_data_loader_util import TOKENIZER_SHA, random_docs, write_dataset
 
 from jaxlm.data.format import DataFormatError
 from jaxlm.data.loader import LoaderStateError, build_loader, open_dataset
 from jaxlm.data.mixing import MixedDocuments, integer_weights
+from tests.helpers import TOKENIZER_SHA, random_docs, write_dataset
 
 L, B = 64, 4  # seq_len, rows per batch
 FIELDS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")

@@ -3,7 +3,7 @@
 import numpy as np
 
 from jaxlm.data.loader import build_loader
-from test_data_loader_util import write_dataset
+from tests.helpers import write_dataset
 
 
 def test_row_shuffle_resumes_exactly_and_keeps_every_row(tmp_path):

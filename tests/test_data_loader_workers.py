@@ -5,10 +5,10 @@ import os
 
 import numpy as np
 import pytest
-from test_data_loader_util import random_docs, write_dataset
 
 from jaxlm.data.format import DataFormatError
 from jaxlm.data.loader import build_loader
+from tests.helpers import random_docs, write_dataset
 
 L, B = 64, 4
 FIELDS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")

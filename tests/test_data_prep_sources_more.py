@@ -18,8 +18,7 @@ from data_prep.errors import ConfigError, SourceError
 from data_prep.sources import read_file, read_source, resolve_files
 from data_prep.stages.clean import HtmlExtract
 from data_prep.stats import StageStats
-from tests.test_data_prep_sources import read, repaired, skipped
-from tests.test_data_prep_stages_pipeline import decoded_records
+from tests.helpers import decoded_records, read_source_docs, repaired, skipped
 
 
 def zst_frames(*parts: bytes) -> bytes:
@@ -39,10 +38,10 @@ def test_jsonl_zst_is_read_like_plain_and_gzip(tmp_path):
     (tmp_path / "a.jsonl.zst").write_bytes(zst_frames(raw[:20], raw[20:]))  # a frame ends inside a line
     results = {}
     for name in ("a.jsonl", "a.jsonl.gz", "a.jsonl.zst"):
-        docs, report = read(SourceConfig("j", "jsonl", paths=[str(tmp_path / name)]))
+        docs, report = read_source_docs(SourceConfig("j", "jsonl", paths=[str(tmp_path / name)]))
         results[name] = [(d.id.split(":")[1], d.text) for d in docs], report.removed, report.counters
     assert results["a.jsonl.zst"] == results["a.jsonl"] == results["a.jsonl.gz"]
-    docs, report = read(SourceConfig("j", "jsonl", paths=[str(tmp_path / "a.jsonl.zst")]))
+    docs, report = read_source_docs(SourceConfig("j", "jsonl", paths=[str(tmp_path / "a.jsonl.zst")]))
     assert [(d.id, d.text) for d in docs] == [("j/a.jsonl.zst:1", "one"), ("j/a.jsonl.zst:6", "bad \ufffd surrogate"),
                                               ("j/a.jsonl.zst:7", "bad \ufffd byte")]
     assert skipped(report, "malformed_json") == (1, ["j/a.jsonl.zst:2"])
@@ -54,7 +53,7 @@ def test_jsonl_zst_is_read_like_plain_and_gzip(tmp_path):
     (tmp_path / "big.jsonl.zst").write_bytes(zst_frames(*many))
     (tmp_path / "bin.jsonl.zst").write_bytes(zst_frames(b'{"text": "\x00\x01"}\n'))
     (tmp_path / "empty.jsonl.zst").write_bytes(b"")
-    docs, report = read(SourceConfig("j", "jsonl", paths=[str(tmp_path / n) for n in ("big.jsonl.zst", "bin.jsonl.zst",
+    docs, report = read_source_docs(SourceConfig("j", "jsonl", paths=[str(tmp_path / n) for n in ("big.jsonl.zst", "bin.jsonl.zst",
                                                                                       "empty.jsonl.zst")]))
     assert [d.text for d in docs] == [f"line {i}" for i in range(1, 20_001)]
     assert report.removed == {"read:binary_file": 1, "read:empty_file": 1}
@@ -70,7 +69,7 @@ def test_damaged_zst_and_gzip_keep_the_lines_before_and_say_where(tmp_path):
     (tmp_path / "bad.jsonl.gz").write_bytes(gzip.compress(first) + gzip.compress(b"")[:10] + b"\xff" * 20)
     (tmp_path / "next.jsonl.zst").write_bytes(zst_frames(b'{"text": "next file"}\n'))
     for name, lines in (("cut.jsonl.zst", None), ("bad.jsonl.zst", 10_000), ("bad.jsonl.gz", 10_000)):
-        docs, report = read(SourceConfig("z", "jsonl", paths=[str(tmp_path / name), str(tmp_path / "next.jsonl.zst")]))
+        docs, report = read_source_docs(SourceConfig("z", "jsonl", paths=[str(tmp_path / name), str(tmp_path / "next.jsonl.zst")]))
         n = len(docs) - 1
         assert n == lines or (lines is None and 10_000 <= n < 20_000), (name, n)
         assert [d.text for d in docs] == [f"line {i}" for i in range(1, n + 1)] + ["next file"]
@@ -81,7 +80,7 @@ def test_damaged_zst_and_gzip_keep_the_lines_before_and_say_where(tmp_path):
 def test_txt_zst(tmp_path):
     (tmp_path / "a.txt.zst").write_bytes(zst_frames("first para\n\nsecond ".encode(), "para é\n".encode()))
     (tmp_path / "b.txt.zst").write_bytes(zst_frames(b"cut off")[:-3])
-    docs, report = read(SourceConfig("t", "txt", paths=[str(tmp_path / "*.zst")], doc_separator="blank_line"))
+    docs, report = read_source_docs(SourceConfig("t", "txt", paths=[str(tmp_path / "*.zst")], doc_separator="blank_line"))
     assert [(d.id, d.text) for d in docs] == [("t/a.txt.zst:0", "first para"), ("t/a.txt.zst:1", "second para é")]
     assert skipped(report, "corrupt_file") == (1, ["t/b.txt.zst"])
 
@@ -229,7 +228,7 @@ def test_warc_damaged_gzip_and_bad_records(tmp_path):
     (tmp_path / "empty.warc").write_bytes(b"")
     (tmp_path / "fake.warc.gz").write_bytes(b"WARC/1.0 but not gzip at all")
     (tmp_path / "zz.warc").write_bytes(WARC)
-    docs, report = read(SourceConfig("w", "warc", paths=[str(tmp_path / n) for n in (
+    docs, report = read_source_docs(SourceConfig("w", "warc", paths=[str(tmp_path / n) for n in (
         "page.warc", "image.warc.gz", "empty.warc", "fake.warc.gz", "zz.warc")]))
     assert report.removed == {"read:not_warc": 2, "read:empty_file": 1, "read:corrupt_file": 1,
                               "read:not_html": 1, "read:http_status": 2}
@@ -290,7 +289,7 @@ def test_hf_streams_a_dataset_as_shards(hf_files):
     # one task reads one shard
     one = list(read_file(src, shards[1], shards[1], StageStats("read")))
     assert [d.text for d in one] == ["b one", "b three é"]
-    docs, report = read(dataclasses.replace(src, text_field="n"))  # a column of numbers
+    docs, report = read_source_docs(dataclasses.replace(src, text_field="n"))  # a column of numbers
     assert docs == [] and skipped(report, "text_field_not_a_string") == (7, [f"hub/train-00000-of-00002:{i}" for i in range(4)]
                                                                             + ["hub/train-00001-of-00002:0"])
 
@@ -301,7 +300,7 @@ def test_hf_prepared_in_the_cache(hf_files, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(hf_files / "cache"))
     src = SourceConfig("hub", "hf", dataset="json", paths=[str(hf_files / "a.jsonl"), str(hf_files / "b.jsonl")],
                        streaming=False, text_field="text")
-    docs, report = read(src)
+    docs, report = read_source_docs(src)
     assert [d.text for d in docs] == ["a one", "a two", "a four", "b one", "b three é"]
     assert report.removed == {"read:missing_text_field": 2}
     assert os.listdir(hf_files / "cache")
@@ -310,7 +309,7 @@ def test_hf_prepared_in_the_cache(hf_files, monkeypatch):
 def test_hf_bad_input(hf_files, monkeypatch):
     (hf_files / "broken.jsonl").write_text('{"text": "fine"}\n{broken\n')
     src = SourceConfig("hub", "hf", dataset="json", paths=[str(hf_files / "a.jsonl"), str(hf_files / "broken.jsonl")])
-    docs, report = read(src)
+    docs, report = read_source_docs(src)
     assert [d.text for d in docs] == ["a one", "a two", "a four"]  # the broken file's shard stops where it broke
     assert skipped(report, "stream_error") == (1, ["hub/train-00001-of-00002:0 (ArrowInvalid)"])
 

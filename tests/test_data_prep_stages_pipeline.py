@@ -16,10 +16,7 @@ import sys
 import textwrap
 import time
 
-import numpy as np
 import pytest
-import sentencepiece as spm
-from array_record.python.array_record_module import ArrayRecordReader
 
 from data_prep import prepare
 from data_prep.config import config_from_dict
@@ -28,6 +25,7 @@ from data_prep.errors import ConfigError
 from data_prep.split import SplitStage, hash_fraction
 from data_prep.stats import StageStats
 from jaxlm.data import format
+from tests.helpers import decoded_records
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -152,20 +150,6 @@ def raw_config(corpus, out, **extra):
 
 def quiet(_):
     pass
-
-
-def decoded_records(manifest, out):
-    """{split: the texts of its records}"""
-    sp = spm.SentencePieceProcessor(model_file=os.path.join(out, "tokenizer.model"))
-    dtype = np.dtype(manifest["dtype"])
-    texts = {}
-    for split in format.SPLITS:
-        texts[split] = []
-        for shard in manifest["splits"][split]["shards"]:
-            reader = ArrayRecordReader(os.path.join(out, shard["path"]))
-            texts[split] += [sp.decode(format.decode_record(r, dtype)[:-1].tolist()) for r in reader.read_all()]
-            reader.close()
-    return texts
 
 
 @pytest.fixture(scope="module")

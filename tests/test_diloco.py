@@ -14,8 +14,8 @@ from jaxlm.train import setup
 from jaxlm.train.diloco import DiLoCo
 from jaxlm.train.state import build_optimizer, model_spec
 from jaxlm.train.step import BATCH_KEYS, make_train_step
-from mesh_runs import branch_computations, collective_bytes, computations, max_rel, tree_rel
-from train_utils import synthetic_batches, tiny_config, train_on_mesh
+from tests.helpers import (branch_computations, collective_bytes, computations, max_rel, synthetic_batches,
+                           tiny_config, train_on_mesh, tree_rel)
 
 RTOL = 1e-5
 MESH = {"data": 2, "fsdp": 2, "tensor": 2}  # 2 replicas, each split over fsdp and tensor

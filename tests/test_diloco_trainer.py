@@ -13,8 +13,7 @@ from jaxlm.config import ConfigError, config_from_dict
 from jaxlm.train import checkpoint, checkpoint_reader
 from jaxlm.train.incidents import read_incidents
 from jaxlm.train.loop import Trainer, train
-from test_checkpoint_util import losses, metrics
-from test_data_loader_util import markov_docs, write_dataset
+from tests.helpers import losses, metrics, write_markov_dataset
 
 STEPS, H, EVERY = 11, 2, 3  # syncs at 2, 4, .., 10 and the last step, 11; checkpoints at 3, 6, 9, 11
 
@@ -166,8 +165,7 @@ def test_loss_spike_rolls_every_replica_back(tmp_path):
     back to checkpoint 20 with half the learning rate on both replicas and finishes."""
     from jaxlm.train.optimizer import make_schedule
 
-    data = write_dataset(tmp_path / "markov", {"train": markov_docs(300, 0, 64), "val": markov_docs(20, 1, 64)},
-                         vocab_size=64)
+    data = write_markov_dataset(tmp_path / "markov")
     workdir = tmp_path / "run"
     config = _config(data, workdir, train={"steps": 40, "eval_every": 40}, checkpoint={"every_steps": 10},
                      spikes={"warmup_steps": 10},

@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from eval_helpers import make_tokenizer_dir, random_params, tiny_config
 from jaxlm.eval import bias
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.loading import from_params
+from tests.helpers import make_tokenizer_dir, random_params, tiny_config
 
 
 def bbq_item(polarity, condition, label, target=0, unknown=2, category="Age"):
@@ -126,7 +126,7 @@ def exported(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("bias")
     tok_dir = make_tokenizer_dir(str(root / "data"))
-    config = tiny_config("llama", vocab_size=384, seq_len=64, data_path=tok_dir)
+    config = tiny_config("llama", seq_len=64, dataset=tok_dir, model={"vocab_size": 384, "init_std": 0.2})
     _, _, params = random_params(config.model, seed=3)
     em = from_params(config, params)
     export_run(config, params, str(root / "hf"))

@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from eval_helpers import make_tokenizer_dir, random_params, tiny_config
 from jaxlm.eval import harness, run_tasks, scalars
 from jaxlm.eval import tasks as T
 from jaxlm.eval.contamination import NgramIndex
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.loading import from_params
+from tests.helpers import make_tokenizer_dir, random_params, tiny_config
 
 MC = [
     {"query": "Question: Which statement best explains why photosynthesis matters?", "choices": ["Sunlight is the source of energy.", "Most ecosystems are on land.", "The fox jumps."], "gold": 0},
@@ -37,7 +37,7 @@ def setup(tmp_path_factory):
     """A random llama model with a real SentencePiece tokenizer, and its transformers export."""
     root = tmp_path_factory.mktemp("harness")
     tok_dir = make_tokenizer_dir(str(root / "data"))
-    config = tiny_config("llama", vocab_size=384, seq_len=64, data_path=tok_dir)
+    config = tiny_config("llama", seq_len=64, dataset=tok_dir, model={"vocab_size": 384, "init_std": 0.2})
     _, _, params = random_params(config.model, seed=1)
     em = from_params(config, params)
     files = dict(mc=write_jsonl(root / "mc.jsonl", MC), schema=write_jsonl(root / "schema.jsonl", SCHEMA))
@@ -208,7 +208,8 @@ def test_unknown_task_and_missing_data(setup, tmp_path):
 
 
 def test_tokenizer_larger_than_model_vocab_is_refused(setup):
-    small = tiny_config("llama", vocab_size=100, seq_len=64, data_path=setup["config"].data.sources[0].path)
+    small = tiny_config("llama", seq_len=64, dataset=setup["config"].data.sources[0].path,
+                        model={"vocab_size": 100, "init_std": 0.2})
     _, _, params = random_params(small.model)
     with pytest.raises(EvalError, match="trained with another tokenizer"):
         from_params(small, params)

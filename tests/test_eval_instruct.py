@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from eval_helpers import random_params, tiny_config
 from data_prep import prepare
 from data_prep.config import config_from_dict
 from jaxlm.data.shards import DocumentSource, open_dataset
@@ -18,7 +17,7 @@ from jaxlm.eval.chat import workdir_template
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.instruct import chain_of_thought, instruction_loss, trained_runs
 from jaxlm.eval.loading import from_params
-from tests.sft_helpers import TEXT, train_tokenizer
+from tests.helpers import CHAT_TEXT, random_params, tiny_config, train_tokenizer
 
 CHATS = [
     [{"role": "user", "content": "What does json.dumps do?"}, {"role": "assistant", "content": "Serialize obj to JSON."}],
@@ -45,7 +44,7 @@ def data(tmp_path_factory):
                                                           "split": {"by": "hash", "val_fraction": 0.0}}],
                               "tokenizer": {"path": base}, "workers": 1}), log=lambda _: None)
     sp = spm.SentencePieceProcessor(model_file=os.path.join(out, "tokenizer.model"))
-    config = tiny_config("llama", vocab_size=sp.vocab_size(), data_path=out, seq_len=32)
+    config = tiny_config("llama", seq_len=32, dataset=out, model={"vocab_size": sp.vocab_size(), "init_std": 0.2})
     _, _, params = random_params(config.model, seed=2)
     return out, from_params(config, params)
 
@@ -83,7 +82,7 @@ def test_instruction_loss_scores_response_tokens_only(data):
 def test_instruction_loss_refuses_pretraining_data(tmp_path):
     base = train_tokenizer(tmp_path / "base.model", chat_tokens=False)
     with open(tmp_path / "docs.jsonl", "w", encoding="utf-8") as f:
-        for i, text in enumerate(TEXT[:6]):
+        for i, text in enumerate(CHAT_TEXT[:6]):
             f.write(json.dumps({"text": f"{text} Document {i} of a plain corpus, written out in full."}) + "\n")
     out = tmp_path / "plain"
     paths = [str(tmp_path / "docs.jsonl")]
@@ -91,7 +90,8 @@ def test_instruction_loss_refuses_pretraining_data(tmp_path):
                               "sources": [{"name": "v", "type": "jsonl", "paths": paths, "split": {"by": "hash", "val_fraction": 1.0}},
                                           {"name": "t", "type": "jsonl", "paths": paths, "split": {"by": "hash", "val_fraction": 0.0}}]}),
             log=lambda _: None)
-    config = tiny_config("llama", vocab_size=spm.SentencePieceProcessor(model_file=base).vocab_size())
+    vocab = spm.SentencePieceProcessor(model_file=base).vocab_size()
+    config = tiny_config("llama", seq_len=64, model={"vocab_size": vocab, "init_std": 0.2})
     _, _, params = random_params(config.model)
     with pytest.raises(EvalError, match="tokens_mask"):
         instruction_loss(from_params(config, params), str(out))

@@ -9,18 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eval_helpers import CORPUS, make_tokenizer_dir, random_params, tiny_config
-from test_data_loader_util import write_dataset
 from jaxlm.eval import perplexity
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.loading import from_params
 from jaxlm.eval.scoring import Scorer, rolling_windows
+from tests.helpers import CORPUS, make_tokenizer_dir, random_params, tiny_config, write_dataset
 
 
 @pytest.fixture(scope="module")
 def em(tmp_path_factory):
     tok_dir = make_tokenizer_dir(str(tmp_path_factory.mktemp("ppl") / "data"))
-    config = tiny_config("gpt2", vocab_size=360, seq_len=64, data_path=tok_dir)
+    config = tiny_config("gpt2", seq_len=64, dataset=tok_dir, model={"vocab_size": 360, "init_std": 0.2})
     model, _, params = random_params(config.model, seed=2)
     result = from_params(config, params)
     result.model = model

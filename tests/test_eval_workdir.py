@@ -2,30 +2,16 @@
 workdir through the command-line entry points (slow: a training subprocess)."""
 
 import json
-import os
-import shutil
 
 import numpy as np
 import pytest
 
-from eval_helpers import CORPUS, make_tokenizer_dir
-from test_checkpoint_util import run, tiny_config, write_config
-from test_data_loader_util import write_dataset
-from jaxlm.eval.tokenizer import Tokenizer
+from tests.helpers import train_on_corpus
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("run")
-    tok = Tokenizer.from_dataset(make_tokenizer_dir(str(root / "tok")))
-    lines = [l for l in CORPUS.split("\n") if l]
-    docs = [np.array(tok.encode(l) + [tok.eos_id]) for l in lines]
-    data = write_dataset(root / "data", {"train": docs * 4, "val": docs[:6]}, vocab_size=tok.vocab_size, shards=1)
-    shutil.copy(tok.model_file, os.path.join(data, "tokenizer.model"))
-    config = tiny_config(root / "work", data, steps=8, every=4, mesh={"data": 8, "fsdp": 1},
-                         data={"sources": [{"path": data}], "seq_len": 32}, model={"vocab_size": 384, "max_seq_len": 64})
-    run(write_config(root / "c.yaml", config), root / "cache")
-    return str(root / "work")
+def workdir(tmp_path_factory, jax_cache):
+    return train_on_corpus(tmp_path_factory.mktemp("run"), jax_cache)
 
 
 @pytest.mark.slow

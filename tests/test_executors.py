@@ -17,7 +17,7 @@ from data_prep.document import Document
 from data_prep.executors import LocalExecutor, marker_path, run_tasks
 from data_prep.stages.files import read_documents, write_documents
 from data_prep.stages.runner import WorkDirError, jsonl_input, run_stages
-from stage_helpers import slow_jsonl_input
+from tests.helpers import slow_jsonl_input
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORDS = ("the of and to with that have river house garden stone window market bridge forest city "
@@ -93,12 +93,12 @@ def test_ray_gives_the_same_bytes(corpus, reference, tmp_path):
     assert [s.to_json() for s in result.stats] == [s.to_json() for s in reference.stats]
 
 
-KILL_SCRIPT = textwrap.dedent("""
+KILL_SCRIPT = textwrap.dedent(f"""
     import functools, sys
     from data_prep.executors import LocalExecutor
     from data_prep.stages.runner import run_stages
-    from stage_helpers import slow_jsonl_input
-    from test_executors import specs
+    from tests.helpers import slow_jsonl_input
+    from {__name__} import specs
     if __name__ == "__main__":
         paths, eval_file, work = sys.argv[1:-2], sys.argv[-2], sys.argv[-1]
         run_stages(specs(eval_file), functools.partial(slow_jsonl_input, paths, 0.4), 4, work, LocalExecutor(1))
@@ -111,7 +111,7 @@ def test_killed_run_resumes_to_the_same_output(corpus, reference, tmp_path, kill
     work = tmp_path / "work"
     script = tmp_path / "run.py"
     script.write_text(KILL_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, str(script), *map(str, paths), str(eval_file), str(work)], env=env)
     deadline = time.time() + 60
     while not marker_path(work / "group-0", kill_after_rank).exists():

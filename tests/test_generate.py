@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eval_helpers import make_tokenizer_dir, random_params, tiny_config
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.generate import Generator, SamplingConfig, sample_logits
 from jaxlm.eval.tokenizer import Tokenizer
+from tests.helpers import make_tokenizer_dir, random_params, tiny_config
 
 
 def naive_greedy(model, prompt, steps):
@@ -27,7 +27,7 @@ def naive_greedy(model, prompt, steps):
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_cached_greedy_equals_recomputation(family):
-    cfg = tiny_config(family, vocab_size=97, seq_len=48).model
+    cfg = tiny_config(family, seq_len=48, model={"vocab_size": 97, "init_std": 0.2}).model
     model, graphdef, params = random_params(cfg)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, 97, n).tolist() for n in (3, 21, 9)]  # different lengths: left padding
@@ -43,7 +43,7 @@ def test_cached_greedy_equals_recomputation(family):
 
 def test_cache_logits_equal_full_forward():
     """Prefill of a left-padded row, then one-token steps: logits equal the plain forward pass."""
-    cfg = tiny_config("llama", vocab_size=97, seq_len=32).model
+    cfg = tiny_config("llama", seq_len=32, model={"vocab_size": 97, "init_std": 0.2}).model
     model, _, _ = random_params(cfg)
     tokens = np.random.default_rng(1).integers(0, 97, 12)
     expected = np.asarray(model(jnp.asarray(tokens[None])))[0]  # (12, V)
@@ -77,7 +77,7 @@ def test_sample_logits_controls():
 
 
 def test_sampling_is_seeded_and_top_k_one_is_greedy():
-    cfg = tiny_config("llama", vocab_size=97, seq_len=32).model
+    cfg = tiny_config("llama", seq_len=32, model={"vocab_size": 97, "init_std": 0.2}).model
     _, graphdef, params = random_params(cfg)
     gen = Generator(graphdef, params, 32, batch_size=2)
     prompts = [[5, 6, 7], [8]]
@@ -92,7 +92,7 @@ def test_sampling_is_seeded_and_top_k_one_is_greedy():
 
 
 def test_eos_stops_a_row_and_others_continue():
-    cfg = tiny_config("llama", vocab_size=97, seq_len=32).model
+    cfg = tiny_config("llama", seq_len=32, model={"vocab_size": 97, "init_std": 0.2}).model
     model, graphdef, params = random_params(cfg)
     prompts = [[5, 6, 7], [40, 41]]
     free = Generator(graphdef, params, 32, batch_size=2).generate_ids(prompts, SamplingConfig(max_new_tokens=10))
@@ -106,7 +106,7 @@ def test_eos_stops_a_row_and_others_continue():
 
 def test_stop_strings_cut_text(tmp_path):
     tok = Tokenizer.from_dataset(make_tokenizer_dir(str(tmp_path / "tok")))
-    cfg = tiny_config("llama", vocab_size=tok.vocab_size, seq_len=64).model
+    cfg = tiny_config("llama", seq_len=64, model={"vocab_size": tok.vocab_size, "init_std": 0.2}).model
     _, graphdef, params = random_params(cfg)
     gen = Generator(graphdef, params, 64, tokenizer=tok, batch_size=2)
     free = gen.generate(["The quick brown", "def fib"], SamplingConfig(max_new_tokens=12))
@@ -120,7 +120,7 @@ def test_stop_strings_cut_text(tmp_path):
 
 
 def test_long_prompt_keeps_rightmost_tokens():
-    cfg = tiny_config("gpt2", vocab_size=97, seq_len=32).model
+    cfg = tiny_config("gpt2", seq_len=32, model={"vocab_size": 97, "init_std": 0.2}).model
     model, graphdef, params = random_params(cfg)
     gen = Generator(graphdef, params, 32, batch_size=2)
     prompt = np.random.default_rng(2).integers(0, 97, 40).tolist()

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from humaneval_browser import REPO, Server, browser_missing, chromium, close, free_port, get
+from tests.helpers import REPO, Server, browser_missing, chromium, close, free_port, get
 
 missing = browser_missing()
 pytestmark = pytest.mark.skipif(missing is not None, reason=f"no real browser: {missing}")

@@ -9,7 +9,6 @@ import sqlite3
 
 import pytest
 
-from eval_helpers import make_tokenizer_dir, random_params, tiny_config
 from jaxlm.eval.generate import Generator, SamplingConfig
 from jaxlm.eval.loading import load_hf_dir
 from jaxlm.humaneval.chat import ChatFormat, find_chat_format, model_input
@@ -18,6 +17,7 @@ from jaxlm.humaneval.inputs import Prompt, read_prompts
 from jaxlm.humaneval.setup_round import open_round, parse_sources
 from jaxlm.humaneval.store import Store
 from jaxlm.interop import export_hf
+from tests.helpers import Server, free_port, get, make_tokenizer_dir, random_params, tiny_config, train_on_corpus
 
 TEMPLATE = ("{% for m in messages %}{{ m.role[0] }}:{{ m.content }}\n{% endfor %}"  # short: one prompt length bucket
             "{% if add_generation_prompt %}a:{% endif %}")
@@ -35,7 +35,7 @@ def models(tmp_path_factory):
 
 
 def hf_folder(path, tok_dir, seed):
-    cfg = tiny_config(vocab_size=360, seq_len=64).model
+    cfg = tiny_config(seq_len=64, model={"vocab_size": 360, "init_std": 0.2}).model
     _, _, params = random_params(cfg, seed)
     export_hf(cfg, params, str(path), eos_id=2)
     shutil.copy(os.path.join(tok_dir, "tokenizer.model"), path / "tokenizer.model")
@@ -108,23 +108,9 @@ def test_chat_format_from_a_dataset_manifest_or_tokenizer_config(tmp_path):
 
 
 @pytest.mark.slow
-def test_serve_generates_from_a_trained_workdir(tmp_path):
+def test_serve_generates_from_a_trained_workdir(tmp_path, jax_cache):
     """A real training run (a subprocess) against a reference file, through `serve` as users run it."""
-    import numpy as np
-
-    from eval_helpers import CORPUS
-    from humaneval_browser import Server, free_port, get
-    from test_checkpoint_util import run, tiny_config as run_config, write_config
-    from test_data_loader_util import write_dataset
-    from jaxlm.eval.tokenizer import Tokenizer
-
-    tok = Tokenizer.from_dataset(make_tokenizer_dir(str(tmp_path / "tok")))
-    docs = [np.array(tok.encode(line) + [tok.eos_id]) for line in CORPUS.split("\n") if line]
-    data = write_dataset(tmp_path / "data", {"train": docs * 4, "val": docs[:6]}, vocab_size=tok.vocab_size, shards=1)
-    shutil.copy(tok.model_file, os.path.join(data, "tokenizer.model"))
-    config = run_config(tmp_path / "work", data, steps=8, every=4, mesh={"data": 8, "fsdp": 1},
-                        data={"sources": [{"path": data}], "seq_len": 32}, model={"vocab_size": 384, "max_seq_len": 64})
-    run(write_config(tmp_path / "c.yaml", config), tmp_path / "cache")
+    train_on_corpus(tmp_path, jax_cache)
     (tmp_path / "p.txt").write_text("The quick brown\ndef fib(n):\n")
     (tmp_path / "ref.jsonl").write_text("".join(json.dumps({"prompt": p, "response": "reference"}) + "\n"
                                                 for p in ("The quick brown", "def fib(n):")))

@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from humaneval_browser import Server, free_port, get
 from jaxlm.humaneval.__main__ import main
 from jaxlm.humaneval.assign import build_items, next_item, remaining
 from jaxlm.humaneval.errors import HumanEvalError
@@ -21,6 +20,7 @@ from jaxlm.humaneval.export import to_csv
 from jaxlm.humaneval.inputs import read_prompts, read_responses
 from jaxlm.humaneval.setup_round import open_round, parse_sources
 from jaxlm.humaneval.store import Store
+from tests.helpers import Server, free_port, get
 
 
 def write_responses(path, systems, n_prompts, samples=1, text=lambda s, k, j: f"{s} says {k}.{j}"):

@@ -15,11 +15,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from eval_helpers import CORPUS, make_tokenizer_dir, random_params, tiny_config  # noqa: E402
 from jaxlm.interop import InteropError, export_hf, load_hf, warm_start_params  # noqa: E402
 from jaxlm.interop import tokenizer as hf_tokenizer  # noqa: E402
 from jaxlm.model import Transformer  # noqa: E402
 from flax import nnx  # noqa: E402
+from tests.helpers import CORPUS, make_tokenizer_dir, random_params, tiny_config  # noqa: E402
 
 TOKENS = np.random.default_rng(0).integers(0, 96, (2, 24))
 
@@ -32,7 +32,8 @@ def hf_logits(path):
 
 @pytest.mark.parametrize("family,tie", [("llama", True), ("llama", False), ("gpt2", True), ("gpt2", False)])
 def test_export_parity(tmp_path, family, tie):
-    cfg = tiny_config(family, vocab_size=96, seq_len=32, tie_embeddings=tie, rope_theta=500.0, norm_eps=1e-6).model
+    cfg = tiny_config(family, seq_len=32, model={"vocab_size": 96, "init_std": 0.2, "tie_embeddings": tie,
+                                                 "rope_theta": 500.0, "norm_eps": 1e-6}).model
     model, _, params = random_params(cfg, seed=3)
     export_hf(cfg, params, str(tmp_path), eos_id=3)
     theirs, hf = hf_logits(str(tmp_path))
@@ -68,7 +69,7 @@ def test_import_parity(tmp_path, family):
 
 
 def test_export_import_round_trip_is_exact(tmp_path):
-    cfg = tiny_config("gpt2", vocab_size=96, seq_len=32).model
+    cfg = tiny_config("gpt2", seq_len=32, model={"vocab_size": 96, "init_std": 0.2}).model
     _, _, params = random_params(cfg)
     export_hf(cfg, params, str(tmp_path))
     cfg2, back = load_hf(str(tmp_path))
@@ -80,7 +81,7 @@ def test_export_import_round_trip_is_exact(tmp_path):
 
 def test_exported_weights_get_the_mode_of_the_other_files(tmp_path):
     """safetensors writes 0600; an export others must read gets the umask's mode like config.json."""
-    cfg = tiny_config("llama", vocab_size=96, seq_len=32).model
+    cfg = tiny_config("llama", seq_len=32, model={"vocab_size": 96, "init_std": 0.2}).model
     _, _, params = random_params(cfg)
     old = os.umask(0o022)
     try:
@@ -117,15 +118,15 @@ def test_tokenizer_export_matches_sentencepiece(tmp_path):
 
 
 def test_warm_start_checks_the_run_config(tmp_path):
-    cfg = tiny_config("llama", vocab_size=96, seq_len=32).model
+    cfg = tiny_config("llama", seq_len=32, model={"vocab_size": 96, "init_std": 0.2}).model
     _, _, params = random_params(cfg)
     export_hf(cfg, params, str(tmp_path))
     got = warm_start_params(cfg, str(tmp_path))
     np.testing.assert_array_equal(np.asarray(got["embed"]), np.asarray(params["embed"]))
-    other_vocab = tiny_config("llama", vocab_size=128, seq_len=32).model
+    other_vocab = tiny_config("llama", seq_len=32, model={"vocab_size": 128, "init_std": 0.2}).model
     with pytest.raises(InteropError, match=r"model.vocab_size=96 \(the run has 128\)"):
         warm_start_params(other_vocab, str(tmp_path))
-    other_family = tiny_config("gpt2", vocab_size=96, seq_len=32).model
+    other_family = tiny_config("gpt2", seq_len=32, model={"vocab_size": 96, "init_std": 0.2}).model
     with pytest.raises(InteropError, match="model.family=llama"):
         warm_start_params(other_family, str(tmp_path))
 
@@ -136,7 +137,7 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(InteropError, match="model_type 'bert' is not supported"):
         load_hf(str(tmp_path))
-    cfg = tiny_config("llama", vocab_size=96, seq_len=32).model
+    cfg = tiny_config("llama", seq_len=32, model={"vocab_size": 96, "init_std": 0.2}).model
     _, _, params = random_params(cfg)
     export_hf(cfg, params, str(tmp_path))
     os.remove(tmp_path / "model.safetensors")
@@ -144,7 +145,8 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
     with pytest.raises(InteropError, match="never unpickles"):
         load_hf(str(tmp_path))
     with pytest.raises(InteropError, match="qk_norm"):
-        export_hf(tiny_config("llama", qk_norm=True).model, params, str(tmp_path / "x"))
-    gpt2 = tiny_config("gpt2", vocab_size=96, seq_len=32).model
+        export_hf(tiny_config("llama", seq_len=64, model={"vocab_size": 360, "init_std": 0.2, "qk_norm": True}).model,
+                  params, str(tmp_path / "x"))
+    gpt2 = tiny_config("gpt2", seq_len=32, model={"vocab_size": 96, "init_std": 0.2}).model
     with pytest.raises(InteropError, match="another model family"):
         export_hf(gpt2, params, str(tmp_path / "y"))

@@ -9,13 +9,13 @@ import optax
 import pytest
 from flax import nnx
 
-from eval_helpers import tiny_config
 from jaxlm.config import ConfigError, MeshConfig, OptimConfig
 from jaxlm.model import Transformer
 from jaxlm.model.lora import add_adapters, is_adapter, merge_lora, without_lora
 from jaxlm.parallel import rules
 from jaxlm.parallel.mesh import build_mesh
 from jaxlm.train.optimizer import make_optimizer, only_trainable, trainable_mask
+from tests.helpers import tiny_config
 
 TOKENS = jnp.asarray(np.random.default_rng(0).integers(0, 96, (2, 16)))
 ALL = ["q", "k", "v", "o", "up", "gate", "down"]
@@ -23,8 +23,8 @@ ALL = ["q", "k", "v", "o", "up", "gate", "down"]
 
 def lora_cfg(family="llama", rank=4, targets=ALL, **lora):
     targets = [t for t in targets if family == "llama" or t != "gate"]
-    return tiny_config(family, vocab_size=96, seq_len=32,
-                       lora=dict(rank=rank, alpha=8.0, targets=targets, **lora)).model
+    return tiny_config(family, seq_len=32, model={"vocab_size": 96, "init_std": 0.2,
+                                                  "lora": dict(rank=rank, alpha=8.0, targets=targets, **lora)}).model
 
 
 def tuned(cfg, seed=0):
@@ -53,7 +53,7 @@ def adapters_of(params):
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_a_fresh_adapter_leaves_the_model_bit_for_bit(family):
-    base = Transformer(tiny_config(family, vocab_size=96, seq_len=32).model, rngs=nnx.Rngs(0))
+    base = Transformer(tiny_config(family, seq_len=32, model={"vocab_size": 96, "init_std": 0.2}).model, rngs=nnx.Rngs(0))
     lora = Transformer(lora_cfg(family), rngs=nnx.Rngs(0))
     base_params = nnx.to_pure_dict(nnx.state(base))
     lora_params = nnx.to_pure_dict(nnx.state(lora))
@@ -66,8 +66,8 @@ def test_a_fresh_adapter_leaves_the_model_bit_for_bit(family):
 
 
 def test_rank_zero_is_the_plain_model():
-    cfg = tiny_config("llama", vocab_size=96, seq_len=32, lora=dict(rank=0, targets=ALL)).model
-    plain = tiny_config("llama", vocab_size=96, seq_len=32).model
+    cfg = tiny_config("llama", seq_len=32, model={"vocab_size": 96, "init_std": 0.2, "lora": dict(rank=0, targets=ALL)}).model
+    plain = tiny_config("llama", seq_len=32, model={"vocab_size": 96, "init_std": 0.2}).model
     a = nnx.to_pure_dict(nnx.state(Transformer(cfg, rngs=nnx.Rngs(0))))
     b = nnx.to_pure_dict(nnx.state(Transformer(plain, rngs=nnx.Rngs(0))))
     assert jax.tree.structure(a) == jax.tree.structure(b)

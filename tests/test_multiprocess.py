@@ -15,8 +15,7 @@ from jaxlm.config import ConfigError, load_config
 from jaxlm.data.loader import build_loader
 from jaxlm.parallel import distributed
 from jaxlm.train.step import BATCH_KEYS
-from mesh_runs import max_rel, run
-from test_data_loader_util import random_docs, write_dataset
+from tests.helpers import max_rel, random_docs, train_keeping_first_grads, write_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 5
@@ -77,7 +76,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     assert run_json["process_count"] == 2 and run_json["mesh"]["data"] == 2
 
     config = load_config(config_path)
-    one, _, _ = run(config, _batches_of_both_processes(config), devices=jax.devices()[:2])
+    one, _, _ = train_keeping_first_grads(config, _batches_of_both_processes(config), devices=jax.devices()[:2])
     assert len(two) == STEPS
     assert max_rel(one, two) <= 1e-5
 

@@ -12,9 +12,7 @@ from jaxlm.config import ConfigError, config_from_dict
 from jaxlm.train import objective, setup
 from jaxlm.train.incidents import read_incidents
 from jaxlm.train.loop import Hook, train
-from mesh_runs import max_rel
-from test_checkpoint_util import losses, tiny_config as tiny_config_dict
-from train_utils import synthetic_batches, tiny_config, train_on_mesh
+from tests.helpers import losses, max_rel, run_config, synthetic_batches, tiny_config, train_on_mesh
 
 
 class EveryOtherToken(objective.Objective):
@@ -63,7 +61,7 @@ def test_an_unknown_objective_fails_before_compute():
 
 
 def _config(dataset, workdir, **sections):
-    return config_from_dict(tiny_config_dict(
+    return config_from_dict(run_config(
         workdir, dataset, steps=16, every=4, train={"eval_every": 8, "objective": EveryOtherToken.name},
         checkpoint={"keep_last": 3, "handle_signals": False},
         spikes={"warmup_steps": 100}, **sections))  # only non-finite steps flag in a run this short

@@ -6,7 +6,7 @@ import pytest
 
 from jaxlm.config import OptimConfig, ScheduleConfig, TrainConfig, RampStage
 from jaxlm.train.optimizer import BatchRamp, decay_mask, make_schedule
-from train_utils import run_steps, synthetic_batches, tiny_config
+from tests.helpers import run_steps, synthetic_batches, tiny_config
 
 
 def _lr(name, step, **kw):

@@ -17,7 +17,7 @@ from jaxlm.parallel import rules
 from jaxlm.parallel.mesh import build_mesh
 from jaxlm.train.optimizer import eval_params, make_optimizer, muon_dimensions
 from jaxlm.train.state import build_optimizer, model_spec
-from train_utils import run_steps, synthetic_batches, tiny_config
+from tests.helpers import losses, run_config, run_steps, synthetic_batches, tiny_config, write_run_dataset
 
 COEFFS = (3.4445, -4.7750, 2.0315)  # Keller Jordan's quintic Newton-Schulz coefficients
 
@@ -164,7 +164,6 @@ def test_new_optimizers_train(name):
 
 def _run_config(workdir, dataset, name: str, steps: int) -> "Config":
     from jaxlm.config import config_from_dict
-    from test_checkpoint_util import tiny_config as run_config
 
     # constant schedule: a run stopped at step 8 and one of 12 steps share their first 8 steps
     return config_from_dict(run_config(workdir, dataset, steps=steps, every=4, optim={
@@ -175,9 +174,8 @@ def _run_config(workdir, dataset, name: str, steps: int) -> "Config":
 @pytest.mark.parametrize("name", ["muon", "schedule_free_adamw"])
 def test_checkpoint_and_resume_are_exact(tmp_path, name):
     from jaxlm.train.loop import Trainer, train
-    from test_checkpoint_util import losses, make_dataset
 
-    dataset = make_dataset(tmp_path / "data")
+    dataset = write_run_dataset(tmp_path / "data")
     train(_run_config(tmp_path / "whole", dataset, name, steps=12))
     train(_run_config(tmp_path / "parts", dataset, name, steps=8))
     train(_run_config(tmp_path / "parts", dataset, name, steps=12))  # resumes from the step-8 checkpoint
@@ -199,9 +197,8 @@ def test_schedule_free_evaluation_and_export_use_the_averaged_parameters(tmp_pat
     from jaxlm.export import export_run
     from jaxlm.train.checkpoint_reader import read_params
     from jaxlm.train.loop import Trainer
-    from test_checkpoint_util import make_dataset
 
-    dataset = make_dataset(tmp_path / "data")
+    dataset = write_run_dataset(tmp_path / "data")
     trainer = Trainer(_run_config(tmp_path / "run", dataset, "schedule_free_adamw", steps=8))
     try:
         trainer.run()

@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from train_utils import run_steps, synthetic_batches, tiny_config
+from tests.helpers import run_steps, synthetic_batches, tiny_config
+
 
 RTOL = 1e-5
 

@@ -10,8 +10,7 @@ from jaxlm.train import setup
 from jaxlm.train.setup import compile_for_analysis
 from jaxlm.train.state import model_spec
 from jaxlm.train.step import BATCH_KEYS
-from mesh_runs import max_rel, run, tree_rel
-from train_utils import synthetic_batches, tiny_config
+from tests.helpers import max_rel, synthetic_batches, tiny_config, train_keeping_first_grads, tree_rel
 
 RTOL = 1e-5
 
@@ -91,8 +90,9 @@ def _config(family, mesh, pipe_cfg):
 def test_pipelined_training_matches_one_device(family, mesh, pipe_cfg):
     steps = 10
     batches = list(synthetic_batches(steps, 4, 4, 16, 96, seed=5))
-    loss_1, norm_1, grads_1 = run(_config(family, {"data": 1}, {}), batches, devices=jax.devices()[:1])
-    loss_8, norm_8, grads_8 = run(_config(family, mesh, pipe_cfg), batches)
+    loss_1, norm_1, grads_1 = train_keeping_first_grads(_config(family, {"data": 1}, {}), batches,
+                                                        devices=jax.devices()[:1])
+    loss_8, norm_8, grads_8 = train_keeping_first_grads(_config(family, mesh, pipe_cfg), batches)
     assert loss_1[-1] < loss_1[0] - 0.5  # it trains at all
     assert max_rel(loss_1, loss_8) <= RTOL
     assert max_rel(norm_1, norm_8) <= RTOL

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from eval_helpers import random_params, tiny_config
 from jaxlm.train import advantages as A
 from jaxlm.train import preference as P
+from tests.helpers import random_params, tiny_config
 
 VOCAB, T = 48, 12
 
@@ -32,7 +32,7 @@ def pairs(seed=0, n=5):
 
 
 def model_fn(seed):
-    cfg = tiny_config("llama", vocab_size=VOCAB, seq_len=T).model
+    cfg = tiny_config("llama", seq_len=T, model={"vocab_size": VOCAB, "max_seq_len": T, "init_std": 0.2}).model
     _, graphdef, params = random_params(cfg, seed=seed)
     return graphdef, params
 

@@ -9,66 +9,57 @@ import signal
 
 import pytest
 
-from test_checkpoint_util import (finished_checkpoints, incidents, kill, last_step, losses, make_dataset, run,
-                                  start, tiny_config, wait_until, write_config)
+from tests.helpers import (finished_checkpoints, incidents, kill, last_step, losses, run_config, run_training,
+                           start_training, wait_until, write_config, write_run_dataset)
+
 
 EVERY = 4  # checkpoint.every_steps
 STEPS = 24
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("jax_cache")
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("data") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, dataset, cache):
+def reference(tmp_path_factory, run_dataset, jax_cache):
     """The uninterrupted run: its workdir and {step: loss, ("val", step): val_loss}."""
     root = tmp_path_factory.mktemp("reference")
-    config = write_config(root / "config.yaml", tiny_config(root / "run", dataset, steps=STEPS, every=EVERY))
-    run(config, cache)
+    config = write_config(root / "config.yaml", run_config(root / "run", run_dataset, steps=STEPS, every=EVERY))
+    run_training(config, jax_cache)
     result = losses(root / "run")
     assert sorted(k for k in result if isinstance(k, int)) == list(range(1, STEPS + 1))
     assert [k for k in result if not isinstance(k, int)] == [("val", s) for s in (6, 12, 18, 24)]
     return root / "run", result
 
 
-def config_for(tmp_path, dataset, **sections):
-    return write_config(tmp_path / "config.yaml", tiny_config(tmp_path / "run", dataset, steps=STEPS, every=EVERY,
-                                                              **sections))
+def config_for(tmp_path, run_dataset, **sections):
+    return write_config(tmp_path / "config.yaml", run_config(tmp_path / "run", run_dataset, steps=STEPS, every=EVERY,
+                                                             **sections))
 
 
 @pytest.mark.parametrize("seed", [15])
-def test_sigkill_at_a_random_step_then_resume_is_bitwise_exact(tmp_path, dataset, cache, reference, seed):
+def test_sigkill_at_a_random_step_then_resume_is_bitwise_exact(tmp_path, run_dataset, jax_cache, reference, seed):
     """The kill step is drawn from a seeded generator (the failure message names it), and the kill
     waits for a finished checkpoint, so every run of this test restores one."""
     kill_after = random.Random(seed).randint(EVERY + 1, STEPS - 3)
-    config = config_for(tmp_path, dataset)
+    config = config_for(tmp_path, run_dataset)
     workdir = tmp_path / "run"
-    proc = start(config, cache)
+    proc = start_training(config, jax_cache)
     wait_until(lambda: last_step(workdir) >= kill_after and finished_checkpoints(workdir), proc)
     kill(proc)
     killed_at, saved = last_step(workdir), finished_checkpoints(workdir)
     assert killed_at < STEPS and saved, (killed_at, saved)
 
-    run(config, cache)
+    run_training(config, jax_cache)
     restores = [i["step"] for i in incidents(workdir) if i["kind"] == "restore"]
     assert restores == [saved[-1]], f"killed after step {killed_at} with checkpoints {saved}"
     assert losses(workdir) == reference[1], f"killed after step {killed_at}, checkpoints {saved}"
     assert not [n for n in os.listdir(workdir / "checkpoints") if "tmp" in n]
 
 
-def test_sigkill_during_a_checkpoint_write_uses_the_previous_one(tmp_path, dataset, cache, reference):
+def test_sigkill_during_a_checkpoint_write_uses_the_previous_one(tmp_path, run_dataset, jax_cache, reference):
     for attempt in range(3):  # the write lasts ~0.1 s: in the rare case the kill lands after it, go again
         workdir = tmp_path / f"run{attempt}"
         config = write_config(tmp_path / f"config{attempt}.yaml",
-                              tiny_config(workdir, dataset, steps=STEPS, every=EVERY))
-        proc = start(config, cache)
+                              run_config(workdir, run_dataset, steps=STEPS, every=EVERY))
+        proc = start_training(config, jax_cache)
         ckpt_dir = workdir / "checkpoints"
 
         def writing_a_second_checkpoint():
@@ -84,7 +75,7 @@ def test_sigkill_during_a_checkpoint_write_uses_the_previous_one(tmp_path, datas
     saved = finished_checkpoints(workdir)
     assert int(unfinished[0].split(".")[0]) > saved[-1]
 
-    run(config, cache)
+    run_training(config, jax_cache)
     restores = [i["step"] for i in incidents(workdir) if i["kind"] == "restore"]
     assert restores == [saved[-1]]  # the previous, finished checkpoint: nothing lost
     assert losses(workdir) == reference[1]
@@ -108,14 +99,14 @@ def _corrupt(checkpoint, how: str) -> None:
         shutil.rmtree(checkpoint / "meta")
 
 
-def test_corrupt_latest_checkpoints_fall_back_to_the_last_good_one(tmp_path, dataset, cache, reference):
+def test_corrupt_latest_checkpoints_fall_back_to_the_last_good_one(tmp_path, run_dataset, jax_cache, reference):
     workdir = tmp_path / "run"
     shutil.copytree(reference[0] / "checkpoints", workdir / "checkpoints")
     assert finished_checkpoints(workdir) == [12, 16, 20, 24]
     for step, how in [(24, "truncate"), (20, "flip"), (16, "missing item")]:
         _corrupt(workdir / "checkpoints" / str(step), how)
 
-    run(config_for(tmp_path, dataset), cache)
+    run_training(config_for(tmp_path, run_dataset), jax_cache)
     found = incidents(workdir)
     assert [(i["kind"], i["step"]) for i in found if i["kind"] in ("checkpoint_corrupt", "restore")] == [
         ("checkpoint_corrupt", 24), ("checkpoint_corrupt", 20), ("checkpoint_corrupt", 16), ("restore", 12)]
@@ -125,10 +116,10 @@ def test_corrupt_latest_checkpoints_fall_back_to_the_last_good_one(tmp_path, dat
     assert resumed == {k: v for k, v in reference[1].items() if (k if isinstance(k, int) else k[1]) > 12}
 
 
-def test_sigterm_saves_exits_143_and_resumes_exactly(tmp_path, dataset, cache, reference):
-    config = config_for(tmp_path, dataset, checkpoint={"every_steps": 10, "keep_last": 4, "every_minutes": 0})
+def test_sigterm_saves_exits_143_and_resumes_exactly(tmp_path, run_dataset, jax_cache, reference):
+    config = config_for(tmp_path, run_dataset, checkpoint={"every_steps": 10, "keep_last": 4, "every_minutes": 0})
     workdir = tmp_path / "run"
-    proc = start(config, cache)
+    proc = start_training(config, jax_cache)
     wait_until(lambda: last_step(workdir) >= 5, proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(120) == 128 + signal.SIGTERM
@@ -136,7 +127,7 @@ def test_sigterm_saves_exits_143_and_resumes_exactly(tmp_path, dataset, cache, r
     assert len(stopped) == 1 and stopped[0]["signal"] == "SIGTERM"
     assert finished_checkpoints(workdir)[-1] == stopped[0]["step"] == last_step(workdir)
 
-    run(config, cache)
+    run_training(config, jax_cache)
     assert [i["step"] for i in incidents(workdir) if i["kind"] == "restore"] == [stopped[0]["step"]]
     assert losses(workdir) == reference[1]
 
@@ -145,18 +136,18 @@ def test_sigterm_saves_exits_143_and_resumes_exactly(tmp_path, dataset, cache, r
 # Hot swap: resuming with changed settings (here from another run's checkpoint, checkpoint.restore_from)
 
 
-def _trainer(tmp_path, name, dataset, reference, **sections):
+def _trainer(tmp_path, name, run_dataset, reference, **sections):
     from jaxlm.config import config_from_dict
     from jaxlm.train.loop import Trainer
-    raw = tiny_config(tmp_path / name, dataset, steps=STEPS, every=EVERY, **sections)
+    raw = run_config(tmp_path / name, run_dataset, steps=STEPS, every=EVERY, **sections)
     raw["checkpoint"]["restore_from"] = str(reference[0] / "checkpoints" / "12")
     return Trainer(config_from_dict(raw))
 
 
-def test_batch_size_change_continues_the_data_stream_exactly(tmp_path, dataset, reference):
+def test_batch_size_change_continues_the_data_stream_exactly(tmp_path, run_dataset, reference):
     import numpy as np
-    same = _trainer(tmp_path, "same", dataset, reference)
-    bigger = _trainer(tmp_path, "bigger", dataset, reference, train={"global_batch": 16})
+    same = _trainer(tmp_path, "same", run_dataset, reference)
+    bigger = _trainer(tmp_path, "bigger", run_dataset, reference, train={"global_batch": 16})
     try:
         first, second = next(same.loader), next(same.loader)  # 8 rows each, as the saved run would go on
         merged = next(bigger.loader)  # 16 rows
@@ -174,16 +165,16 @@ def test_batch_size_change_continues_the_data_stream_exactly(tmp_path, dataset, 
 
 
 @pytest.mark.parametrize("key, value", [("d_model", 64), ("vocab_size", 128)])
-def test_model_shape_change_on_resume_stops_naming_the_field(tmp_path, dataset, reference, key, value):
+def test_model_shape_change_on_resume_stops_naming_the_field(tmp_path, run_dataset, reference, key, value):
     from jaxlm.config import ConfigError
     with pytest.raises(ConfigError, match=rf"model\.{key} is \d+ there and {value} here"):
-        _trainer(tmp_path, "changed", dataset, reference, model={key: value})
+        _trainer(tmp_path, "changed", run_dataset, reference, model={key: value})
 
 
-def test_model_shape_change_on_the_command_line_is_one_clear_error(tmp_path, dataset, cache, reference):
-    config = config_for(tmp_path, dataset)
+def test_model_shape_change_on_the_command_line_is_one_clear_error(tmp_path, run_dataset, jax_cache, reference):
+    config = config_for(tmp_path, run_dataset)
     shutil.copytree(reference[0] / "checkpoints", tmp_path / "run" / "checkpoints")
-    proc = start(config, cache, "model.n_layers=3")
+    proc = start_training(config, jax_cache, "model.n_layers=3")
     assert proc.wait(300) == 2
     with open(proc.log_path) as f:
         out = f.read()
@@ -192,17 +183,17 @@ def test_model_shape_change_on_the_command_line_is_one_clear_error(tmp_path, dat
 
 
 @pytest.mark.slow
-def test_resume_with_many_settings_changed_trains_on(tmp_path, dataset, cache, reference):
+def test_resume_with_many_settings_changed_trains_on(tmp_path, run_dataset, jax_cache, reference):
     """lr, schedule, optimizer hyper-parameters and type, dropout, batch size and data mixture at once."""
-    second = make_dataset(tmp_path / "second", seed=5, docs=100)
-    raw = tiny_config(tmp_path / "run", dataset, steps=STEPS, every=EVERY)
+    second = write_run_dataset(tmp_path / "second", seed=5, docs=100)
+    raw = run_config(tmp_path / "run", run_dataset, steps=STEPS, every=EVERY)
     raw["checkpoint"]["restore_from"] = str(reference[0])  # its newest checkpoint: 24
     raw["train"]["steps"] = 30
     raw["optim"] = {"name": "lion", "lr": 1e-3, "b2": 0.98, "schedule": {"name": "linear", "warmup_steps": 0}}
     raw["model"]["resid_dropout"] = 0.1
     raw["train"]["global_batch"] = 16
-    raw["data"]["sources"] = [{"path": str(dataset), "weight": 1.0}, {"path": str(second), "weight": 0.5}]
-    run(write_config(tmp_path / "config.yaml", raw), cache)
+    raw["data"]["sources"] = [{"path": str(run_dataset), "weight": 1.0}, {"path": str(second), "weight": 0.5}]
+    run_training(write_config(tmp_path / "config.yaml", raw), jax_cache)
 
     found = {i["kind"]: i for i in incidents(tmp_path / "run")}
     assert found["restore"]["step"] == 24

@@ -7,8 +7,9 @@ import signal
 
 import pytest
 
-from test_checkpoint_util import (finished_checkpoints, incidents, last_step, losses, make_dataset, metrics,
-                                  run_processes, start_processes, tiny_config, wait_until, write_config)
+from tests.helpers import (finished_checkpoints, incidents, last_step, losses, metrics, run_config, run_processes,
+                           start_processes, wait_until, write_config)
+
 
 pytestmark = pytest.mark.slow  # five two-process runs: minutes on 2 cores
 
@@ -16,20 +17,18 @@ STEPS = 16
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("jax_cache")
-    dataset = make_dataset(tmp_path_factory.mktemp("data") / "tiny")
+def setup(tmp_path_factory, jax_cache, run_dataset):
     root = tmp_path_factory.mktemp("reference")
-    config = write_config(root / "config.yaml", _config(root / "run", dataset))
-    run_processes(config, cache)
+    config = write_config(root / "config.yaml", _config(root / "run", run_dataset))
+    run_processes(config, jax_cache)
     logged = [m["step"] for m in metrics(root / "run") if "loss" in m]
     assert logged == list(range(1, STEPS + 1))  # once each: only process 0 writes metrics
-    return cache, dataset, losses(root / "run")
+    return jax_cache, run_dataset, losses(root / "run")
 
 
 def _config(workdir, dataset):
-    return tiny_config(workdir, dataset, steps=STEPS, every=4,
-                       checkpoint={"every_steps": 4, "keep_last": 4, "every_minutes": 0, "agree_every_steps": 2})
+    return run_config(workdir, dataset, steps=STEPS, every=4,
+                      checkpoint={"every_steps": 4, "keep_last": 4, "every_minutes": 0, "agree_every_steps": 2})
 
 
 def test_two_processes_killed_and_resumed_bitwise(tmp_path, setup):

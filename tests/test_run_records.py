@@ -9,11 +9,11 @@ import pytest
 from jaxlm.config import ConfigError, config_from_dict
 from jaxlm.train.incidents import read_incidents
 from jaxlm.train.loop import Trainer, train
-from test_checkpoint_util import metrics, tiny_config
+from tests.helpers import metrics, run_config
 
 
 def _config(dataset, workdir, **sections):
-    return config_from_dict(tiny_config(workdir, dataset, steps=4, every=2, **sections))
+    return config_from_dict(run_config(workdir, dataset, steps=4, every=2, **sections))
 
 
 @pytest.mark.parametrize("make, message", [

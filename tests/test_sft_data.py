@@ -21,8 +21,7 @@ from jaxlm.data.loader import build_loader
 from jaxlm.data.shards import DocumentSource, open_dataset
 from jaxlm.eval.contamination import dataset_texts
 from jaxlm.model import Transformer
-from tests.sft_helpers import train_tokenizer
-from tests.test_data_loader_util import random_docs, write_dataset
+from tests.helpers import random_docs, train_tokenizer, write_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHAT = [

@@ -11,7 +11,7 @@ from jaxlm.model import Transformer
 from jaxlm.train import objective as objective_lib
 from jaxlm.train.state import build_optimizer, model_spec
 from jaxlm.train.step import make_loss_fn
-from train_utils import tiny_config
+from tests.helpers import tiny_config
 
 
 def _batch(seed=0, rows=4, seq_len=16, vocab=96):

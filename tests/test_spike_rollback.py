@@ -19,7 +19,7 @@ from jaxlm.train.incidents import read_incidents
 from jaxlm.train.loop import Trainer
 from jaxlm.train import setup
 from jaxlm.train.setup import make_loader
-from test_data_loader_util import markov_docs, write_dataset
+from tests.helpers import write_markov_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 64
@@ -28,8 +28,7 @@ VOCAB = 64
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("spike_data") / "ds"
-    return write_dataset(root, {"train": markov_docs(300, 0, VOCAB), "val": markov_docs(20, 1, VOCAB)},
-                         vocab_size=VOCAB)
+    return write_markov_dataset(root, VOCAB)
 
 
 def _config(dataset, workdir, steps=160, faults=(), **spike_options):

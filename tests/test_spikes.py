@@ -15,7 +15,7 @@ from jaxlm.train.faults import FaultInjector
 from jaxlm.train.state import build_optimizer, init_state, model_spec, state_shardings
 from jaxlm.train.step import BATCH_KEYS, make_train_step
 from jaxlm.parallel.mesh import build_mesh
-from train_utils import tiny_config
+from tests.helpers import tiny_config
 
 
 # ----------------------------------------------------------------------------------------------

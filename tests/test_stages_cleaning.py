@@ -3,7 +3,7 @@ import unicodedata
 import pytest
 
 from data_prep.stages.clean import UnicodeFix
-from stage_helpers import docs_of, kept, run_stage
+from tests.helpers import docs_of, kept, run_stage
 
 ARTICLE = "<p>" + " ".join(["The river flooded the old town after three days of rain."] * 6) + "</p>"
 PAGE = f"""<html><head><title>News</title><script>var x = 1;</script></head><body>

@@ -3,7 +3,7 @@
 import pytest
 
 from data_prep.stages.langid import identify
-from stage_helpers import docs_of, kept, reason, run_stage
+from tests.helpers import docs_of, kept, reason, run_stage
 
 FILLER = ["house", "river", "garden", "stone", "window", "market", "bridge", "forest"]
 

@@ -6,7 +6,7 @@ import pytest
 from data_prep.document import Document
 from data_prep.stages import STAGES, StageConfigError, StageStats, build_stage, build_stages, counted
 from data_prep.stages.base import Filter
-from stage_helpers import docs_of, run_stage
+from tests.helpers import docs_of, run_stage
 
 
 def test_every_stage_builds_from_its_type_name():

@@ -7,10 +7,10 @@ import random
 import numpy as np
 import pytest
 
-from eval_helpers import make_tokenizer_dir, random_params, tiny_config
 from jaxlm.eval.generate import Generator, SamplingConfig
 from jaxlm.eval.steering import Steering, automaton, ban_tables, rerank, token_bytes
 from jaxlm.eval.tokenizer import Tokenizer
+from tests.helpers import make_tokenizer_dir, random_params, tiny_config
 
 
 def test_automaton_finds_exactly_the_substrings():
@@ -30,7 +30,7 @@ def test_automaton_finds_exactly_the_substrings():
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     tok_dir = make_tokenizer_dir(str(tmp_path_factory.mktemp("steer") / "data"))
-    config = tiny_config("llama", vocab_size=384, seq_len=64, data_path=tok_dir)
+    config = tiny_config("llama", seq_len=64, dataset=tok_dir, model={"vocab_size": 384, "init_std": 0.2})
     _, graphdef, params = random_params(config.model, seed=5)
     return graphdef, params, Tokenizer(f"{tok_dir}/tokenizer.model")
 

@@ -12,34 +12,13 @@ import yaml
 
 from jaxlm.config import ConfigError, config_from_dict
 from jaxlm.train.loop import Trainer, train
+from tests.helpers import GOLDEN_DIR, golden_config, read_jsonl
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "tiny_losses.json")
-
-
-def tiny(learnable_dataset, workdir, **sections):
-    raw = {
-        "workdir": str(workdir),
-        "seed": 0,
-        "data": {"sources": [{"path": learnable_dataset}], "seq_len": 32},
-        "model": {"family": "llama", "vocab_size": 64, "d_model": 32, "n_layers": 2, "n_heads": 4,
-                  "n_kv_heads": 2, "max_seq_len": 32},
-        "optim": {"lr": 1e-2, "schedule": {"name": "cosine", "warmup_steps": 5}},
-        "train": {"steps": 30, "global_batch": 8, "log_every": 1, "eval_every": 15, "eval_batches": 4},
-        "mesh": {"data": -1},  # all 8 test devices
-        "log": {"progress": False},
-    }
-    for key, value in sections.items():
-        raw[key] = {**raw.get(key, {}), **value}
-    return config_from_dict(raw)
-
-
-def _read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
+GOLDEN = os.path.join(GOLDEN_DIR, "tiny_losses.json")
 
 
 def test_training_writes_the_workdir_contract_and_learns(learnable_dataset, tmp_path):
-    config = tiny(learnable_dataset, tmp_path / "run")
+    config = golden_config(learnable_dataset, tmp_path / "run")
     summary = train(config)
     run_dir = tmp_path / "run"
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -49,7 +28,7 @@ def test_training_writes_the_workdir_contract_and_learns(learnable_dataset, tmp_
     assert resolved["train"]["micro_batch"] == 8 and resolved["model"]["n_kv_heads"] == 2
     run = json.loads((run_dir / "run.json").read_text())
     assert run["versions"]["jax"] == jax.__version__ and run["mesh"]["data"] == 8 and run["model_params"] > 0
-    rows = _read_jsonl(run_dir / "metrics.jsonl")
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     steps = [r for r in rows if "loss" in r]
     assert [r["step"] for r in steps] == list(range(1, 31))
     for key in ("loss", "lr", "grad_norm", "tokens_per_sec", "mfu"):
@@ -70,8 +49,8 @@ def test_training_writes_the_workdir_contract_and_learns(learnable_dataset, tmp_
 
 def golden_losses(learnable_dataset, workdir) -> list[float]:
     """The first ten losses of the tiny golden config (tests/golden/write_golden.py writes them)."""
-    train(tiny(learnable_dataset, workdir, train={"steps": 10, "eval_every": 0}))
-    return [r["loss"] for r in _read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "loss" in r]
+    train(golden_config(learnable_dataset, workdir, train={"steps": 10, "eval_every": 0}))
+    return [r["loss"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "loss" in r]
 
 
 def test_golden_first_ten_losses(learnable_dataset, tmp_path):
@@ -83,25 +62,25 @@ def test_golden_first_ten_losses(learnable_dataset, tmp_path):
 
 
 def test_batch_ramp_and_accumulation_run_in_the_loop(learnable_dataset, tmp_path):
-    config = tiny(learnable_dataset, tmp_path / "ramp", mesh={"data": 2, "tensor": 4},
-                  train={"steps": 6, "global_batch": 8, "micro_batch": 2, "eval_every": 0,
-                         "batch_ramp": [{"until_tokens": 2 * 2 * 32, "batch": 2},
-                                        {"until_tokens": 2 * 2 * 32 + 2 * 4 * 32, "batch": 4}]})
+    config = golden_config(learnable_dataset, tmp_path / "ramp", mesh={"data": 2, "tensor": 4},
+                           train={"steps": 6, "global_batch": 8, "micro_batch": 2, "eval_every": 0,
+                                  "batch_ramp": [{"until_tokens": 2 * 2 * 32, "batch": 2},
+                                                 {"until_tokens": 2 * 2 * 32 + 2 * 4 * 32, "batch": 4}]})
     train(config)
-    rows = [r for r in _read_jsonl(tmp_path / "ramp" / "metrics.jsonl") if "tokens" in r]
+    rows = [r for r in read_jsonl(tmp_path / "ramp" / "metrics.jsonl") if "tokens" in r]
     assert [r["tokens_seen"] for r in rows] == [64, 128, 256, 384, 640, 896]
 
 
 def test_pipeline_runs_in_the_loop_and_run_json_gives_its_schedule(learnable_dataset, tmp_path):
-    config = tiny(learnable_dataset, tmp_path / "pipe", mesh={"data": 2, "pipe": 2, "tensor": 2},
-                  train={"steps": 3, "global_batch": 8, "micro_batch": 2, "eval_every": 0})
+    config = golden_config(learnable_dataset, tmp_path / "pipe", mesh={"data": 2, "pipe": 2, "tensor": 2},
+                           train={"steps": 3, "global_batch": 8, "micro_batch": 2, "eval_every": 0})
     train(config)
     run = json.loads((tmp_path / "pipe" / "run.json").read_text())
     assert run["mesh"]["pipe"] == 2
     plan = run["pipeline"]
     assert (plan["stages"], plan["microbatches"], plan["repeats"], plan["passes"]) == (2, 4, 1, 1)
     assert plan["bubble"] == pytest.approx(1 / 5)  # (S - 1) / (M + S - 1)
-    losses = [r["loss"] for r in _read_jsonl(tmp_path / "pipe" / "metrics.jsonl") if "loss" in r]
+    losses = [r["loss"] for r in read_jsonl(tmp_path / "pipe" / "metrics.jsonl") if "loss" in r]
     assert len(losses) == 3 and all(np.isfinite(losses))
 
 
@@ -112,17 +91,17 @@ def test_pipeline_runs_in_the_loop_and_run_json_gives_its_schedule(learnable_dat
 ])
 def test_bad_setups_fail_before_compute(learnable_dataset, tmp_path, change, message):
     with pytest.raises((ConfigError,), match=message):
-        Trainer(tiny(learnable_dataset, tmp_path / "bad", **change))
+        Trainer(golden_config(learnable_dataset, tmp_path / "bad", **change))
 
 
 def test_missing_shard_folder_names_the_data_prep_command(tmp_path):
     prepare = tmp_path / "prep.yaml"
     prepare.write_text(yaml.safe_dump({"output": str(tmp_path / "absent")}))
-    config = tiny(str(tmp_path / "absent"), tmp_path / "bad", data={"prepare": str(prepare)})
+    config = golden_config(str(tmp_path / "absent"), tmp_path / "bad", data={"prepare": str(prepare)})
     with pytest.raises(ConfigError, match=rf"absent.*python -m data_prep --config {prepare}"):
         Trainer(config)
     # data.sources overridden to a folder that config does not write: no hint to run it
-    config = tiny(str(tmp_path / "elsewhere"), tmp_path / "bad2", data={"prepare": str(prepare)})
+    config = golden_config(str(tmp_path / "elsewhere"), tmp_path / "bad2", data={"prepare": str(prepare)})
     with pytest.raises(ConfigError, match="elsewhere") as raised:
         Trainer(config)
     assert str(prepare) not in str(raised.value)

@@ -6,7 +6,7 @@ import json
 import sys
 
 import pytest
-from test_trainer import _read_jsonl, tiny
+from tests.helpers import golden_config, read_jsonl
 
 from jaxlm.extras import MissingExtra
 from jaxlm.train.loop import train
@@ -43,12 +43,12 @@ def test_wandb_offline_run_logs_the_metrics_values(learnable_dataset, tmp_path, 
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_MODE", "offline")
-    config = tiny(learnable_dataset, tmp_path / "wandb", train={"steps": 4, "eval_every": 2},
-                  log={"wandb": {"enabled": True, "mode": "offline"}})
+    config = golden_config(learnable_dataset, tmp_path / "wandb", train={"steps": 4, "eval_every": 2},
+                           log={"wandb": {"enabled": True, "mode": "offline"}})
     train(config)
     (run_file,) = glob.glob(str(tmp_path / "wandb" / "wandb" / "offline-run-*" / "run-*.wandb"))
     logged = {r["_step"]: r for r in wandb_history(run_file)}
-    expected = [r for r in _read_jsonl(tmp_path / "wandb" / "metrics.jsonl") if "loss" in r or "val_loss" in r]
+    expected = [r for r in read_jsonl(tmp_path / "wandb" / "metrics.jsonl") if "loss" in r or "val_loss" in r]
     assert {r["step"] for r in expected} <= set(logged) and {1, 2, 3, 4} <= set(logged)
     for row in expected:
         for key in ("loss", "lr", "grad_norm", "tokens_per_sec", "mfu", "val_loss"):
@@ -58,7 +58,7 @@ def test_wandb_offline_run_logs_the_metrics_values(learnable_dataset, tmp_path, 
 
 def test_missing_wandb_names_the_extra_before_writing(learnable_dataset, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
-    config = tiny(learnable_dataset, tmp_path / "nowandb", log={"wandb": {"enabled": True}})
+    config = golden_config(learnable_dataset, tmp_path / "nowandb", log={"wandb": {"enabled": True}})
     with pytest.raises(MissingExtra, match=r'^log.wandb.enabled needs wandb, which is not installed: '
                                            r'pip install "jaxlm\[wandb\]"$'):
         train(config)

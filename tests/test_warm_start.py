@@ -5,7 +5,7 @@ its own resumes instead; bad combinations fail before compute."""
 import numpy as np
 import pytest
 import yaml
-from test_trainer import tiny
+from tests.helpers import golden_config
 
 from jaxlm.config import ConfigError, config_from_dict, dump_yaml
 from jaxlm.interop import InteropError
@@ -18,8 +18,8 @@ from jaxlm.train.loop import Trainer, train
 @pytest.fixture(scope="module")
 def source(learnable_dataset, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("warm") / "source"
-    train(tiny(learnable_dataset, workdir, train={"steps": 4, "eval_every": 0},
-               checkpoint={"every_steps": 4, "async_save": False}))
+    train(golden_config(learnable_dataset, workdir, train={"steps": 4, "eval_every": 0},
+                        checkpoint={"every_steps": 4, "async_save": False}))
     _, params = read_params(str(workdir))
     return workdir, {k: np.asarray(v) for k, v in _flat(params).items()}
 
@@ -33,8 +33,8 @@ def _flat(tree, prefix=""):
 
 def test_init_from_a_workdir_grows_the_vocabulary(learnable_dataset, source, tmp_path):
     workdir, trained = source
-    config = tiny(learnable_dataset, tmp_path / "sft", model={"vocab_size": 68}, init={"from": str(workdir)},
-                  train={"steps": 2, "eval_every": 0})
+    config = golden_config(learnable_dataset, tmp_path / "sft", model={"vocab_size": 68}, init={"from": str(workdir)},
+                           train={"steps": 2, "eval_every": 0})
     trainer = Trainer(config, init_params=lambda: initial_params(config))
     try:
         got = {k: np.asarray(v) for k, v in _flat(trainer.state["params"]).items()}
@@ -57,8 +57,8 @@ def test_init_hf_and_the_cli_path(learnable_dataset, source, tmp_path):
     workdir, trained = source
     config, params = read_params(str(workdir))
     export_run(config, params, str(tmp_path / "hf"))  # the learnable dataset has no tokenizer: weights only
-    run = tiny(learnable_dataset, tmp_path / "from_hf", init={"hf": str(tmp_path / "hf")},
-               train={"steps": 1, "eval_every": 0})
+    run = golden_config(learnable_dataset, tmp_path / "from_hf", init={"hf": str(tmp_path / "hf")},
+                        train={"steps": 1, "eval_every": 0})
     warm = {k: np.asarray(v) for k, v in _flat(initial_params(run)).items()}
     for name, value in trained.items():
         np.testing.assert_array_equal(warm[name], value, err_msg=name)
@@ -72,14 +72,14 @@ def test_init_hf_and_the_cli_path(learnable_dataset, source, tmp_path):
 
 def test_config_key_and_bad_input(learnable_dataset, source, tmp_path):
     workdir, _ = source
-    config = tiny(learnable_dataset, tmp_path / "x", init={"from": str(workdir)})
+    config = golden_config(learnable_dataset, tmp_path / "x", init={"from": str(workdir)})
     assert config.init.from_ == str(workdir)
     assert yaml.safe_load(dump_yaml(config))["init"] == {"from": str(workdir), "hf": ""}
     with pytest.raises(ConfigError, match="init.from and init.hf both set"):
-        tiny(learnable_dataset, tmp_path / "y", init={"from": str(workdir), "hf": "x"})
+        golden_config(learnable_dataset, tmp_path / "y", init={"from": str(workdir), "hf": "x"})
     with pytest.raises(ConfigError, match="read by `python -m jaxlm.main`"):
         Trainer(config)
-    wider = tiny(learnable_dataset, tmp_path / "z", model={"d_model": 64}, init={"from": str(workdir)})
+    wider = golden_config(learnable_dataset, tmp_path / "z", model={"d_model": 64}, init={"from": str(workdir)})
     with pytest.raises(InteropError, match="model.d_model=32"):
         initial_params(wider)
     with pytest.raises(ConfigError, match="unknown config key 'init.form'"):
