@@ -15,7 +15,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import tests.conftest  # noqa: E402,F401  (8 fake CPU devices, before JAX is imported)
 from tests.helpers import write_learnable_dataset  # noqa: E402
-from tests.test_trainer import GOLDEN, golden_losses  # noqa: E402
+from tests.integration.test_trainer import GOLDEN, golden_losses  # noqa: E402
 
 
 def main() -> None:

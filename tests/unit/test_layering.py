@@ -13,7 +13,9 @@ import pathlib
 import re
 from typing import Iterator, NamedTuple, Optional
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests import helpers
+
+REPO = pathlib.Path(helpers.REPO)
 
 # Lowest first. Each entry is one layer: the jaxlm modules or packages it holds. docs/architecture.md
 # draws the same order (checked below).
@@ -97,7 +99,7 @@ def _layering_violations(modules: dict[str, pathlib.Path], repo: pathlib.Path = 
     for module in modules:
         if module.startswith("jaxlm.") and _layer(module) is None:
             problems.append(f"{modules[module].relative_to(repo)}: {module} is in no layer; add its package to "
-                            "LAYERS in tests/test_layering.py and to the drawing in docs/architecture.md")
+                            "LAYERS in tests/unit/test_layering.py and to the drawing in docs/architecture.md")
     for e in _edges(modules, repo):
         src_root, dst_root = e.source.split(".")[0], e.target.split(".")[0]
         if src_root == "data_prep":

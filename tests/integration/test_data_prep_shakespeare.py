@@ -7,8 +7,8 @@ import sentencepiece as spm
 from array_record.python.array_record_module import ArrayRecordReader
 
 from data_prep import load_config, prepare
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_char_split_matches_nanogpt(shared_data, tmp_path):

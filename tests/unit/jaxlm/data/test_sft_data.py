@@ -21,9 +21,8 @@ from jaxlm.data.loader import build_loader
 from jaxlm.data.shards import DocumentSource, open_dataset
 from jaxlm.eval.contamination import dataset_texts
 from jaxlm.model import Transformer
-from tests.helpers import random_docs, train_tokenizer, write_dataset
+from tests.helpers import REPO, random_docs, train_tokenizer, write_dataset
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHAT = [
     {"role": "system", "content": "You answer in one line."},
     {"role": "user", "content": "What does `json.dumps` do?"},

@@ -5,8 +5,9 @@ import pathlib
 import pytest
 
 from jaxlm.config import load_config
+from tests.helpers import REPO
 
-CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((pathlib.Path(REPO) / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])

@@ -14,8 +14,9 @@ import yaml
 
 from jaxlm.sweep.__main__ import main
 from jaxlm.sweep.space import SweepError, format_value, grid_trials, parse_grid, parse_space, parse_value, random_trials
+from tests.helpers import FIXTURES, REPO
 
-FAKE = f"{sys.executable} {os.path.join(os.path.dirname(__file__), 'fixtures', 'fake_train.py')}"
+FAKE = f"{sys.executable} {os.path.join(FIXTURES, 'fake_train.py')}"
 
 
 @pytest.fixture
@@ -168,7 +169,7 @@ def test_set_takes_several_overrides(tmp_path, base):
     assert metric == pytest.approx(2.1 + (math.log10(3e-3) + 2.5) ** 2, rel=1e-9)
 
 
-DEMO = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "demo.yaml")
+DEMO = os.path.join(REPO, "configs", "demo.yaml")
 
 
 def test_every_switch_is_a_valid_trainer_config():

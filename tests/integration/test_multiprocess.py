@@ -15,9 +15,8 @@ from jaxlm.config import ConfigError, load_config
 from jaxlm.data.loader import build_loader
 from jaxlm.parallel import distributed
 from jaxlm.train.step import BATCH_KEYS
-from tests.helpers import max_rel, random_docs, train_keeping_first_grads, write_dataset
+from tests.helpers import REPO, max_rel, random_docs, train_keeping_first_grads, write_dataset
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 5
 
 

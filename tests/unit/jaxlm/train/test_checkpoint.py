@@ -1,5 +1,5 @@
 """CheckpointManager in-process: what is kept, when saves are due, checksums, resharded restores,
-parameter export, and the data-position rules of a hot swap. Kill/resume runs: test_resume*.py."""
+parameter export, and the data-position rules of a hot swap. Kill/resume runs: integration/test_resume*.py."""
 
 import errno
 import os
@@ -19,6 +19,7 @@ from jaxlm.train.incidents import Incidents, read_incidents
 from jaxlm.train.resume import loader_state_for
 from jaxlm.train import setup as run_setup
 from jaxlm.train.state import init_state
+from tests.helpers import REPO
 
 
 def small_config(workdir, mesh=None, **checkpoint):
@@ -234,7 +235,7 @@ def test_second_signal_exits_at_once():
         "time.sleep(30)\n"
         "print('not reached')\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                         cwd=REPO)
     assert out.returncode == 128 + signal.SIGTERM, out.stderr
     assert "first signal noted" in out.stdout and "not reached" not in out.stdout
     assert "SIGTERM again: exiting now" in out.stderr

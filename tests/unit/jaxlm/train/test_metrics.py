@@ -13,8 +13,8 @@ import jax.numpy as jnp
 
 from jaxlm.config import Config, ModelConfig, TrainConfig
 from jaxlm.train import metrics
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_tensorboard_writer_leaves_torch_unloaded_and_writes_readable_events(tmp_path):

@@ -8,8 +8,8 @@ import pytest
 
 from data_prep.__main__ import main
 from data_prep.config import ConfigError, config_from_dict, load_config
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def base():

@@ -19,9 +19,8 @@ from jaxlm.train.incidents import read_incidents
 from jaxlm.train.loop import Trainer
 from jaxlm.train import setup
 from jaxlm.train.setup import make_loader
-from tests.helpers import write_markov_dataset
+from tests.helpers import REPO, write_markov_dataset
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 64
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from jaxlm.config import ConfigError, load_config
 from jaxlm.plan import PlanError, aot
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _needs_libtpu():

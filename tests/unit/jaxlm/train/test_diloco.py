@@ -14,7 +14,7 @@ from jaxlm.train import setup
 from jaxlm.train.diloco import DiLoCo
 from jaxlm.train.state import build_optimizer, model_spec
 from jaxlm.train.step import BATCH_KEYS, make_train_step
-from tests.helpers import (branch_computations, collective_bytes, computations, max_rel, synthetic_batches,
+from tests.helpers import (REPO, branch_computations, collective_bytes, computations, max_rel, synthetic_batches,
                            tiny_config, train_on_mesh, tree_rel)
 
 RTOL = 1e-5
@@ -119,13 +119,12 @@ def demo_data(tmp_path_factory):
     import os
     import subprocess
     import sys
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    ready = os.path.join(repo, "data", "demo")
+    ready = os.path.join(REPO, "data", "demo")
     if os.path.isfile(os.path.join(ready, "manifest.json")):
         return ready
     out = str(tmp_path_factory.mktemp("demo"))
     subprocess.run([sys.executable, "-m", "data_prep", "--config", "data_prep/configs/demo.yaml", f"output={out}"],
-                   cwd=repo, check=True, capture_output=True, timeout=1800)
+                   cwd=REPO, check=True, capture_output=True, timeout=1800)
     return out
 
 

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import REPO
+
 LAUNCH = os.path.join(REPO, "launch")
 SCRIPTS = ["tpu.sh", "slurm.sh", "slurm.sbatch"]
 TRAIN = ["--config", "configs/demo.yaml", "data.sources=[{path: data/demo, weight: 1}]", "mesh=auto"]

@@ -13,8 +13,8 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from jaxlm.data.global_batch import to_global
+from tests.helpers import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
