@@ -1,10 +1,14 @@
 """Every shipped recipe loads and validates (so a typo in configs/ fails here, not on a pod)."""
 
 import pathlib
+import subprocess
+import sys
 
 import pytest
+import yaml
 
 from jaxlm.config import load_config
+from jaxlm.train.state import model_spec
 from tests.helpers import REPO
 
 CONFIGS = sorted((pathlib.Path(REPO) / "configs").glob("*.yaml"))
@@ -19,7 +23,6 @@ def test_recipe_validates(path):
 @pytest.mark.parametrize("name, low, high", [("gpt2-124m.yaml", 123e6, 126e6), ("llama-1b.yaml", 1.0e9, 1.4e9),
                                              ("llama-8b.yaml", 7.9e9, 8.1e9)])
 def test_named_recipes_have_their_size(name, low, high):
-    from jaxlm.train.state import model_spec
     count = model_spec(load_config(str(CONFIGS[0].parent / name))).param_count
     assert low <= count <= high, count
 
@@ -27,7 +30,6 @@ def test_named_recipes_have_their_size(name, low, high):
 def test_every_recipes_data_is_what_a_shipped_data_prep_config_writes():
     """A recipe's relative data paths must be a data_prep recipe's `output`, so the command the
     comments give produces the folder the training run reads."""
-    import yaml
 
     outputs = {yaml.safe_load(p.read_text())["output"]
                for p in (CONFIGS[0].parents[1] / "data_prep" / "configs").glob("*.yaml")}
@@ -41,8 +43,6 @@ def test_every_recipes_data_is_what_a_shipped_data_prep_config_writes():
                                     "jaxlm.sweep"])
 def test_every_command_has_the_same_help(module):
     """`--help` exits 0 and prints an argparse usage line naming the command, for every command."""
-    import subprocess
-    import sys
 
     out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

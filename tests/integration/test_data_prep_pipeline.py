@@ -10,6 +10,7 @@ import sentencepiece as spm
 from array_record.python.array_record_module import ArrayRecordReader
 
 from data_prep import prepare
+from data_prep.__main__ import main
 from data_prep.config import config_from_dict
 from data_prep.errors import DataPrepError, SourceError
 from data_prep.split import hash_fraction
@@ -225,8 +226,6 @@ def test_reruns_failures_and_empty_sources(tmp_path):
 
 
 def test_cli_success_and_tokenizer_errors(tmp_path, capsys):
-    from data_prep.__main__ import main
-
     write_jsonl(tmp_path / "docs.jsonl", SPECIAL_DOCS)
     config = tmp_path / "c.yaml"
     config.write_text(f"output: {tmp_path / 'cli'}\nworkers: 1\nsources:\n  - {{name: docs, type: jsonl, paths: [{tmp_path / 'docs.jsonl'}]}}\n"

@@ -13,6 +13,7 @@ from jaxlm.config import ConfigError, config_from_dict
 from jaxlm.train import checkpoint, checkpoint_reader
 from jaxlm.train.incidents import read_incidents
 from jaxlm.train.loop import Trainer, train
+from jaxlm.train.optimizer import make_schedule
 from tests.helpers import losses, metrics, write_markov_dataset
 
 STEPS, H, EVERY = 11, 2, 3  # syncs at 2, 4, .., 10 and the last step, 11; checkpoints at 3, 6, 9, 11
@@ -163,7 +164,6 @@ def test_setups_diloco_cannot_run_fail_before_compiling(learnable_dataset, tmp_p
 def test_loss_spike_rolls_every_replica_back(tmp_path):
     """An LR blow-up on steps 25..29: the replicas skip flagged steps, flags persist, the run goes
     back to checkpoint 20 with half the learning rate on both replicas and finishes."""
-    from jaxlm.train.optimizer import make_schedule
 
     data = write_markov_dataset(tmp_path / "markov")
     workdir = tmp_path / "run"

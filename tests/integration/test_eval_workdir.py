@@ -2,10 +2,18 @@
 workdir through the command-line entry points (slow: a training subprocess)."""
 
 import json
+import subprocess
+import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
+from jaxlm.eval.__main__ import main as eval_main
+from jaxlm.eval.loading import load_workdir
+from jaxlm.export import main as export_main
+from jaxlm.sample import main as sample_main
 from tests.helpers import train_on_corpus
 
 
@@ -18,10 +26,6 @@ def workdir(tmp_path_factory, jax_cache):
 def test_eval_sample_export_on_a_trained_run(workdir, tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
-    from jaxlm.eval.__main__ import main as eval_main
-    from jaxlm.eval.loading import load_workdir
-    from jaxlm.export import main as export_main
-    from jaxlm.sample import main as sample_main
 
     assert eval_main(["--workdir", workdir, "--val", "--output", str(tmp_path / "val.json")]) == 0
     val = json.loads((tmp_path / "val.json").read_text())
@@ -41,8 +45,6 @@ def test_eval_sample_export_on_a_trained_run(workdir, tmp_path, capsys):
     em = load_workdir(workdir)
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     tokens = np.asarray([em.tokenizer.encode("The quick brown fox jumps over")])
-    from flax import nnx
-    import jax.numpy as jnp
     ours = np.asarray(nnx.merge(em.graphdef, em.params)(jnp.asarray(tokens)))
     with torch.no_grad():
         theirs = hf(torch.tensor(tokens)).logits.numpy()
@@ -52,8 +54,6 @@ def test_eval_sample_export_on_a_trained_run(workdir, tmp_path, capsys):
 @pytest.mark.slow
 def test_sample_prints_no_library_warnings(workdir):
     """Orbax's read-only notices (four absl warnings) used to precede every sample/eval/export."""
-    import subprocess
-    import sys
 
     out = subprocess.run([sys.executable, "-m", "jaxlm.sample", "--workdir", workdir, "--prompt", "def",
                           "--max-new-tokens", "4", "--temperature", "0"], capture_output=True, text=True, timeout=300)
@@ -63,7 +63,5 @@ def test_sample_prints_no_library_warnings(workdir):
 
 
 def test_missing_workdir_is_a_clear_error(tmp_path, capsys):
-    from jaxlm.eval.__main__ import main as eval_main
-
     assert eval_main(["--workdir", str(tmp_path / "nope"), "--val"]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -13,7 +14,7 @@ import yaml
 
 from jaxlm.config import ConfigError, load_config
 from jaxlm.data.loader import build_loader
-from jaxlm.parallel import distributed
+from jaxlm.parallel import distributed, mesh as mesh_lib
 from jaxlm.train.step import BATCH_KEYS
 from tests.helpers import REPO, max_rel, random_docs, train_keeping_first_grads, write_dataset
 
@@ -110,9 +111,7 @@ def test_multi_host_environments_are_detected(monkeypatch, env, expected):
 def test_a_batch_shard_spread_over_processes_is_refused():
     """Each process loads its own rows; devices that must hold the same rows (one tensor x pipe
     group) must be one process's. 4 processes of 2 devices, in process-major order as JAX lists them."""
-    from types import SimpleNamespace
 
-    from jaxlm.parallel import mesh as mesh_lib
     devices = np.array([SimpleNamespace(id=i, process_index=i // 2) for i in range(8)])
 
     def check(**sizes):

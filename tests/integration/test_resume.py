@@ -7,8 +7,11 @@ import random
 import shutil
 import signal
 
+import numpy as np
 import pytest
 
+from jaxlm.config import ConfigError, config_from_dict
+from jaxlm.train.loop import Trainer
 from tests.helpers import (finished_checkpoints, incidents, kill, last_step, losses, run_config, run_training,
                            start_training, wait_until, write_config, write_run_dataset)
 
@@ -137,15 +140,12 @@ def test_sigterm_saves_exits_143_and_resumes_exactly(tmp_path, run_dataset, jax_
 
 
 def _trainer(tmp_path, name, run_dataset, reference, **sections):
-    from jaxlm.config import config_from_dict
-    from jaxlm.train.loop import Trainer
     raw = run_config(tmp_path / name, run_dataset, steps=STEPS, every=EVERY, **sections)
     raw["checkpoint"]["restore_from"] = str(reference[0] / "checkpoints" / "12")
     return Trainer(config_from_dict(raw))
 
 
 def test_batch_size_change_continues_the_data_stream_exactly(tmp_path, run_dataset, reference):
-    import numpy as np
     same = _trainer(tmp_path, "same", run_dataset, reference)
     bigger = _trainer(tmp_path, "bigger", run_dataset, reference, train={"global_batch": 16})
     try:
@@ -166,7 +166,6 @@ def test_batch_size_change_continues_the_data_stream_exactly(tmp_path, run_datas
 
 @pytest.mark.parametrize("key, value", [("d_model", 64), ("vocab_size", 128)])
 def test_model_shape_change_on_resume_stops_naming_the_field(tmp_path, run_dataset, reference, key, value):
-    from jaxlm.config import ConfigError
     with pytest.raises(ConfigError, match=rf"model\.{key} is \d+ there and {value} here"):
         _trainer(tmp_path, "changed", run_dataset, reference, model={key: value})
 

@@ -5,6 +5,7 @@ its own resumes instead; bad combinations fail before compute."""
 import numpy as np
 import pytest
 import yaml
+from jaxlm.export import export_run
 from tests.helpers import golden_config
 
 from jaxlm.config import ConfigError, config_from_dict, dump_yaml
@@ -52,7 +53,6 @@ def test_init_from_a_workdir_grows_the_vocabulary(learnable_dataset, source, tmp
 
 def test_init_hf_and_the_cli_path(learnable_dataset, source, tmp_path):
     pytest.importorskip("safetensors")
-    from jaxlm.export import export_run
 
     workdir, trained = source
     config, params = read_params(str(workdir))

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from data_prep.document import Document
-from data_prep.executors import LocalExecutor, marker_path, run_tasks
+from data_prep.executors import LocalExecutor, RayExecutor, marker_path, run_tasks
 from data_prep.stages.files import read_documents, write_documents
 from data_prep.stages.runner import WorkDirError, jsonl_input, run_stages
 from tests.helpers import REPO, slow_jsonl_input
@@ -79,7 +79,6 @@ def test_process_pool_gives_the_same_bytes(corpus, reference, tmp_path):
 @pytest.mark.slow  # ~20 s; the default suite runs Ray end to end in test_data_prep_stages_pipeline.py
 def test_ray_gives_the_same_bytes(corpus, reference, tmp_path):
     ray = pytest.importorskip("ray")
-    from data_prep.executors import RayExecutor
 
     paths, eval_file = corpus
     try:

@@ -14,6 +14,7 @@ from jaxlm.eval.chat import converse, hf_template, reply, workdir_template
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.generate import Generator, SamplingConfig
 from jaxlm.eval.loading import from_params, load_hf_dir
+from jaxlm.export import export_run
 from jaxlm.sample import main as sample_main
 from tests.helpers import random_params, tiny_config, train_tokenizer
 
@@ -71,8 +72,6 @@ def test_the_prompt_is_the_template_with_the_generation_prompt(dataset):
 
 
 def test_turns_chain_and_the_exported_folder_chats_alike(dataset, tmp_path):
-    from jaxlm.export import export_run
-
     em, sp = model(dataset)
     chats = converse(em, workdir_template(em), ["Hi", "And json?"], GREEDY,
                      history=[{"role": "system", "content": "Be brief."}], samples=2)
@@ -91,8 +90,6 @@ def test_turns_chain_and_the_exported_folder_chats_alike(dataset, tmp_path):
 
 
 def test_sample_cli_chat(dataset, tmp_path, capsys):
-    from jaxlm.export import export_run
-
     em, _ = model(dataset, end_logit=100.0)
     export_run(em.config, em.params, str(tmp_path / "hf"))
     messages = tmp_path / "m.json"
@@ -118,7 +115,6 @@ def test_sample_cli_chat(dataset, tmp_path, capsys):
 
 def test_default_reply_length_fits_a_short_context(dataset, tmp_path, capsys):
     """Without --max-new-tokens a reply may take half of a short context (here under 128 tokens)."""
-    from jaxlm.export import export_run
 
     em, _ = model(dataset, end_logit=-100.0)  # never ends: runs to the default length
     assert em.window < 128

@@ -3,6 +3,7 @@
 import gzip
 import json
 
+import pyarrow.parquet as pq
 import pytest
 
 from data_prep import corpus
@@ -62,7 +63,6 @@ def test_decode_utf8_counts_each_bad_byte():
 
 def test_parquet(tmp_path):
     pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"content": ["one", None, "three 😀", ""], "n": [1, 2, 3, 4]}), tmp_path / "p.parquet")
     docs, report = read_source_docs(SourceConfig("p", "parquet", paths=[str(tmp_path / "p.parquet")], text_field="content"))

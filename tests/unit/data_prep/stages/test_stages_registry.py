@@ -4,8 +4,12 @@ import json
 import pytest
 
 from data_prep.document import Document
+from data_prep.errors import StageFailed
+from data_prep.executors import LocalExecutor
 from data_prep.stages import STAGES, StageConfigError, StageStats, build_stage, build_stages, counted
-from data_prep.stages.base import Filter
+from data_prep.stages.base import ERROR_CHECK_AFTER, Filter
+from data_prep.stages.files import read_documents, write_documents
+from data_prep.stages.runner import jsonl_input, run_stages
 from tests.helpers import docs_of, run_stage
 
 
@@ -76,8 +80,6 @@ def test_a_failing_document_is_counted_not_fatal():
 
 def test_a_stage_failing_on_many_documents_stops_while_streaming():
     """A bug that raises on every document must not silently delete the corpus (1 % allowed)."""
-    from data_prep.errors import StageFailed
-    from data_prep.stages.base import ERROR_CHECK_AFTER
 
     few = ["boom" if i % 200 == 0 else "fine" for i in range(2000)]  # 0.5 %: dropped and counted
     out, stats = run_stage_obj(Explodes(), docs_of(*few))
@@ -94,11 +96,6 @@ def test_a_stage_failing_on_many_documents_stops_while_streaming():
 def test_a_stage_failing_on_many_documents_stops_the_run(tmp_path, monkeypatch):
     """Over all tasks at the end too (a small corpus never reaches the streaming check), and a
     rerun after the fix redoes the group instead of reusing its output without the documents."""
-    from data_prep.errors import StageFailed
-    from data_prep.executors import LocalExecutor
-    from data_prep.stages import STAGES
-    from data_prep.stages.files import write_documents
-    from data_prep.stages.runner import jsonl_input, run_stages
 
     stage_class = dataclasses.dataclass(type("ExplodesStage", (Explodes,), {}))  # stages are dataclasses
     monkeypatch.setitem(STAGES, "explodes", stage_class)
@@ -140,8 +137,6 @@ def test_examples_are_capped():
 
 
 def test_documents_round_trip_through_jsonl_even_with_lone_surrogates(tmp_path):
-    from data_prep.stages.files import read_documents, write_documents
-
     docs = [Document("caf\u00e9 \U0001f600", "a:1", "web", {"k": [1, 2]}), Document("bad \udcff byte", "a:2", "web")]
     assert write_documents(tmp_path / "d.jsonl", docs) == 2
     (tmp_path / "d.jsonl").read_bytes().decode("utf-8")  # valid UTF-8 throughout

@@ -9,9 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from jaxlm.eval import bias
+from jaxlm.eval import bias, safety_report
+from jaxlm.eval.__main__ import main as eval_main
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.loading import from_params
+from jaxlm.export import export_run
 from tests.helpers import make_tokenizer_dir, random_params, tiny_config
 
 
@@ -122,7 +124,6 @@ SENTENCES = [("The quick brown fox jumps over the lazy dog.", "The quick brown c
 def exported(tmp_path_factory):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from jaxlm.export import export_run
 
     root = tmp_path_factory.mktemp("bias")
     tok_dir = make_tokenizer_dir(str(root / "data"))
@@ -233,9 +234,6 @@ def write_data_root(root):
 
 
 def test_report_puts_models_side_by_side(exported, tmp_path, capsys):
-    from jaxlm.eval import safety_report
-    from jaxlm.eval.__main__ import main as eval_main
-
     data_root = write_data_root(tmp_path / "data")
     hf = str(exported["root"] / "hf")
     assert eval_main(["--hf", hf, "--suite", "bias", "--data-root", str(data_root)]) == 0

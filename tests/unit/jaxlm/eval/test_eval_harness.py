@@ -13,6 +13,7 @@ from jaxlm.eval import tasks as T
 from jaxlm.eval.contamination import NgramIndex
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.loading import from_params
+from jaxlm.export import export_run
 from tests.helpers import make_tokenizer_dir, random_params, tiny_config
 
 MC = [
@@ -52,7 +53,6 @@ def mc_task(**kw):
 def test_loglikelihoods_equal_transformers_on_the_export(setup, tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from jaxlm.export import export_run
 
     export_run(setup["config"], setup["params"], str(tmp_path / "hf"))
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32)

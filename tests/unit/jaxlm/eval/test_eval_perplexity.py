@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from jaxlm.eval import perplexity
+from jaxlm.eval.__main__ import main
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.loading import from_params
 from jaxlm.eval.scoring import Scorer, rolling_windows
+from jaxlm.export import export_run
 from tests.helpers import CORPUS, make_tokenizer_dir, random_params, tiny_config, write_dataset
 
 
@@ -96,8 +98,6 @@ def test_bad_input(em):
 
 def test_cli_on_an_exported_model(em, tmp_path, capsys):
     pytest.importorskip("safetensors")
-    from jaxlm.eval.__main__ import main
-    from jaxlm.export import export_run
 
     export_run(em.config, em.params, str(tmp_path / "hf"))
     text = tmp_path / "t.txt"

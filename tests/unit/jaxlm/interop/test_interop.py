@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import sentencepiece as spm
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -108,7 +109,6 @@ def test_tokenizer_export_matches_sentencepiece(tmp_path):
     report = hf_tokenizer.export(os.path.join(tok_dir, "tokenizer.model"), str(tmp_path / "hf"), check_texts=texts)
     assert report["mismatch_count"] == 0 and report["checked_texts"] == len(texts)
     auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
-    import sentencepiece as spm
     sp = spm.SentencePieceProcessor(model_file=os.path.join(tok_dir, "tokenizer.model"))
     for text in texts:
         ids = auto(text, add_special_tokens=False)["input_ids"]

@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from jaxlm.config import ConfigError, MeshConfig, OptimConfig
+from jaxlm.interop import export_hf, load_hf
 from jaxlm.model import Transformer
 from jaxlm.model.lora import add_adapters, is_adapter, merge_lora, without_lora
 from jaxlm.parallel import rules
@@ -156,7 +157,6 @@ def test_bad_lora_configs_are_refused():
 def test_merged_export_gives_the_unmerged_logits_in_transformers(tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from jaxlm.interop import export_hf, load_hf
 
     cfg = lora_cfg("llama")
     model, params = tuned(cfg)

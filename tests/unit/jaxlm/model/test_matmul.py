@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxlm.config import ModelConfig, config_from_dict
+from jaxlm.config import ConfigError, ModelConfig, config_from_dict
 from jaxlm.model import Transformer
 from jaxlm.model.layers import matmul
 
@@ -76,7 +76,6 @@ def test_remat_dots_keeps_the_products_instead_of_recomputing_them(matmul_dtype)
 
 
 def test_matmul_dtype_is_validated():
-    from jaxlm.config import ConfigError
     with pytest.raises(ConfigError, match="model.matmul_dtype is 'int8'; choose one of None, float32, bfloat16"):
         config_from_dict({"model": {"matmul_dtype": "int8"}})
     assert config_from_dict({"model": {"matmul_dtype": "bfloat16"}}).model.matmul_dtype == "bfloat16"

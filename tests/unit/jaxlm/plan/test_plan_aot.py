@@ -6,9 +6,13 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxlm.config import ConfigError, load_config
+from jaxlm.parallel.mesh import build_mesh
 from jaxlm.plan import PlanError, aot
 from tests.helpers import REPO
 
@@ -62,7 +66,6 @@ def test_cli_rejects_a_bad_topology_before_anything_else():
 
 def test_slice_devices_and_a_mesh_across_two_slices():
     _needs_libtpu()
-    from jaxlm.parallel.mesh import build_mesh
 
     topo = aot.parse_topology("v5e-16", slices=2)
     devices = aot.topology_devices(topo)
@@ -127,9 +130,6 @@ def test_a_recipe_that_does_not_fit_is_reported_as_such():
 @pytest.mark.slow
 def test_a_program_the_compiler_refuses_for_want_of_hbm_is_reported_with_its_need():
     _needs_libtpu()
-    import jax
-    import jax.numpy as jnp
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     devices = aot.topology_devices(aot.parse_topology("v5e-4"))
     sharding = NamedSharding(Mesh(devices, ("data",)), PartitionSpec("data"))

@@ -12,6 +12,7 @@ from jaxlm.parallel.mesh import build_mesh, mesh_shape
 from jaxlm.plan import PlanError
 from jaxlm.plan.memory import (GiB, MeshShape, Workload, count_params, estimate_memory, estimate_time,
                                flops_per_token, params_per_device, parse_mesh, preset, recommend_mesh)
+from jaxlm.train.setup import compile_for_analysis
 from jaxlm.train.state import model_spec
 
 MODELS = [
@@ -140,8 +141,6 @@ XLA_CONFIGS = [
 
 @pytest.mark.parametrize("case", XLA_CONFIGS)
 def test_estimate_within_15_percent_of_xla(case):
-    from jaxlm.train.setup import compile_for_analysis
-
     model = dict(case["model"], dtype="bfloat16")
     config = config_from_dict({"model": model, "mesh": case["mesh"], "train": case["train"],
                                "pipeline": case.get("pipeline", {}),

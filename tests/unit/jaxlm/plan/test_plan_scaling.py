@@ -3,12 +3,12 @@
 import math
 
 import pytest
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 
 from jaxlm.plan import PlanError
 from jaxlm.parallel.hardware import device_peak_flops
 from jaxlm.plan.hardware import get_device
-from jaxlm.plan.scaling import LAWS, LossLaw, allocate, check_allocation, flops_from_hardware, training_flops
+from jaxlm.plan.scaling import LAWS, LossLaw, PowerLaw, allocate, check_allocation, flops_from_hardware, training_flops
 
 # Chinchilla (Hoffmann et al. 2022) Table 3, approach 1: parameters -> (FLOPs, tokens)
 TABLE_3 = [
@@ -116,7 +116,6 @@ def test_device_table_and_unknown_device():
 def _minimax_power_law(rows):
     """(a, N_ref at Gopher's budget) minimising the worst relative error of FLOPs and tokens over
     `rows` of (params, flops, tokens): how approach 1's constants were chosen, here on a subset."""
-    from scipy.optimize import minimize
 
     def worst(theta):
         a, log_ref = theta
@@ -131,7 +130,6 @@ def _minimax_power_law(rows):
 
 
 def LossFreePowerLaw(a, n_ref):  # noqa: N802  (a PowerLaw like approach 1's, from free constants)
-    from jaxlm.plan.scaling import PowerLaw
     return PowerLaw("held-out fit", a=a, n_ref=n_ref)
 
 

@@ -12,7 +12,10 @@ import sys
 import pytest
 import yaml
 
-from jaxlm.sweep.__main__ import main
+from jaxlm.config import load_config
+from jaxlm.sweep.__main__ import check_trial_configs, main
+from jaxlm.sweep.ablation import SWITCHES, ablation_trials, parse_switches
+from jaxlm.sweep.runner import RunSpec
 from jaxlm.sweep.space import SweepError, format_value, grid_trials, parse_grid, parse_space, parse_value, random_trials
 from tests.helpers import FIXTURES, REPO
 
@@ -174,10 +177,6 @@ DEMO = os.path.join(REPO, "configs", "demo.yaml")
 
 def test_every_switch_is_a_valid_trainer_config():
     """Each built-in switch loads with jaxlm.config against the demo config (real keys, valid values)."""
-    from jaxlm.config import load_config
-    from jaxlm.sweep.__main__ import check_trial_configs
-    from jaxlm.sweep.ablation import SWITCHES, ablation_trials, parse_switches
-    from jaxlm.sweep.runner import RunSpec
 
     trials = ablation_trials(parse_switches(list(SWITCHES), []), [0])
     check_trial_configs(RunSpec(DEMO, "unused"), trials)

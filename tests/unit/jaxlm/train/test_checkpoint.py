@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxlm.config import ConfigError, config_from_dict
+from jaxlm.config import ConfigError, config_from_dict, to_dict
 from jaxlm.parallel.mesh import build_mesh
 from jaxlm.train import checkpoint as ckpt, checkpoint_reader as reader
 from jaxlm.train.incidents import Incidents, read_incidents
@@ -141,7 +141,6 @@ def test_model_shape_change_is_refused_naming_the_field(tmp_path, base):
 
 
 def _as_dict(config):
-    from jaxlm.config import to_dict
     return to_dict(config)
 
 

@@ -1,6 +1,9 @@
 """DiLoCo: H=1 with SGD equals data-parallel SGD; H>1 with AdamW trains and communicates H x less."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +11,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxlm.config import ConfigError
+from jaxlm.config import ConfigError, load_config
+from jaxlm.data.loader import build_loader
 from jaxlm.parallel.mesh import build_mesh
 from jaxlm.train import setup
 from jaxlm.train.diloco import DiLoCo
@@ -116,9 +120,6 @@ def test_the_ordinary_step_refuses_a_diloco_config():
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory):
     """The demo corpus (Python's own documentation and standard library), prepared once."""
-    import os
-    import subprocess
-    import sys
     ready = os.path.join(REPO, "data", "demo")
     if os.path.isfile(os.path.join(ready, "manifest.json")):
         return ready
@@ -132,8 +133,6 @@ def demo_data(tmp_path_factory):
 def test_diloco_trains_on_the_demo_corpus_like_data_parallelism_at_equal_tokens(demo_data):
     """4 replicas, H = 10 AdamW steps apart, against data parallelism over the same 4 devices and
     the same batches; both judged on the same validation batches."""
-    from jaxlm.config import load_config
-    from jaxlm.data.loader import build_loader
 
     steps, h, devices = 200, 10, jax.devices()[:4]
     config = load_config("configs/demo.yaml", [

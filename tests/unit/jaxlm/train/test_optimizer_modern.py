@@ -12,9 +12,13 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 from optax.contrib import MuonDimensionNumbers
 
-from jaxlm.config import OptimConfig, ScheduleConfig
+from jaxlm.config import ConfigError, OptimConfig, ScheduleConfig, config_from_dict
+from jaxlm.eval.loading import load_hf_dir
+from jaxlm.export import export_run
 from jaxlm.parallel import rules
 from jaxlm.parallel.mesh import build_mesh
+from jaxlm.train.checkpoint_reader import read_params
+from jaxlm.train.loop import Trainer, train
 from jaxlm.train.optimizer import eval_params, make_optimizer, muon_dimensions
 from jaxlm.train.state import build_optimizer, model_spec
 from tests.helpers import losses, run_config, run_steps, synthetic_batches, tiny_config, write_run_dataset
@@ -163,8 +167,6 @@ def test_new_optimizers_train(name):
 # Through the Trainer: checkpoints, exact resume, and what evaluation and export read.
 
 def _run_config(workdir, dataset, name: str, steps: int) -> "Config":
-    from jaxlm.config import config_from_dict
-
     # constant schedule: a run stopped at step 8 and one of 12 steps share their first 8 steps
     return config_from_dict(run_config(workdir, dataset, steps=steps, every=4, optim={
         "name": name, "lr": 1e-2, "schedule": {"name": "constant", "warmup_steps": 2}}))
@@ -173,8 +175,6 @@ def _run_config(workdir, dataset, name: str, steps: int) -> "Config":
 @pytest.mark.slow  # three short runs through the Trainer: minutes on a loaded 2-core machine
 @pytest.mark.parametrize("name", ["muon", "schedule_free_adamw"])
 def test_checkpoint_and_resume_are_exact(tmp_path, name):
-    from jaxlm.train.loop import Trainer, train
-
     dataset = write_run_dataset(tmp_path / "data")
     train(_run_config(tmp_path / "whole", dataset, name, steps=12))
     train(_run_config(tmp_path / "parts", dataset, name, steps=8))
@@ -193,11 +193,6 @@ def test_checkpoint_and_resume_are_exact(tmp_path, name):
 
 @pytest.mark.slow  # a Trainer run, export and reload: ~90 s on a loaded 2-core machine
 def test_schedule_free_evaluation_and_export_use_the_averaged_parameters(tmp_path):
-    from jaxlm.eval.loading import load_hf_dir
-    from jaxlm.export import export_run
-    from jaxlm.train.checkpoint_reader import read_params
-    from jaxlm.train.loop import Trainer
-
     dataset = write_run_dataset(tmp_path / "data")
     trainer = Trainer(_run_config(tmp_path / "run", dataset, "schedule_free_adamw", steps=8))
     try:
@@ -239,8 +234,6 @@ def _val_loss_at(trainer, params) -> float:
     ({"name": "muom"}, {}, "muon, schedule_free_adamw"),
 ])
 def test_bad_optimizer_settings_fail_before_compute(optim, extra, message):
-    from jaxlm.config import ConfigError, config_from_dict
-
     raw = {"data": {"sources": [{"path": "d"}]}, "optim": optim, **extra}
     with pytest.raises(ConfigError, match=re.escape(message)):
         config_from_dict(raw)
