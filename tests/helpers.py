@@ -317,6 +317,15 @@ def make_tokenizer_dir(path, vocab_size=360, add_bos=False) -> str:
     return path
 
 
+def random_model(family: str = "llama", *, vocab_size: int, seq_len: int = 64, dataset=None, seed: int = 0, **model):
+    """A random tiny_config model for the eval, generation and export tests, with init_std 0.2 (its
+    logits far from flat) and rows of `seq_len`; `model` overrides more of it. Returns (config,
+    params)."""
+    config = tiny_config(family, seq_len=seq_len, dataset=dataset,
+                         model={"vocab_size": vocab_size, "init_std": 0.2, **model})
+    return config, random_params(config.model, seed)[2]
+
+
 def random_params(model_cfg, seed=0):
     model = Transformer(model_cfg, rngs=nnx.Rngs(seed))
     return model, nnx.graphdef(model), nnx.to_pure_dict(nnx.state(model))
@@ -536,6 +545,14 @@ def subprocess_env(devices: Optional[int] = None, cache_dir=None, **extra) -> di
     return env
 
 
+def run_python(*argv, timeout: float = 600, devices: Optional[int] = None, env=None, check: bool = False):
+    """Runs `python ARGV...` in the checkout to its end (argv: e.g. "-m", "jaxlm.plan", ... or "-c",
+    code) with subprocess_env(devices) (or `env`); returns the CompletedProcess with its exit
+    status and its stdout and stderr as text."""
+    return subprocess.run([sys.executable, *map(str, argv)], cwd=REPO, env=env or subprocess_env(devices),
+                          capture_output=True, text=True, timeout=timeout, check=check)
+
+
 def start(argv, log_path, *, devices: Optional[int] = None, cache_dir=None, env=None) -> subprocess.Popen:
     """Starts `python ARGV...` in the checkout (argv: e.g. ["-m", "jaxlm.main", ...] or a script and
     its arguments) with subprocess_env(devices, cache_dir) (or `env`); its output goes to
@@ -568,7 +585,7 @@ def run_training(config_path, cache_dir, *args: str, expect: int = 0, devices: i
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("localhost", 0))
         return s.getsockname()[1]
 
 

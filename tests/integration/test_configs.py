@@ -1,15 +1,13 @@
 """Every shipped recipe loads and validates (so a typo in configs/ fails here, not on a pod)."""
 
 import pathlib
-import subprocess
-import sys
 
 import pytest
 import yaml
 
 from jaxlm.config import load_config
 from jaxlm.train.state import model_spec
-from tests.helpers import REPO
+from tests.helpers import REPO, run_python
 
 CONFIGS = sorted((pathlib.Path(REPO) / "configs").glob("*.yaml"))
 
@@ -44,6 +42,6 @@ def test_every_recipes_data_is_what_a_shipped_data_prep_config_writes():
 def test_every_command_has_the_same_help(module):
     """`--help` exits 0 and prints an argparse usage line naming the command, for every command."""
 
-    out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+    out = run_python("-m", module, "--help", timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"usage: python -m {module}"), out.stdout[:200]

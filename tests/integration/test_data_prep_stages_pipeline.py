@@ -25,7 +25,7 @@ from data_prep.errors import ConfigError
 from data_prep.split import SplitStage, hash_fraction
 from data_prep.stats import StageStats
 from jaxlm.data import format
-from tests.helpers import REPO, decoded_records
+from tests.helpers import decoded_records, subprocess_env
 
 
 SENTENCES = """The river runs through the old town and past the market where farmers sell their fruit.
@@ -258,7 +258,7 @@ def test_killed_run_resumes_to_the_same_bytes(corpus, reference, tmp_path):
     (tmp_path / "config.yaml").write_text(json.dumps(raw))  # JSON is YAML
     (tmp_path / "slow_cli.py").write_text(SLOW_CLI)
     cmd = [sys.executable, str(tmp_path / "slow_cli.py"), "--config", str(tmp_path / "config.yaml")]
-    env = {**os.environ, "PYTHONPATH": REPO}
+    env = subprocess_env()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     markers = tmp_path / "out" / ".work" / "stages" / "group-0"
     deadline = time.time() + 60

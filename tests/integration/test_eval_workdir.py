@@ -2,8 +2,6 @@
 workdir through the command-line entry points (slow: a training subprocess)."""
 
 import json
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +12,7 @@ from jaxlm.eval.__main__ import main as eval_main
 from jaxlm.eval.loading import load_workdir
 from jaxlm.export import main as export_main
 from jaxlm.sample import main as sample_main
-from tests.helpers import train_on_corpus
+from tests.helpers import run_python, train_on_corpus
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +53,8 @@ def test_eval_sample_export_on_a_trained_run(workdir, tmp_path, capsys):
 def test_sample_prints_no_library_warnings(workdir):
     """Orbax's read-only notices (four absl warnings) used to precede every sample/eval/export."""
 
-    out = subprocess.run([sys.executable, "-m", "jaxlm.sample", "--workdir", workdir, "--prompt", "def",
-                          "--max-new-tokens", "4", "--temperature", "0"], capture_output=True, text=True, timeout=300)
+    out = run_python("-m", "jaxlm.sample", "--workdir", workdir, "--prompt", "def", "--max-new-tokens", "4",
+                     "--temperature", "0", timeout=300)
     assert out.returncode == 0, out.stderr
     assert "WARNING" not in out.stderr and "absl" not in out.stderr, out.stderr
     assert out.stdout.startswith("--- (")

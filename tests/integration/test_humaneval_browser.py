@@ -3,13 +3,10 @@ server restarts halfway without losing a rating, and the results page shows the 
 scripted choices imply; a response holding <script> shows as text and runs nothing."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from tests.helpers import REPO, Server, browser_missing, chromium, close, free_port, get
+from tests.helpers import Server, browser_missing, chromium, close, free_port, get, run_python
 
 missing = browser_missing()
 pytestmark = pytest.mark.skipif(missing is not None, reason=f"no real browser: {missing}")
@@ -141,13 +138,11 @@ def test_two_raters_restart_and_results(tmp_path):
     assert "20 ratings from 2 raters on 15 of 15 items (5 shared" in " ".join(page.split())
 
     exported = tmp_path / "ratings.json"
-    subprocess.run([sys.executable, "-m", "jaxlm.humaneval", "export", str(db), "--out", str(exported)], cwd=REPO,
-                   check=True, capture_output=True, env=dict(os.environ, PYTHONPATH=REPO))
+    run_python("-m", "jaxlm.humaneval", "export", str(db), "--out", str(exported), check=True)
     rows = json.loads(exported.read_text())
     assert len(rows) == 20 and sum(r["comment"] == "looks fine1234" for r in rows) == 2
     assert any(r["second_response"] == HOSTILE for r in rows)  # stored and exported verbatim
-    tally = subprocess.run([sys.executable, "-m", "jaxlm.humaneval", "tally", str(db), "--json"], cwd=REPO,
-                           capture_output=True, text=True, check=True, env=dict(os.environ, PYTHONPATH=REPO))
+    tally = run_python("-m", "jaxlm.humaneval", "tally", str(db), "--json", check=True)
     report = json.loads(tally.stdout)
     by_name = {s["name"]: s for s in report["systems"]}
     assert by_name["alpha"]["win_rate"] == pytest.approx(alpha / 20, abs=1e-12)

@@ -3,8 +3,6 @@ the same global batch."""
 
 import json
 import os
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import jax
@@ -16,7 +14,7 @@ from jaxlm.config import ConfigError, load_config
 from jaxlm.data.loader import build_loader
 from jaxlm.parallel import distributed, mesh as mesh_lib
 from jaxlm.train.step import BATCH_KEYS
-from tests.helpers import REPO, max_rel, random_docs, train_keeping_first_grads, write_dataset
+from tests.helpers import REPO, max_rel, random_docs, run_python, train_keeping_first_grads, write_dataset
 
 STEPS = 5
 
@@ -61,10 +59,7 @@ def _batches_of_both_processes(config):
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     config_path = _write_config(tmp_path)
-    result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "launch", "local.py"), "--processes", "2", "--",
-         "--config", config_path],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = run_python(os.path.join(REPO, "launch", "local.py"), "--processes", "2", "--", "--config", config_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "[0] done:" in result.stdout and "[1] done:" in result.stdout
     with open(tmp_path / "run" / "metrics.jsonl", encoding="utf-8") as f:

@@ -5,8 +5,6 @@ ends where a clean run ends; a persistent fault stops the run after max_rollback
 import json
 import math
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -19,7 +17,7 @@ from jaxlm.train.incidents import read_incidents
 from jaxlm.train.loop import Trainer
 from jaxlm.train import setup
 from jaxlm.train.setup import make_loader
-from tests.helpers import REPO, write_markov_dataset
+from tests.helpers import run_python, write_markov_dataset
 
 VOCAB = 64
 
@@ -177,18 +175,15 @@ def _abstract(config):
 
 
 def _prepare(recipe, output):
-    subprocess.run([sys.executable, "-m", "data_prep", "--config", f"data_prep/configs/{recipe}.yaml",
-                    f"output={output}"], cwd=REPO, check=True, capture_output=True, text=True)
+    run_python("-m", "data_prep", "--config", f"data_prep/configs/{recipe}.yaml", f"output={output}", check=True)
     return str(output)
 
 
 def _train_cli(recipe, data, workdir):
     """The recipe as a user runs it (one CPU device, not the tests' eight)."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    result = subprocess.run(
-        [sys.executable, "-m", "jaxlm.main", "--config", f"configs/{recipe}.yaml", f"workdir={workdir}",
-         f"data.sources=[{{path: {data}}}]", "log.progress=false"],
-        cwd=REPO, env=env, capture_output=True, text=True)
+    result = run_python("-m", "jaxlm.main", "--config", f"configs/{recipe}.yaml", f"workdir={workdir}",
+                        f"data.sources=[{{path: {data}}}]", "log.progress=false", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return load_config(os.path.join(workdir, "config.yaml"))
 

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -12,7 +10,7 @@ import yaml
 
 from jaxlm.config import ConfigError, config_from_dict
 from jaxlm.train.loop import Trainer, train
-from tests.helpers import GOLDEN_DIR, golden_config, read_jsonl
+from tests.helpers import GOLDEN_DIR, golden_config, read_jsonl, run_python
 
 GOLDEN = os.path.join(GOLDEN_DIR, "tiny_losses.json")
 
@@ -117,7 +115,6 @@ def test_training_needs_data_sources_the_schema_does_not(tmp_path):
 def test_cli_prints_one_clear_message(learnable_dataset, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"data": {"sources": [{"path": learnable_dataset}]}, "model": {"n_layer": 2}}))
-    out = subprocess.run([sys.executable, "-m", "jaxlm.main", "--config", str(cfg)],
-                         capture_output=True, text=True, timeout=120)
+    out = run_python("-m", "jaxlm.main", "--config", str(cfg), timeout=120)
     assert out.returncode == 2
     assert "did you mean 'model.n_layers'" in out.stderr and "Traceback" not in out.stderr

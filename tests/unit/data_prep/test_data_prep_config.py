@@ -1,15 +1,12 @@
 """data_prep config: typed loading, overrides, and one clear message per user error."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 
 from data_prep.__main__ import main
 from data_prep.config import ConfigError, config_from_dict, load_config
-from tests.helpers import REPO
-
+from tests.helpers import REPO, run_python
 
 
 def base():
@@ -78,8 +75,7 @@ def test_yaml_file_and_cli_error_is_one_line(tmp_path, capsys):
 
 
 def test_module_cli_exits_2_without_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "data_prep", "--config", "data_prep/configs/demo.yaml", "tokenizer.vocab=3"],
-                          cwd=REPO, capture_output=True, text=True)
+    proc = run_python("-m", "data_prep", "--config", "data_prep/configs/demo.yaml", "tokenizer.vocab=3")
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "data_prep: error: unknown config key 'tokenizer.vocab'; did you mean 'tokenizer.vocab_size'?"

@@ -2,7 +2,6 @@
 
 import functools
 import json
-import os
 import random
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from data_prep.document import Document
 from data_prep.executors import LocalExecutor, RayExecutor, marker_path, run_tasks
 from data_prep.stages.files import read_documents, write_documents
 from data_prep.stages.runner import WorkDirError, jsonl_input, run_stages
-from tests.helpers import REPO, slow_jsonl_input
+from tests.helpers import slow_jsonl_input, subprocess_env
 
 WORDS = ("the of and to with that have river house garden stone window market bridge forest city "
          "winter summer letter story people water light music table school").split()
@@ -108,7 +107,7 @@ def test_killed_run_resumes_to_the_same_output(corpus, reference, tmp_path, kill
     work = tmp_path / "work"
     script = tmp_path / "run.py"
     script.write_text(KILL_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": REPO}
+    env = subprocess_env()
     proc = subprocess.Popen([sys.executable, str(script), *map(str, paths), str(eval_file), str(work)], env=env)
     deadline = time.time() + 60
     while not marker_path(work / "group-0", kill_after_rank).exists():

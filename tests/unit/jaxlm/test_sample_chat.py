@@ -16,7 +16,7 @@ from jaxlm.eval.generate import Generator, SamplingConfig
 from jaxlm.eval.loading import from_params, load_hf_dir
 from jaxlm.export import export_run
 from jaxlm.sample import main as sample_main
-from tests.helpers import random_params, tiny_config, train_tokenizer
+from tests.helpers import random_model, train_tokenizer
 
 GREEDY = SamplingConfig(max_new_tokens=6, temperature=0.0)
 
@@ -38,9 +38,7 @@ def model(dataset, end_logit=None):
     """A tiny gpt2 run on `dataset`; with `end_logit` the end-of-turn token's logit is pinned to it
     (final norm gives a constant direction the unembedding reads), so replies end at once or never."""
     sp = spm.SentencePieceProcessor(model_file=os.path.join(dataset, "tokenizer.model"))
-    config = tiny_config("gpt2", seq_len=64, dataset=dataset,
-                         model={"vocab_size": sp.vocab_size(), "init_std": 0.2, "tie_embeddings": False})
-    _, _, params = random_params(config.model, seed=1)
+    config, params = random_model("gpt2", vocab_size=sp.vocab_size(), dataset=dataset, seed=1, tie_embeddings=False)
     if end_logit is not None:
         eot = sp.piece_to_id("<|end|>")
         params["final_norm"]["bias"] = params["final_norm"]["bias"].at[0].add(1.0)
@@ -126,8 +124,7 @@ def test_default_reply_length_fits_a_short_context(dataset, tmp_path, capsys):
 
 
 def test_chat_on_a_pretraining_run_is_refused(tmp_path):
-    config = tiny_config("gpt2", seq_len=64, model={"vocab_size": 96, "init_std": 0.2})
-    _, _, params = random_params(config.model)
+    config, params = random_model("gpt2", vocab_size=96)
     em = from_params(config, params)
     with pytest.raises(EvalError, match="--chat needs a model tuned on an instruction dataset"):
         workdir_template(em)

@@ -12,7 +12,7 @@ from data_prep import prepare  # noqa: E402
 from data_prep.config import config_from_dict  # noqa: E402
 from jaxlm.data.chat import dataset_template  # noqa: E402
 from jaxlm.export import export_run  # noqa: E402
-from tests.helpers import random_params, tiny_config, train_tokenizer  # noqa: E402
+from tests.helpers import random_model, train_tokenizer  # noqa: E402
 
 CHATS = [
     [{"role": "user", "content": "What does `json.dumps` do?"},
@@ -38,8 +38,7 @@ def test_hf_apply_chat_template_matches_jaxlm(tmp_path):
     prepare(config_from_dict({"output": data, "sources": [{"name": "c", "type": "chat", "paths": [str(tmp_path / "chat.jsonl")]}],
                               "split": {"val_fraction": 0.0}, "tokenizer": {"path": base}, "workers": 1}), log=lambda _: None)
     sp = spm.SentencePieceProcessor(model_file=os.path.join(data, "tokenizer.model"))
-    config = tiny_config(seq_len=64, dataset=data, model={"vocab_size": sp.vocab_size(), "init_std": 0.2})
-    _, _, params = random_params(config.model)
+    config, params = random_model(vocab_size=sp.vocab_size(), dataset=data)
     out = str(tmp_path / "hf")
     summary = export_run(config, params, out)
     assert summary["tokenizer"] is not None

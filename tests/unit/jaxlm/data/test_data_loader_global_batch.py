@@ -1,8 +1,6 @@
 """jaxlm.data.global_batch.to_global on 8 fake CPU devices, in one process and in two real processes."""
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -13,7 +11,7 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from jaxlm.data.global_batch import to_global
-from tests.helpers import REPO
+from tests.helpers import REPO, free_port, subprocess_env
 
 
 
@@ -63,16 +61,9 @@ _WORKER = textwrap.dedent("""
 """)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_make_one_global_batch():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    port = _free_port()
+    env = subprocess_env(devices=4)
+    port = free_port()
     procs = [
         subprocess.Popen([sys.executable, "-c", _WORKER, str(pid), str(port)], env=env, cwd=REPO,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

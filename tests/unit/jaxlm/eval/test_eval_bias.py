@@ -14,7 +14,7 @@ from jaxlm.eval.__main__ import main as eval_main
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.loading import from_params
 from jaxlm.export import export_run
-from tests.helpers import make_tokenizer_dir, random_params, tiny_config
+from tests.helpers import make_tokenizer_dir, random_model
 
 
 def bbq_item(polarity, condition, label, target=0, unknown=2, category="Age"):
@@ -127,8 +127,7 @@ def exported(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("bias")
     tok_dir = make_tokenizer_dir(str(root / "data"))
-    config = tiny_config("llama", seq_len=64, dataset=tok_dir, model={"vocab_size": 384, "init_std": 0.2})
-    _, _, params = random_params(config.model, seed=3)
+    config, params = random_model("llama", vocab_size=384, dataset=tok_dir, seed=3)
     em = from_params(config, params)
     export_run(config, params, str(root / "hf"))
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(root / "hf"), dtype=torch.float32)

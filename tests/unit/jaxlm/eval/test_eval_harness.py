@@ -14,7 +14,7 @@ from jaxlm.eval.contamination import NgramIndex
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.loading import from_params
 from jaxlm.export import export_run
-from tests.helpers import make_tokenizer_dir, random_params, tiny_config
+from tests.helpers import make_tokenizer_dir, random_model
 
 MC = [
     {"query": "Question: Which statement best explains why photosynthesis matters?", "choices": ["Sunlight is the source of energy.", "Most ecosystems are on land.", "The fox jumps."], "gold": 0},
@@ -38,8 +38,7 @@ def setup(tmp_path_factory):
     """A random llama model with a real SentencePiece tokenizer, and its transformers export."""
     root = tmp_path_factory.mktemp("harness")
     tok_dir = make_tokenizer_dir(str(root / "data"))
-    config = tiny_config("llama", seq_len=64, dataset=tok_dir, model={"vocab_size": 384, "init_std": 0.2})
-    _, _, params = random_params(config.model, seed=1)
+    config, params = random_model("llama", vocab_size=384, dataset=tok_dir, seed=1)
     em = from_params(config, params)
     files = dict(mc=write_jsonl(root / "mc.jsonl", MC), schema=write_jsonl(root / "schema.jsonl", SCHEMA))
     return dict(root=root, config=config, params=params, em=em, files=files)
@@ -208,9 +207,7 @@ def test_unknown_task_and_missing_data(setup, tmp_path):
 
 
 def test_tokenizer_larger_than_model_vocab_is_refused(setup):
-    small = tiny_config("llama", seq_len=64, dataset=setup["config"].data.sources[0].path,
-                        model={"vocab_size": 100, "init_std": 0.2})
-    _, _, params = random_params(small.model)
+    small, params = random_model("llama", vocab_size=100, dataset=setup["config"].data.sources[0].path)
     with pytest.raises(EvalError, match="trained with another tokenizer"):
         from_params(small, params)
     with pytest.raises(EvalError, match="vocabulary differs"):

@@ -17,7 +17,7 @@ from jaxlm.eval.chat import workdir_template
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.instruct import chain_of_thought, instruction_loss, trained_runs
 from jaxlm.eval.loading import from_params
-from tests.helpers import CHAT_TEXT, random_params, tiny_config, train_tokenizer
+from tests.helpers import CHAT_TEXT, random_model, train_tokenizer
 
 CHATS = [
     [{"role": "user", "content": "What does json.dumps do?"}, {"role": "assistant", "content": "Serialize obj to JSON."}],
@@ -44,8 +44,7 @@ def data(tmp_path_factory):
                                                           "split": {"by": "hash", "val_fraction": 0.0}}],
                               "tokenizer": {"path": base}, "workers": 1}), log=lambda _: None)
     sp = spm.SentencePieceProcessor(model_file=os.path.join(out, "tokenizer.model"))
-    config = tiny_config("llama", seq_len=32, dataset=out, model={"vocab_size": sp.vocab_size(), "init_std": 0.2})
-    _, _, params = random_params(config.model, seed=2)
+    config, params = random_model("llama", vocab_size=sp.vocab_size(), seq_len=32, dataset=out, seed=2)
     return out, from_params(config, params)
 
 
@@ -91,8 +90,7 @@ def test_instruction_loss_refuses_pretraining_data(tmp_path):
                                           {"name": "t", "type": "jsonl", "paths": paths, "split": {"by": "hash", "val_fraction": 0.0}}]}),
             log=lambda _: None)
     vocab = spm.SentencePieceProcessor(model_file=base).vocab_size()
-    config = tiny_config("llama", seq_len=64, model={"vocab_size": vocab, "init_std": 0.2})
-    _, _, params = random_params(config.model)
+    config, params = random_model("llama", vocab_size=vocab)
     with pytest.raises(EvalError, match="tokens_mask"):
         instruction_loss(from_params(config, params), str(out))
 

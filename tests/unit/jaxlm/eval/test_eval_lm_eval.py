@@ -15,7 +15,7 @@ from jaxlm.eval import tasks as T  # noqa: E402
 from jaxlm.eval.loading import from_params  # noqa: E402
 from jaxlm.eval.lm_eval_adapter import JaxlmLM  # noqa: E402
 from jaxlm.eval.scoring import Scorer  # noqa: E402
-from tests.helpers import CORPUS, make_tokenizer_dir, random_params, tiny_config  # noqa: E402
+from tests.helpers import CORPUS, make_tokenizer_dir, random_model  # noqa: E402
 
 ITEMS = [
     {"query": "The quick brown fox", "choices": ["jumps over the lazy dog.", "sits on a roof."], "gold": 0},
@@ -33,8 +33,7 @@ class Req:  # what lm-eval hands a model: an object with .args
 @pytest.fixture(scope="module")
 def em(tmp_path_factory):
     tok_dir = make_tokenizer_dir(str(tmp_path_factory.mktemp("lmeval") / "data"))
-    config = tiny_config("llama", seq_len=64, dataset=tok_dir, model={"vocab_size": 360, "init_std": 0.2})
-    _, _, params = random_params(config.model, seed=4)
+    config, params = random_model("llama", vocab_size=360, dataset=tok_dir, seed=4)
     return from_params(config, params)
 
 

@@ -2,14 +2,12 @@
 through `datasets` (tested on local dataset folders: no network)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from jaxlm.eval import tasks as T
 from jaxlm.eval.errors import EvalError
+from tests.helpers import run_python, subprocess_env
 
 datasets = pytest.importorskip("datasets")
 
@@ -119,8 +117,7 @@ def test_hub_failure_says_how_to_work_offline(tmp_path, monkeypatch):
 
 
 def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "jaxlm.eval", *args], capture_output=True, text=True, timeout=180,
-                          env={**os.environ, **(env or {})})
+    return run_python("-m", "jaxlm.eval", *args, timeout=180, env=subprocess_env(**(env or {})))
 
 
 def test_list_tasks_says_where_each_tasks_data_comes_from(tmp_path):

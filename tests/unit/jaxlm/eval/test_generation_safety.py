@@ -13,7 +13,7 @@ from jaxlm.eval.errors import EvalError
 from jaxlm.eval.generate import SamplingConfig
 from jaxlm.eval.loading import from_params
 from jaxlm.eval.toxicity import WordListScorer
-from tests.helpers import make_tokenizer_dir, random_params, tiny_config
+from tests.helpers import make_tokenizer_dir, random_model
 
 
 def test_readers(tmp_path):
@@ -64,8 +64,7 @@ def test_bold_metrics_by_hand():
 @pytest.fixture(scope="module")
 def em(tmp_path_factory):
     tok_dir = make_tokenizer_dir(str(tmp_path_factory.mktemp("gs") / "data"))
-    config = tiny_config("llama", seq_len=64, dataset=tok_dir, model={"vocab_size": 384, "init_std": 0.2})
-    _, _, params = random_params(config.model, seed=7)
+    config, params = random_model("llama", vocab_size=384, dataset=tok_dir, seed=7)
     return from_params(config, params)
 
 

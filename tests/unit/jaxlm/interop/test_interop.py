@@ -4,8 +4,6 @@ the exported tokenizer, warm start checks and clear errors for checkpoints that 
 import json
 import os
 import stat
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +18,7 @@ from jaxlm.interop import InteropError, export_hf, load_hf, warm_start_params  #
 from jaxlm.interop import tokenizer as hf_tokenizer  # noqa: E402
 from jaxlm.model import Transformer  # noqa: E402
 from flax import nnx  # noqa: E402
-from tests.helpers import CORPUS, make_tokenizer_dir, random_params, tiny_config  # noqa: E402
+from tests.helpers import CORPUS, make_tokenizer_dir, random_params, run_python, tiny_config  # noqa: E402
 
 TOKENS = np.random.default_rng(0).integers(0, 96, (2, 24))
 
@@ -96,8 +94,7 @@ def test_exported_weights_get_the_mode_of_the_other_files(tmp_path):
 def test_export_without_the_hf_extra_says_what_to_install(tmp_path):
     """Before loading any model: one line naming the extra, no traceback."""
     block = "import sys; sys.modules['tokenizers'] = None; from jaxlm.export import main; sys.exit(main())"
-    out = subprocess.run([sys.executable, "-c", block, "--workdir", str(tmp_path / "nothere"), "--out",
-                          str(tmp_path / "hf")], capture_output=True, text=True, timeout=120)
+    out = run_python("-c", block, "--workdir", str(tmp_path / "nothere"), "--out", str(tmp_path / "hf"), timeout=120)
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip() == ('error: python -m jaxlm.export needs tokenizers, which is not installed: '
                                   'pip install "jaxlm[hf]"')

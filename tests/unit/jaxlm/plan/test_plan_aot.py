@@ -3,8 +3,6 @@ libtpu (the `tpu` extra), memory reported per chip beside the planner's estimate
 
 import importlib.util
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +12,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxlm.config import ConfigError, load_config
 from jaxlm.parallel.mesh import build_mesh
 from jaxlm.plan import PlanError, aot
-from tests.helpers import REPO
-
+from tests.helpers import REPO, run_python
 
 
 def _needs_libtpu():
@@ -58,8 +55,7 @@ def test_unknown_topologies_say_what_is_known(name, message):
 
 
 def test_cli_rejects_a_bad_topology_before_anything_else():
-    out = subprocess.run([sys.executable, "-m", "jaxlm.plan", "compile", "--config", "no/such.yaml",
-                          "--topology", "v9-8"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = run_python("-m", "jaxlm.plan", "compile", "--config", "no/such.yaml", "--topology", "v9-8", timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error: unknown TPU topology 'v9-8'")
 
@@ -87,8 +83,8 @@ def test_slice_devices_and_a_mesh_across_two_slices():
 def gpt2_on_v4_8():
     """`plan compile` of gpt2-124m for a v4-8: (exit status, stdout lines); several minutes."""
     _needs_libtpu()
-    out = subprocess.run([sys.executable, "-m", "jaxlm.plan", "compile", "--config", "configs/gpt2-124m.yaml",
-                          "--topology", "v4-8"], cwd=REPO, capture_output=True, text=True, timeout=3000)
+    out = run_python("-m", "jaxlm.plan", "compile", "--config", "configs/gpt2-124m.yaml", "--topology", "v4-8",
+                     timeout=3000)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout.splitlines()
 

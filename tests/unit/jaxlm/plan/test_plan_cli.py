@@ -1,16 +1,15 @@
 """python -m jaxlm.plan: commands, and one clear message (exit 2, no traceback) for bad input."""
 
-import subprocess
-import sys
 
 import pytest
 import yaml
 
 from jaxlm.plan.__main__ import main
+from tests.helpers import run_python
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "jaxlm.plan", *args], capture_output=True, text=True)
+    return run_python("-m", "jaxlm.plan", *args)
 
 
 def test_help():

@@ -6,7 +6,6 @@ val_loss is a known function of the overrides (so the winner is known in advance
 import json
 import math
 import os
-import subprocess
 import sys
 
 import pytest
@@ -17,7 +16,7 @@ from jaxlm.sweep.__main__ import check_trial_configs, main
 from jaxlm.sweep.ablation import SWITCHES, ablation_trials, parse_switches
 from jaxlm.sweep.runner import RunSpec
 from jaxlm.sweep.space import SweepError, format_value, grid_trials, parse_grid, parse_space, parse_value, random_trials
-from tests.helpers import FIXTURES, REPO
+from tests.helpers import FIXTURES, REPO, run_python
 
 FAKE = f"{sys.executable} {os.path.join(FIXTURES, 'fake_train.py')}"
 
@@ -156,8 +155,7 @@ def test_failed_trials_are_reported_and_the_sweep_goes_on(tmp_path, base):
     (["--grid", "optim.lr=1e-3", "--set", "train.steps"], "--set 'train.steps' must look like key.path=value"),
 ])
 def test_bad_input_one_message_exit_2(base, args, message):
-    proc = subprocess.run([sys.executable, "-m", "jaxlm.sweep", "--config", base, "--train-cmd", FAKE, *args],
-                          capture_output=True, text=True)
+    proc = run_python("-m", "jaxlm.sweep", "--config", base, "--train-cmd", FAKE, *args)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -190,15 +188,15 @@ def test_every_switch_is_a_valid_trainer_config():
 
 def test_a_misspelt_key_stops_the_sweep_before_any_trial(tmp_path):
     out = tmp_path / "typo"
-    proc = subprocess.run([sys.executable, "-m", "jaxlm.sweep", "--config", DEMO, "--out", str(out),
-                           "--switch", "untied:model.tie_embedding=false"], capture_output=True, text=True)
+    proc = run_python("-m", "jaxlm.sweep", "--config", DEMO, "--out", str(out), "--switch",
+                      "untied:model.tie_embedding=false")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "trial untied" in proc.stderr and "did you mean 'model.tie_embeddings'" in proc.stderr
     assert not out.exists()
 
 
 def test_help():
-    proc = subprocess.run([sys.executable, "-m", "jaxlm.sweep", "--help"], capture_output=True, text=True)
+    proc = run_python("-m", "jaxlm.sweep", "--help")
     assert proc.returncode == 0 and "--ablate" in proc.stdout
 
 

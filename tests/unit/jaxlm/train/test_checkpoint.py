@@ -4,8 +4,6 @@ parameter export, and the data-position rules of a hot swap. Kill/resume runs: i
 import errno
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import jax
@@ -19,7 +17,7 @@ from jaxlm.train.incidents import Incidents, read_incidents
 from jaxlm.train.resume import loader_state_for
 from jaxlm.train import setup as run_setup
 from jaxlm.train.state import init_state
-from tests.helpers import REPO
+from tests.helpers import run_python
 
 
 def small_config(workdir, mesh=None, **checkpoint):
@@ -233,8 +231,7 @@ def test_second_signal_exits_at_once():
         "os.kill(os.getpid(), signal.SIGTERM)\n"
         "time.sleep(30)\n"
         "print('not reached')\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                         cwd=REPO)
+    out = run_python("-c", script, timeout=120)
     assert out.returncode == 128 + signal.SIGTERM, out.stderr
     assert "first signal noted" in out.stdout and "not reached" not in out.stdout
     assert "SIGTERM again: exiting now" in out.stderr

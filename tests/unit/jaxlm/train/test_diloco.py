@@ -2,8 +2,6 @@
 
 import dataclasses
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +16,7 @@ from jaxlm.train import setup
 from jaxlm.train.diloco import DiLoCo
 from jaxlm.train.state import build_optimizer, model_spec
 from jaxlm.train.step import BATCH_KEYS, make_train_step
+from tests.helpers import run_python
 from tests.helpers import (REPO, branch_computations, collective_bytes, computations, max_rel, synthetic_batches,
                            tiny_config, train_on_mesh, tree_rel)
 
@@ -124,8 +123,7 @@ def demo_data(tmp_path_factory):
     if os.path.isfile(os.path.join(ready, "manifest.json")):
         return ready
     out = str(tmp_path_factory.mktemp("demo"))
-    subprocess.run([sys.executable, "-m", "data_prep", "--config", "data_prep/configs/demo.yaml", f"output={out}"],
-                   cwd=REPO, check=True, capture_output=True, timeout=1800)
+    run_python("-m", "data_prep", "--config", "data_prep/configs/demo.yaml", f"output={out}", timeout=1800, check=True)
     return out
 
 

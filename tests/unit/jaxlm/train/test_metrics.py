@@ -2,8 +2,6 @@
 
 import importlib.util
 import json
-import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -13,7 +11,7 @@ import jax.numpy as jnp
 
 from jaxlm.config import Config, ModelConfig, TrainConfig
 from jaxlm.train import metrics
-from tests.helpers import REPO
+from tests.helpers import REPO, free_port, run_python, subprocess_env
 
 
 
@@ -32,7 +30,7 @@ if {importlib.util.find_spec("torch") is not None}:
     torch_importable = True
 print(json.dumps({{"torch_loaded": torch_loaded, "torch_importable": torch_importable}}))
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    out = run_python("-c", script, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["torch_loaded"] is False
     assert result["torch_importable"] is (importlib.util.find_spec("torch") is not None)
@@ -81,11 +79,8 @@ _PEAK_WORKER = textwrap.dedent("""
 def test_two_processes_agree_on_one_cpu_peak():
     # Each process probes its own share of the host; MFU must be against one figure for the run,
     # the same on every process (the slowest process's probe x the process count).
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
-               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
+    env = subprocess_env(devices=2)
+    port = free_port()
     procs = [subprocess.Popen([sys.executable, "-c", _PEAK_WORKER, str(pid), str(port)], env=env, cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in range(2)]
     outs = [p.communicate(timeout=180) for p in procs]
