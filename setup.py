@@ -1,5 +1,9 @@
 from setuptools import find_packages, setup
 
+# Workdirs and datasets on Cloud Storage (gs://): fsspec's gcsfs for jaxlm's own files (through
+# etils.epath, as Orbax reads and writes), google-cloud-storage for tensorboardX's event files.
+GCS = ["gcsfs>=2024.2,<2027", "google-cloud-storage>=2.14,<4"]
+
 setup(
     name="jaxlm",
     version="0.1.0",
@@ -13,6 +17,7 @@ setup(
         "flax>=0.11,<0.13",
         "optax>=0.2.4,<0.3",
         "orbax-checkpoint>=0.11,<0.13",
+        "etils[epath]>=1.5,<2",  # jaxlm.storage: the path layer (local and gs://) Orbax uses too
         "grain>=0.2.12,<0.3",
         "array-record>=0.7,<0.9",
         "sentencepiece>=0.2,<0.3",
@@ -42,7 +47,9 @@ setup(
         "wandb": ["wandb>=0.18,<1"],
         # libtpu, pinned by jax to its own version: runs on Cloud TPU, and compiles for TPU slices
         # anywhere (python -m jaxlm.plan compile)
-        "tpu": ["jax[tpu]>=0.7,<0.13"],
+        # (with the Cloud Storage packages: a slice's workdir is on Cloud Storage)
+        "tpu": ["jax[tpu]>=0.7,<0.13", *GCS],
+        "gcs": GCS,
         "plan": ["matplotlib>=3.8,<4"],
         "lmeval": ["lm-eval>=0.4.9,<0.5"],
         "safety": ["vaderSentiment>=3.3,<4"],  # BOLD's sentiment scorer
@@ -50,6 +57,7 @@ setup(
         "humaneval": ["starlette>=0.37,<2", "uvicorn>=0.29,<1", "python-multipart>=0.0.9,<1", "jinja2>=3.1,<4"],
         "dev": ["pytest>=8,<10", "nbclient>=0.10,<1", "nbformat>=5.9,<6", "ipykernel>=6,<8",
                 "matplotlib>=3.8,<4", "resiliparse>=0.14,<3", "datasketch>=1.6,<3",
-                "selenium>=4.20,<5"],  # drives Debian's chromium in the humaneval browser test
+                "selenium>=4.20,<5",  # drives Debian's chromium in the humaneval browser test
+                "gcp-storage-emulator>=2024.8,<2028"],  # the Cloud Storage API, locally, for the gs:// tests
     },
 )

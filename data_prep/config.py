@@ -24,10 +24,14 @@ from data_prep.errors import ConfigError
 from jaxlm import schema
 
 SOURCE_TYPES = ("txt", "jsonl", "parquet", "html", "warc", "hf", "pydoc_topics", "python_stdlib",
-                "alpaca", "self_instruct", "chat", "cot", "python_instruct")
+                "alpaca", "self_instruct", "chat", "cot", "python_instruct", "hh_rlhf", "pairs", "alpaca_eval")
 # instruction examples (data_prep/instruct.py): conversations, written as records with a loss mask
 INSTRUCT_SOURCE_TYPES = ("alpaca", "self_instruct", "chat", "cot", "python_instruct")
-FILE_SOURCE_TYPES = ("txt", "jsonl", "parquet", "html", "warc", "alpaca", "self_instruct", "chat", "cot")
+# preference pairs (data_prep/preference.py): a prompt with a chosen and a rejected response, written
+# as "pair" records; a dataset holds pairs only
+PAIR_SOURCE_TYPES = ("hh_rlhf", "pairs", "alpaca_eval")
+FILE_SOURCE_TYPES = ("txt", "jsonl", "parquet", "html", "warc", "alpaca", "self_instruct", "chat", "cot",
+                     "hh_rlhf", "pairs", "alpaca_eval")
 HTML_SOURCE_TYPES = ("html", "warc")  # their documents are raw HTML: an html_extract stage must apply to them
 HF_KEYS = ("dataset", "dataset_config", "dataset_split", "streaming")
 RESERVED_STAGE_NAMES = ("read", "split", "encode")  # the pipeline's own steps, reported beside the stages
@@ -54,8 +58,9 @@ class SourceConfig:
     # hf: a Hugging Face dataset, read with `datasets.load_dataset` (pip install "jaxlm[hf]")
     # alpaca, self_instruct, chat, cot: instruction examples (JSON list or JSONL files), python_instruct:
     # the embedded demo set from the standard library's docstrings (see data_prep/instruct.py)
+    # hh_rlhf, pairs, alpaca_eval: preference pairs (see data_prep/preference.py)
     type: Literal["txt", "jsonl", "parquet", "html", "warc", "hf", "pydoc_topics", "python_stdlib",
-                  "alpaca", "self_instruct", "chat", "cot", "python_instruct"]
+                  "alpaca", "self_instruct", "chat", "cot", "python_instruct", "hh_rlhf", "pairs", "alpaca_eval"]
     # files or globs (txt, jsonl, parquet, html, warc); hf: the builder's data_files (e.g. dataset: json)
     paths: list[str] = dataclasses.field(default_factory=list)
     text_field: str = "text"  # jsonl key / parquet column / hf column holding the document
@@ -164,8 +169,13 @@ class Config:
         return source.split if source.split is not None else self.split
 
     def instruct(self) -> bool:
-        """Whether the dataset holds instruction examples (records with a loss mask)."""
-        return any(src.type in INSTRUCT_SOURCE_TYPES for src in self.sources)
+        """Whether the dataset's records are rendered with the chat template and carry loss masks
+        (instruction examples or preference pairs)."""
+        return any(src.type in INSTRUCT_SOURCE_TYPES + PAIR_SOURCE_TYPES for src in self.sources)
+
+    def pairs(self) -> bool:
+        """Whether the dataset holds preference pairs ("pair" records)."""
+        return any(src.type in PAIR_SOURCE_TYPES for src in self.sources)
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -245,6 +255,10 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"{key}.{cap} must be > 0 or null")
         if src.split is not None:  # a source may go to val whole (a held-out evaluation set)
             _validate_split(src.split, f"{key}.split", whole_val_allowed=True)
+    others = [src.name for src in cfg.sources if src.type not in PAIR_SOURCE_TYPES]
+    if cfg.pairs() and others:
+        raise ConfigError(f"sources {others} are not preference pairs, but the others are: a dataset holds pairs "
+                          "only (one record layout); prepare them as separate datasets")
     _validate_tokenizer(cfg.tokenizer)
     _validate_chat(cfg)
     _validate_stages(cfg)
@@ -284,12 +298,12 @@ def _validate_stages(cfg: Config) -> None:
                               "give each source a target share (0 drops it), or leave out 'weights' to use the sources' weights")
     # instruction examples carry their structure in meta["messages"]: a stage that rewrites text would
     # leave it out of step, so only stages that keep or drop whole documents may see them
-    for src in (s for s in cfg.sources if s.type in INSTRUCT_SOURCE_TYPES):
+    for src in (s for s in cfg.sources if s.type in INSTRUCT_SOURCE_TYPES + PAIR_SOURCE_TYPES):
         for spec, stage in zip(cfg.stages, stages):
             rewrites = spec["type"] == "decontaminate" and spec.get("policy", "drop") != "drop"
             if rewrites or (isinstance(stage, Mapper) and stage.applies_to_source(src.name)):
                 raise ConfigError(f"stage {stage.name!r} rewrites text, which would break the prompt/response structure "
-                                  f"of instruction source {src.name!r}; limit it with 'sources:' to other sources "
+                                  f"of {'preference' if src.type in PAIR_SOURCE_TYPES else 'instruction'} source {src.name!r}; limit it with 'sources:' to other sources "
                                   "(decontaminate: use policy: drop)")
     for src in cfg.sources:
         if src.type in HTML_SOURCE_TYPES and not any(spec["type"] == "html_extract" and stage.applies_to_source(src.name)

@@ -33,16 +33,12 @@ from data_prep.config import INSTRUCT_SOURCE_TYPES, SourceConfig  # noqa: F401  
 from data_prep.document import Document
 from data_prep.sources.common import DAMAGED_FILE_ERRORS, decode_utf8, open_binary
 from data_prep.stats import StageStats
-from jaxlm.data.chat import ANSWER_MARKER, ChatError, check_messages
+from jaxlm.data.chat import ANSWER_MARKER, ChatError, alpaca_prompt, check_messages
 
 
 def example_text(messages: list[dict]) -> str:
     """The text the document stages see: every message's content, joined by blank lines."""
     return "\n\n".join(m["content"] for m in messages)
-
-
-def _prompt(instruction: str, extra: str) -> str:
-    return instruction.strip() + (f"\n\n{extra.strip()}" if extra and extra.strip() else "")
 
 
 def _str(record: dict, key: str, optional: bool = False) -> str:
@@ -57,13 +53,13 @@ def conversations(kind: str, record) -> list[list[dict]]:
     if not isinstance(record, dict):
         raise ChatError(f"a record must be a JSON object, got {type(record).__name__}")
     if kind == "alpaca":
-        return [[{"role": "user", "content": _prompt(_str(record, "instruction"), _str(record, "input", True))},
+        return [[{"role": "user", "content": alpaca_prompt(_str(record, "instruction"), _str(record, "input", True))},
                  {"role": "assistant", "content": _str(record, "output")}]]
     if kind == "self_instruct":
         instruction, instances = _str(record, "instruction"), record.get("instances")
         if not isinstance(instances, list) or not all(isinstance(i, dict) for i in instances):
             raise ChatError("field 'instances' must be a list of {input, output}")
-        return [[{"role": "user", "content": _prompt(instruction, _str(i, "input", True))},
+        return [[{"role": "user", "content": alpaca_prompt(instruction, _str(i, "input", True))},
                  {"role": "assistant", "content": _str(i, "output")}] for i in instances]
     if kind == "chat":
         if "messages" in record:
@@ -87,7 +83,7 @@ def conversations(kind: str, record) -> list[list[dict]]:
     raise ValueError(f"not an instruction source type: {kind}")
 
 
-def _records(path: str, where: str, stats: StageStats) -> Iterator[tuple[str, object]]:
+def read_records(path: str, where: str, stats: StageStats) -> Iterator[tuple[str, object]]:
     """(place, record) of a JSON list file or a JSONL file; bad lines are skipped and counted."""
     try:
         with open_binary(path) as f:
@@ -123,7 +119,7 @@ def read_examples(src: SourceConfig, path: str, where: str, stats: StageStats) -
         for doc_id, messages, module in python_examples(path, f"{src.name}/"):
             yield _document(messages, doc_id, src.name, module)
         return
-    for at, record in _records(path, where, stats):
+    for at, record in read_records(path, where, stats):
         try:
             convs = conversations(src.type, record)
         except ChatError as e:

@@ -70,8 +70,9 @@ def summary(manifest: dict[str, Any]) -> str:
         rows.append(f"{split}: {sp_['documents']:,} documents, {sp_['tokens']:,} tokens in {len(sp_['shards'])} shard(s)")
     chat = manifest.get("chat")
     if chat:
-        rows.append(f"instruction records: {chat['trained_tokens']:,} response tokens trained; "
-                    f"{chat['examples_truncated']:,} example(s) cut to chat.max_tokens={chat['max_tokens']}, "
+        kind = "pair" if manifest.get("record_kind") == "pair" else "example"
+        rows.append(f"{'pair' if kind == 'pair' else 'instruction'} records: {chat['trained_tokens']:,} response tokens "
+                    f"trained; {chat['examples_truncated']:,} {kind}(s) cut to chat.max_tokens={chat['max_tokens']}, "
                     f"{chat['examples_dropped']:,} dropped (no response token left)")
     tok = manifest["tokenizer"]
     rows.append(f"tokenizer: {tok['model_type']} {tok['vocab_size']:,} pieces; dtype {manifest['dtype']}; "

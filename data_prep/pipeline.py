@@ -47,6 +47,9 @@ WORK_DIR = ".work"  # scratch files inside the output folder (spool, stage tasks
 REPORT = "report.md"
 REMOVED = "removed.jsonl.gz"  # every removal: {"id": document id or "file:line", "reason": "<stage>:<rule>"}
 EXECUTION_KEYS = ("workers", "tasks", "executor")  # how a dataset is made, not what it holds
+TRUNCATION = {"example": "keep the first max_tokens tokens",
+              "pair": "keep the end of the prompt (at least half of max_tokens when the response is longer), "
+                      "then the first max_tokens tokens"}
 
 
 def prepare(cfg: Config, overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -143,11 +146,11 @@ def _run(cfg: Config, files: dict[str, list[str]], work: str, log: Callable[[str
     log(f"report: {os.path.join(out, REPORT)}; {removed:,} removal(s) listed in {os.path.join(out, REMOVED)}")
     manifest = build_manifest(cfg, files, tok_info, training, encoded, stats, result.reports)
     if chat is not None:
-        manifest["record_kind"] = "tokens_mask"
+        manifest["record_kind"] = "pair" if cfg.pairs() else "tokens_mask"
         manifest["chat"] = {"template": chat_lib.TEMPLATE_FILE, "sha256": sha256_file(os.path.join(out, chat_lib.TEMPLATE_FILE)),
                             "special_tokens": list(chat.template.special_tokens), "end_of_turn": chat.template.end_of_turn,
                             "bos_token": chat.template.bos_token, "eos_token": chat.template.eos_token,
-                            "max_tokens": chat.max_tokens, "truncation": "keep the first max_tokens tokens",
+                            "max_tokens": chat.max_tokens, "truncation": TRUNCATION["pair" if cfg.pairs() else "example"],
                             **encoded.chat}
     return manifest
 
@@ -210,13 +213,14 @@ class Spool:
         if key not in self._files:
             self._files[key] = open(self._path(key), "w", encoding="utf-8")
             self.groups[key] = {"documents": 0, "bytes": 0}
-        row = [doc.id, doc.text] + ([doc.meta["messages"]] if "messages" in doc.meta else [])
+        payload = doc.meta.get("messages", doc.meta.get("pair"))  # an instruction example's or a pair's structure
+        row = [doc.id, doc.text] + ([payload] if payload is not None else [])
         self._files[key].write(json.dumps(row) + "\n")  # ASCII-safe even for odd ids
         self.groups[key]["documents"] += 1
         self.groups[key]["bytes"] += len(doc.text.encode("utf-8"))
 
     def read(self, split: str, source: str) -> Iterator[tuple[str, str, list[dict] | None]]:
-        """(id, text, messages of an instruction example or None) per document."""
+        """(id, text, messages of an instruction example / a pair's {prompt, chosen, rejected} / None) per document."""
         with open(self._path((split, source)), encoding="utf-8") as f:
             for line in f:
                 row = json.loads(line)
@@ -251,7 +255,7 @@ class EncodeStats:
         stats = self.stats
         if info:
             self.chat["examples_truncated"] += info["truncated"]
-            self.chat["tokens_cut"] += max(0, info["tokens"] - len(record or b"") // (self.dtype.itemsize + 1))
+            self.chat["tokens_cut"] += info["tokens"] - (info["kept"] if record is not None else 0)
             self.chat["trained_tokens"] += info["trained"]
         if record is None:  # an example cut to max_tokens before its first response token
             self.chat["examples_dropped"] += 1
@@ -259,7 +263,7 @@ class EncodeStats:
             stats.bytes_in += len(text.encode("utf-8"))
             stats.remove(Document(text, doc_id, source), "no_trained_token_within_max_tokens")
             return
-        tokens = len(record) // (self.dtype.itemsize + int(self.masked))
+        tokens = info.get("kept", len(record) // (self.dtype.itemsize + int(self.masked)))
         nbytes = len(text.encode("utf-8"))
         src = self.per_source[source]
         for counts in (src, src["splits"][split], self.splits[split]):

@@ -5,7 +5,10 @@ document becomes a record holding only EOS (and BOS). In an instruction dataset 
 every record is `encode_masked_record(ids, mask)`: a conversation as its chat template renders it
 (no BOS/EOS beyond what the template writes) with the loss mask of `jaxlm.data.chat`, cut to
 `max_tokens` (tail dropped; an example left with no trained token is not written); plain documents
-mixed in keep [BOS] + ids + [EOS] with every token trained, under the same cut. Shards hold whole documents of one source
+mixed in keep [BOS] + ids + [EOS] with every token trained, under the same cut. In a pair dataset
+every record is `encode_pair_record`: prompt + chosen and prompt + rejected, each rendered by the
+template, masked on the final response and cut to `max_tokens` around the response (`keep_response`:
+the prompt's beginning goes first). Shards hold whole documents of one source
 and one split; a group's documents go round-robin over its shards in stream order, so the output
 is a pure function of the input order (byte-identical across runs and worker counts).
 """
@@ -26,7 +29,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 
 from data_prep.manifest import sha256_file
 from jaxlm.data import format
-from jaxlm.data.chat import ChatTemplate
+from jaxlm.data.chat import ChatTemplate, encode_with_spans
 
 WRITER_OPTIONS = "group_size:1"  # one record per chunk: what Grain needs for fast random access
 BATCH_BYTES = 1 << 20  # text per task sent to a worker: large enough to amortise the hand-off
@@ -57,13 +60,37 @@ class RecordEncoder:
         self.dtype = format.token_dtype(self.sp.vocab_size())
         self.unk_id = self.sp.unk_id()
 
-    def __call__(self, payloads: list[str | list[dict]]) -> list[Encoded]:
-        """A text is a document; a list of messages is a conversation (instruction datasets only)."""
+    def __call__(self, payloads: list[str | list[dict] | dict]) -> list[Encoded]:
+        """A text is a document; a list of messages is a conversation (instruction datasets only); a
+        dict {prompt, chosen, rejected} is a preference pair (pair datasets)."""
         if self.chat is None:
             # num_threads=1: the parallelism is the process pool, one core per worker
             ids = self.sp.encode(payloads, add_bos=self.add_bos, add_eos=True, num_threads=1)
             return [(format.encode_record(row, self.dtype), row.count(self.unk_id), {}) for row in ids]
-        return [self._masked(p) for p in payloads]
+        return [self._pair(p) if isinstance(p, dict) else self._masked(p) for p in payloads]
+
+    def _pair(self, pair: dict) -> Encoded:
+        """Prompt + chosen and prompt + rejected, each cut to max_tokens by `keep_response`, masked on
+        the final response only; dropped when either side keeps no response token."""
+        template, limit = self.chat.template, self.chat.max_tokens
+        sides, info = [], {"tokens": 0, "kept": 0, "trained": 0, "truncated": False, "roundtrip": True}
+        for response in (pair["chosen"], pair["rejected"]):
+            messages = pair["prompt"] + [{"role": "assistant", "content": response}]
+            text, spans = template.trained_spans(messages)
+            ids, mask = encode_with_spans(self.sp, text, spans[-1:])  # earlier assistant turns are prompt
+            info["roundtrip"] &= self.sp.decode(ids.tolist()) == text
+            info["tokens"] += len(ids)
+            if len(ids) > limit:
+                ids, mask = keep_response(ids, mask, limit)
+                info["truncated"] = True
+            info["kept"] += len(ids)
+            info["trained"] += int(mask.sum())
+            sides.append((ids, mask))
+        info["dropped"] = not all(mask.any() for _, mask in sides)
+        (c, cm), (r, rm) = sides
+        record = None if info["dropped"] else format.encode_pair_record(c, cm, r, rm, self.dtype)
+        unk = sum(int((ids == self.unk_id).sum()) for ids, _ in sides)
+        return record, unk, info
 
     def _masked(self, payload: str | list[dict]) -> Encoded:
         if isinstance(payload, str):
@@ -74,9 +101,20 @@ class RecordEncoder:
             roundtrip = self.sp.decode(ids.tolist()) == self.chat.template.render(payload)
         info = {"tokens": len(ids), "truncated": len(ids) > self.chat.max_tokens, "roundtrip": roundtrip}
         ids, mask = ids[: self.chat.max_tokens], mask[: self.chat.max_tokens]
-        info.update(trained=int(mask.sum()), dropped=not mask.any())
+        info.update(trained=int(mask.sum()), dropped=not mask.any(), kept=len(ids))
         record = None if info["dropped"] else format.encode_masked_record(ids, mask, self.dtype)
         return record, int((ids == self.unk_id).sum()), info
+
+
+def keep_response(ids: np.ndarray, mask: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """A prompt + response sequence cut to `limit` tokens around its response (the first masked
+    token on): the prompt loses its beginning, keeping its last tokens (all of them when they fit
+    beside the response, else at least half the limit), then the response loses its tail. A long
+    conversation keeps the turns that lead to the response, as TRL's keep_end prompt truncation."""
+    start = int(np.argmax(mask)) if mask.any() else len(ids)
+    keep_prompt = min(start, max(limit - (len(ids) - start), limit // 2))
+    first = start - keep_prompt
+    return ids[first:first + limit], mask[first:first + limit]
 
 
 _worker_encoder: RecordEncoder | None = None
@@ -138,6 +176,15 @@ class EncoderPool:
         self.close()
 
 
+def payload_chars(payload: str | list[dict] | dict) -> int:
+    """Characters of text in a document, conversation or pair (what batches are sized by)."""
+    if isinstance(payload, str):
+        return len(payload)
+    if isinstance(payload, dict):
+        return payload_chars(payload["prompt"]) + len(payload["chosen"]) + len(payload["rejected"])
+    return sum(len(m["content"]) for m in payload)
+
+
 def batched(items: Iterable[tuple[Any, str | list[dict]]], max_bytes: int = BATCH_BYTES,
             max_items: int = 4096) -> Iterator[tuple[list[Any], list]]:
     """Groups (meta, text or conversation) pairs into batches of about max_bytes of text."""
@@ -145,7 +192,7 @@ def batched(items: Iterable[tuple[Any, str | list[dict]]], max_bytes: int = BATC
     for meta, text in items:
         metas.append(meta)
         texts.append(text)
-        size += len(text) if isinstance(text, str) else sum(len(m["content"]) for m in text)
+        size += payload_chars(text)
         if size >= max_bytes or len(texts) >= max_items:
             yield metas, texts
             metas, texts, size = [], [], 0
@@ -194,11 +241,12 @@ class ShardGroupWriter:
         self._tokens = [0] * group.count
         self._next = 0
 
-    def write(self, record: bytes) -> None:
+    def write(self, record: bytes, tokens: int | None = None) -> None:
+        """tokens: the record's token count when its bytes do not say it (pair records)."""
         i = self._next
         self._writers[i].write(record)
         self._records[i] += 1
-        self._tokens[i] += len(record) // self.itemsize
+        self._tokens[i] += len(record) // self.itemsize if tokens is None else tokens
         self._next = (i + 1) % len(self._writers)
 
     def close(self) -> list[dict[str, Any]]:
@@ -243,7 +291,7 @@ def write_shards(
                         written[current.split] += writer.close()
                     writer, current = ShardGroupWriter(dataset_dir, group, dtype, chat is not None), group
                 if record is not None:
-                    writer.write(record)
+                    writer.write(record, info.get("kept"))
                 on_record(group.split, group.source, doc_id, text, record, unk, info)
     if writer is not None:
         written[current.split] += writer.close()

@@ -76,6 +76,9 @@ class ModelConfig:
     # (never a kernel: the full masked logits) | splash (the Pallas TPU kernel, interpreted off TPU).
     attention: str = "auto"
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
+    # A scalar head (embed,) on the final hidden state: a reward model's score of a sequence, read at
+    # its last token (train.objective: reward). Saved in checkpoints with the other parameters.
+    reward_head: bool = False
 
     def __post_init__(self):
         """Derived defaults, resolved here once: every reader (model, planner, export, metrics) and
@@ -270,6 +273,54 @@ class InitConfig:
 
 
 @dataclasses.dataclass
+class PreferenceConfig:
+    """The pair objectives (train.objective: reward | dpo | ipo | simpo; docs/preference_tuning.md).
+    Their data is a pair dataset (data_prep's hh_rlhf, pairs or alpaca_eval sources); a micro-batch
+    holds chosen and rejected rows one after the other, so train.global_batch and micro_batch
+    count sequences: 16 is 8 pairs."""
+    beta: float = 0.1  # dpo: scale of the implicit reward beta * (log pi - log ref); ipo: tau; simpo: its scale (2.0 typical)
+    label_smoothing: float = 0.0  # dpo: the share of labels assumed flipped (conservative DPO), in [0, 0.5)
+    gamma: float = 0.5  # simpo: the target reward margin
+    ipo_average: bool = True  # ipo: per-token average log-probabilities (as TRL) rather than sums (as the paper)
+    rpo_alpha: float = 0.0  # dpo/ipo/simpo: weight of the chosen response's mean per-token NLL added to the loss (RPO)
+    margin: float = 0.0  # reward: Bradley-Terry margin, loss = -log sigmoid(s_chosen - s_rejected - margin)
+    # dpo/ipo: where the reference log-probabilities come from. model: the frozen init.from / init.hf
+    # model, computed before every step; cached: stored in the pair records (jaxlm.eval --reference-logps)
+    reference: str = "model"
+
+
+@dataclasses.dataclass
+class RLRewardConfig:
+    """Where a rollout's reward comes from: a Python verifier "module:function" (response text,
+    reference answer) -> reward (jaxlm.eval.verifiers: final_number, the shipped task's)."""
+    verifier: str = "jaxlm.eval.verifiers:final_number"
+
+
+@dataclasses.dataclass
+class RLConfig:
+    """Online RL (train.objective: policy_gradient; jaxlm.rl, docs/online_rl.md). data.sources[0] is
+    the instruction dataset whose tokenizer and chat template the prompts are written with (its
+    records are not read). Each step samples train.global_batch / group_size prompts, generates group_size responses to each with the policy
+    (KV cache, seeded from the step), scores them, and takes one clipped policy-gradient step with a
+    KL penalty to the frozen reference (the init.from model)."""
+    algorithm: str = ""  # grpo | rloo ("" = no RL)
+    prompts: str = ""  # JSONL/JSON items {instruction (or question), answer}: data_prep.arithmetic's train.jsonl
+    group_size: int = 8  # G: responses per prompt
+    reward: RLRewardConfig = dataclasses.field(default_factory=RLRewardConfig)
+    kl_coef: float = 0.04  # beta: weight of the per-token KL estimate in the loss
+    kl_estimator: str = "k3"  # k1 | k3 (jaxlm.train.advantages)
+    clip: float = 0.2  # PPO's epsilon: the ratio to the sampling policy is clipped to [1-eps, 1+eps]
+    scale_advantages: bool = True  # grpo: divide by the group's std (false: Dr. GRPO's mean-centring alone)
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    eval_prompts: str = ""  # held-out items: greedy exact match (rl.reward's verifier) every eval_every steps
+    eval_every: int = 0
+    eval_limit: int = 200  # items of eval_prompts used
+
+
+@dataclasses.dataclass
 class Config:
     workdir: str = "runs/default"
     seed: int = 0
@@ -285,6 +336,8 @@ class Config:
     spikes: SpikesConfig = dataclasses.field(default_factory=SpikesConfig)
     faults: list[FaultConfig] = dataclasses.field(default_factory=list)
     init: InitConfig = dataclasses.field(default_factory=InitConfig)
+    preference: PreferenceConfig = dataclasses.field(default_factory=PreferenceConfig)
+    rl: RLConfig = dataclasses.field(default_factory=RLConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -366,6 +419,7 @@ _CHOICES = {
     "log.wandb.mode": ("offline", "online", "disabled"),
     "pipeline.schedule": ("gpipe", "circular"),
     "mesh.dcn_axis": ("data", "fsdp", "tensor", "pipe"),
+    "preference.reference": ("model", "cached"),
 }
 
 
@@ -426,6 +480,8 @@ def validate(config: Config) -> None:
     _validate_spikes_and_faults(config)
     _validate_parallel(config)
     _validate_checkpoint(config)
+    _validate_preference(config)
+    _validate_rl(config)
 
 
 def _validate_lora(m: ModelConfig) -> None:
@@ -472,6 +528,70 @@ def _validate_spikes_and_faults(config: Config) -> None:
             raise ConfigError(f"faults[{i}] needs step >= 0 and steps >= 1, got step={f.step}, steps={f.steps}")
         if f.kind == "lr" and f.factor <= 0:
             raise ConfigError(f"faults[{i}].factor must be positive, got {f.factor}")
+
+
+PAIR_OBJECTIVES = ("reward", "dpo", "ipo", "simpo")  # objectives over preference pairs (jaxlm.train.pair_objectives)
+REFERENCE_OBJECTIVES = ("dpo", "ipo")  # ... those that need a reference model's log-probabilities
+
+
+def _validate_preference(config: Config) -> None:
+    p, t = config.preference, config.train
+    if p.beta <= 0:
+        raise ConfigError(f"preference.beta must be positive, got {p.beta}")
+    if p.rpo_alpha < 0:
+        raise ConfigError(f"preference.rpo_alpha must be >= 0 (0: plain DPO), got {p.rpo_alpha}")
+    if not 0.0 <= p.label_smoothing < 0.5:
+        raise ConfigError(f"preference.label_smoothing must be in [0, 0.5), got {p.label_smoothing}")
+    if t.objective not in PAIR_OBJECTIVES:
+        return
+    if config.diloco.enabled:
+        raise ConfigError(f"train.objective={t.objective} cannot run under diloco.enabled yet; train it without DiLoCo")
+    if t.micro_batch % 2:
+        raise ConfigError(f"train.micro_batch ({t.micro_batch}) must be even for train.objective={t.objective}: "
+                          "it counts sequences, a chosen and a rejected one per pair")
+    if t.objective == "reward" and not config.model.reward_head:
+        raise ConfigError("train.objective=reward trains the scalar head: set model.reward_head=true")
+    if (t.objective in REFERENCE_OBJECTIVES and p.reference == "model"
+            and not (config.init.from_ or config.init.hf)):
+        raise ConfigError(f"train.objective={t.objective} with preference.reference=model compares the policy with "
+                          "the model it starts from: set init.from (a workdir) or init.hf, or use "
+                          "preference.reference=cached with pairs that carry reference log-probabilities")
+
+
+def _validate_rl(config: Config) -> None:
+    r, t = config.rl, config.train
+    rl_objective = t.objective == "policy_gradient"
+    if not r.algorithm and not rl_objective:
+        return
+    if not rl_objective:
+        raise ConfigError(f"rl.algorithm={r.algorithm} trains with train.objective=policy_gradient, not {t.objective!r}")
+    if r.algorithm not in ("grpo", "rloo"):
+        raise ConfigError(f"rl.algorithm is {r.algorithm!r}; choose grpo or rloo (train.objective=policy_gradient)")
+    if r.kl_estimator not in ("k1", "k3"):
+        raise ConfigError(f"rl.kl_estimator is {r.kl_estimator!r}; choose k1 or k3")
+    if not r.prompts:
+        raise ConfigError("rl.prompts is empty: name a JSONL file of {instruction, answer} items "
+                          "(python -m data_prep.arithmetic --out data/arithmetic writes data/arithmetic/train.jsonl)")
+    if not config.init.from_:
+        raise ConfigError("online RL starts from a trained model and keeps it as the frozen reference: set init.from "
+                          "(a jaxlm workdir, e.g. runs/arith_sft)")
+    if r.group_size < 2 or t.global_batch % r.group_size:
+        raise ConfigError(f"rl.group_size ({r.group_size}) must be at least 2 and divide train.global_batch "
+                          f"({t.global_batch}): each step trains on global_batch / group_size prompts x group_size responses")
+    if r.max_new_tokens <= 0 or r.temperature < 0 or r.top_k < 0 or not 0.0 < r.top_p <= 1.0:
+        raise ConfigError(f"rl needs max_new_tokens > 0, temperature >= 0, top_k >= 0 and 0 < top_p <= 1, got "
+                          f"{r.max_new_tokens}, {r.temperature}, {r.top_k}, {r.top_p}")
+    if r.kl_coef < 0 or r.clip <= 0 or r.eval_every < 0 or r.eval_limit <= 0:
+        raise ConfigError(f"rl needs kl_coef >= 0, clip > 0, eval_every >= 0 and eval_limit > 0, got "
+                          f"{r.kl_coef}, {r.clip}, {r.eval_every}, {r.eval_limit}")
+    if r.eval_every and not r.eval_prompts:
+        raise ConfigError("rl.eval_every is set but rl.eval_prompts is empty: name the held-out items (e.g. "
+                          "data/arithmetic/test.jsonl), or set rl.eval_every=0")
+    if t.eval_every:
+        raise ConfigError("an RL run makes its batches by generation and has no validation loss: set "
+                          "train.eval_every=0 (held-out evaluation: rl.eval_prompts, rl.eval_every)")
+    if t.batch_ramp or config.diloco.enabled or config.model.lora.rank or config.mesh.pipe > 1:
+        raise ConfigError("online RL does not run with train.batch_ramp, diloco, model.lora or mesh.pipe > 1 yet")
 
 
 def _validate_checkpoint(config: Config) -> None:

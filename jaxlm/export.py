@@ -23,6 +23,7 @@ from typing import Optional
 from jaxlm.config import Config, ConfigError
 from jaxlm.data.chat import dataset_template
 from jaxlm.data.format import DataFormatError, record_tokens
+from jaxlm.data.remote import local_dataset
 from jaxlm.data.shards import DocumentSource, open_dataset
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.loading import load_workdir
@@ -37,6 +38,11 @@ def export_run(config: Config, params: dict, out_dir: str, *, dtype: str = "floa
     from jaxlm.interop import tokenizer as hf_tokenizer  # needs `tokenizers` (optional): only when exporting one
 
     tokenizer_dir = tokenizer_dir or (config.data.sources[0].path if config.data.sources else None)
+    if tokenizer_dir:
+        try:
+            tokenizer_dir = local_dataset(tokenizer_dir)  # a dataset on Cloud Storage: its local copy
+        except DataFormatError as e:
+            raise EvalError(str(e)) from None
     tok, chat = None, None
     if tokenizer_dir and os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.model")):
         tok = Tokenizer.from_dataset(tokenizer_dir)

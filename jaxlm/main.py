@@ -18,6 +18,7 @@ from jaxlm.extras import MissingExtra
 from jaxlm.interop import InteropError, warm_start
 from jaxlm.parallel import distributed, rules
 from jaxlm.plan import auto
+from jaxlm.rl import Rollouts
 from jaxlm.train import loop
 from jaxlm.train.loop import Hook
 from jaxlm.train.spikes import TrainingHalted
@@ -53,9 +54,11 @@ def eval_tasks_hook(config):
 
 
 def train(config) -> dict:
-    """jaxlm.train.loop.train with the hooks this entry point registers (the n-shot tasks)."""
+    """jaxlm.train.loop.train with the hooks this entry point registers (the n-shot tasks), and for
+    online RL (rl.algorithm) the rollout stage that makes its batches."""
     hooks = [h for h in [eval_tasks_hook(config)] if h is not None]
-    return loop.train(config, hooks, init_params=lambda: warm_start.initial_params(config))
+    rollouts = Rollouts(config) if config.rl.algorithm else None  # online RL: batches made by generation
+    return loop.train(config, hooks, init_params=lambda: warm_start.initial_params(config), rollouts=rollouts)
 
 
 def run(config_path: str, overrides: list[str]) -> dict:

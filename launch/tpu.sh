@@ -26,8 +26,11 @@
 #   --queued            ask for capacity through a queued resource
 #   --spot              spot (preemptible) capacity; jaxlm resumes from its checkpoints
 #   --data DIR          a prepared dataset folder, copied to the same path under ~/jaxlm on every worker
+#   --bucket BUCKET     a Cloud Storage bucket (default: $JAXLM_BUCKET): the workdir defaults to
+#                       gs://BUCKET/runs/NAME
 #   --workdir DIR       the run's workdir; on a multi-host slice it must be storage every host sees
-#                       (gs://BUCKET/PATH, or a shared filesystem declared with --shared-fs)
+#                       (gs://BUCKET/PATH, or a shared filesystem declared with --shared-fs). A gs://
+#                       workdir's bucket is checked before anything is created
 #   --shared-fs         --workdir is a filesystem mounted on every worker (e.g. Filestore)
 #   --delete            all: delete the TPU once the run has succeeded (never before)
 #   --force             delete: without the success marker
@@ -36,8 +39,8 @@
 #   --dry-run           print every command instead of running it
 #
 # Example:
-#   launch/tpu.sh --type v4-32 --queued --spot --data data/demo --workdir gs://my-bucket/runs/demo \
-#     --delete all -- --config configs/demo.yaml mesh=auto
+#   launch/tpu.sh --type v4-32 --queued --spot --data data/demo --bucket my-bucket \
+#     --delete all -- --config configs/demo.yaml mesh=auto        (workdir gs://my-bucket/runs/jaxlm-$USER)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,6 +52,7 @@ PROJECT=""
 QUEUED=0
 SPOT=0
 DATA=""
+BUCKET="${JAXLM_BUCKET:-}"
 WORKDIR=""
 SHARED_FS=0
 DELETE=0
@@ -64,7 +68,7 @@ TRAIN_ARGS=()
 LOG='~/jaxlm-run.log' PID='~/jaxlm-run.pid' STATUS='~/jaxlm-run.status' SUCCESS='~/jaxlm-run.succeeded'
 
 usage() {
-  sed -n '2,40p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,44p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   exit "${1:-0}"
 }
 
@@ -86,6 +90,7 @@ while [[ $# -gt 0 ]]; do
     --project) PROJECT="${2:?--project needs a value}"; shift 2 ;;
     --data) DATA="${2:?--data needs a value}"; shift 2 ;;
     --workdir) WORKDIR="${2:?--workdir needs a value}"; shift 2 ;;
+    --bucket) BUCKET="${2:?--bucket needs a value}"; shift 2 ;;
     --worker) WORKER="${2:?--worker needs a value}"; shift 2 ;;
     --max-restarts) MAX_RESTARTS="${2:?--max-restarts needs a value}"; shift 2 ;;
     --queued) QUEUED=1; shift ;;
@@ -125,10 +130,16 @@ if [[ "$COMMAND" == run || "$COMMAND" == all ]]; then
   for arg in "${TRAIN_ARGS[@]}"; do
     [[ "$arg" != workdir=* ]] || die "give the workdir as --workdir (the launcher checks it), not as $arg"
   done
+  BUCKET="${BUCKET#gs://}"; BUCKET="${BUCKET%/}"
+  [[ -z "$BUCKET" || "$BUCKET" =~ ^[a-z0-9][a-z0-9._-]*[a-z0-9]$ ]] \
+    || die "--bucket '$BUCKET' is not a bucket name (lowercase letters, digits, . _ -)"
+  if [[ -z "$WORKDIR" && -n "$BUCKET" ]]; then
+    WORKDIR="gs://$BUCKET/runs/$NAME"  # shared storage by default: every host sees it, and it outlives the TPU
+  fi
   if [[ $HOSTS -gt 1 && "$WORKDIR" != gs://* && $SHARED_FS -eq 0 ]]; then
     die "$TYPE has $HOSTS hosts: its checkpoints must be written where every host sees them, or a resumed" \
-        "run starts over. Give --workdir gs://BUCKET/PATH (or --workdir on a filesystem mounted on every" \
-        "worker, with --shared-fs)"
+        "run starts over. Give --bucket BUCKET (the workdir is then gs://BUCKET/runs/$NAME) or --workdir" \
+        "gs://BUCKET/PATH (or --workdir on a filesystem mounted on every worker, with --shared-fs)"
   fi
   [[ -z "$WORKDIR" ]] || TRAIN_ARGS+=("workdir=$WORKDIR")
 fi
@@ -158,6 +169,21 @@ run() {
 
 common=(--zone="$ZONE")
 [[ -z "$PROJECT" ]] || common+=(--project="$PROJECT")
+
+check_bucket() {  # a gs:// workdir's bucket exists and these credentials see it, before any TPU is made
+  [[ "$WORKDIR" == gs://* ]] || return 0
+  local bucket="${WORKDIR#gs://}"
+  bucket="${bucket%%/*}"
+  local describe=(gcloud storage buckets describe "gs://$bucket" --format='value(name)')
+  if [[ $DRY_RUN -eq 1 ]]; then
+    say "first, the workdir's bucket must exist (else: stop, before any TPU is created):"
+    run "${describe[@]}"
+    return 0
+  fi
+  "${describe[@]}" >/dev/null \
+    || die "bucket gs://$bucket (of the workdir $WORKDIR) does not exist or these credentials cannot read it;" \
+           "create it (gcloud storage buckets create gs://$bucket --location=REGION, the TPU's region) or name another"
+}
 
 tpu_ssh() {  # tpu_ssh WORKER COMMAND
   run gcloud compute tpus tpu-vm ssh "$NAME" --worker="$1" "${common[@]}" --command="$2"
@@ -293,10 +319,11 @@ follow() {
 case "$COMMAND" in
   create) create ;;
   install) install ;;
-  run) start; follow ;;
+  run) check_bucket; start; follow ;;
   logs) logs "$WORKER" ;;
   delete) delete ;;
   all)
+    check_bucket
     create
     install
     start

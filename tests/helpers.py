@@ -2,7 +2,8 @@
 
 In order: paths; the one tiny config; documents and the one dataset writer; tokenizers and random
 models; data_prep stages on hand-made texts; training on a chosen mesh; numbers and compiled HLO;
-the one subprocess runner and the records a run leaves; the humaneval server and browser.
+the one subprocess runner and the records a run leaves; online RL on the arithmetic task; the
+humaneval server and browser.
 
 JAX must see conftest.py's 8 fake CPU devices before it is first imported, so only conftest.py (or
 a script that sets the same flags first) imports this module before JAX.
@@ -11,6 +12,7 @@ a script that sets the same flags first) imports this module before JAX.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -35,12 +37,16 @@ import yaml
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 from flax import nnx
 
+from data_prep import arithmetic, prepare
 from data_prep.config import TokenizerConfig
+from data_prep.config import config_from_dict as data_config
 from data_prep.document import Document
 from data_prep.sources import read_source, resolve_files
 from data_prep.stages import StageStats, build_stage, counted
 from data_prep.stages.runner import read_jsonl_shards
 from data_prep.tokenizer import trainer_options
+from jaxlm import main as jaxlm_main
+from jaxlm import storage
 from jaxlm.config import config_from_dict
 from jaxlm.data import format as fmt
 from jaxlm.data.chat import SPECIAL_TOKENS
@@ -583,6 +589,30 @@ def run_training(config_path, cache_dir, *args: str, expect: int = 0, devices: i
         raise AssertionError(f"exit status {code}, expected {expect}:\n{tail_log(proc)}")
 
 
+def uninterrupted_run(root, dataset, cache_dir, *, steps: int, every: int) -> tuple:
+    """A tiny run from start to end in `root`/run: its workdir and losses (see `losses`)."""
+    config = write_config(root / "config.yaml", run_config(root / "run", dataset, steps=steps, every=every))
+    run_training(config, cache_dir)
+    result = losses(root / "run")
+    assert sorted(k for k in result if isinstance(k, int)) == list(range(1, steps + 1))
+    return root / "run", result
+
+
+def kill_and_resume(config_path, workdir, cache_dir, kill_after: int, steps: int, poll: float = 0.01) -> str:
+    """Starts the run, SIGKILLs it once it has logged step `kill_after` (or later, before `steps`)
+    and finished a checkpoint, and runs it again to the end, which must restore the newest
+    checkpoint. Returns what the failure messages of the caller's checks should say."""
+    proc = start_training(config_path, cache_dir)
+    wait_until(lambda: last_step(workdir) >= kill_after and finished_checkpoints(workdir), proc, poll=poll)
+    kill(proc)
+    killed_at, saved = last_step(workdir), finished_checkpoints(workdir)
+    assert killed_at < steps and saved, (killed_at, saved)
+    run_training(config_path, cache_dir)
+    restores = [i["step"] for i in incidents(workdir) if i["kind"] == "restore"]
+    assert restores == [saved[-1]], f"killed after step {killed_at} with checkpoints {saved}"
+    return f"killed after step {killed_at}, checkpoints {saved}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -636,11 +666,11 @@ def train_on_corpus(root, cache_dir) -> str:
 
 
 def metrics(workdir) -> list[dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    """The run's metrics.jsonl rows; the workdir may be local or on Cloud Storage."""
+    path = storage.join(workdir, "metrics.jsonl")
+    if not storage.exists(path):
         return []
-    with open(path) as f:
-        lines = f.read().split("\n")
+    lines = storage.read_text(path).split("\n")
     out = []
     for line in lines:
         try:
@@ -667,12 +697,74 @@ def last_step(workdir) -> int:
 
 
 def finished_checkpoints(workdir) -> list[int]:
-    d = os.path.join(workdir, "checkpoints")
-    return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+    """Committed checkpoint steps. Locally Orbax renames a finished one into place; on Cloud Storage
+    (no rename) it writes into the step's folder and adds commit_success.txt last."""
+    d = storage.join(workdir, "checkpoints")
+    remote = storage.is_remote(d)
+    return sorted(int(n) for n in storage.listdir(d)
+                  if n.isdigit() and (not remote or storage.exists(storage.join(d, n, "commit_success.txt"))))
 
 
 def incidents(workdir) -> list[dict]:
     return read_incidents(str(workdir))
+
+
+# ------------------------------------------------------------------- online RL on the arithmetic task
+
+RL_MODEL = {"vocab_size": 512, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "d_ff": 64,
+            "max_seq_len": 128}
+
+
+def digit_share(response: str, answer: str) -> float:
+    """A reward with spread even for an untrained model: the share of the response's characters that
+    are digits (the tests' verifier; the real task's is jaxlm.eval.verifiers:final_number)."""
+    return sum(ch.isdigit() for ch in response) / max(len(response), 1)
+
+
+def make_task(root) -> tuple[str, str]:
+    """The shipped arithmetic task as a tiny instruction dataset: (the arithmetic items folder, the
+    data_prep instruction dataset made from it)."""
+    items = os.path.join(root, "arithmetic")
+    assert arithmetic.main(["--out", items, "--train", "120", "--test", "12", "--seed", "1"]) == 0
+    out = os.path.join(root, "arith_sft")
+    sources = [{"name": "train", "type": "alpaca", "paths": [os.path.join(items, "train.jsonl")],
+                "split": {"by": "hash", "val_fraction": 0.0}},
+               {"name": "test", "type": "alpaca", "paths": [os.path.join(items, "test.jsonl")],
+                "split": {"by": "hash", "val_fraction": 1.0}}]
+    prepare(data_config({"output": out, "sources": sources, "tokenizer": {"vocab_size": 512, "num_threads": 1}, "workers": 1,
+                         "chat": {"max_tokens": 128}}), log=lambda _: None)
+    return items, out
+
+
+def sft_config(workdir, dataset, steps: int = 2) -> dict:
+    """The tiny SFT base's run on make_task's dataset (RL_MODEL, 8 devices)."""
+    return {"workdir": str(workdir), "data": {"sources": [{"path": dataset}], "seq_len": 128},
+            "model": dict(RL_MODEL), "mesh": {"data": 4, "fsdp": 2},
+            "train": {"steps": steps, "global_batch": 8, "log_every": 1, "eval_every": 0, "peak_flops": 1e9},
+            "optim": {"lr": 1e-2}, "log": {"progress": False, "tensorboard": False},
+            "checkpoint": {"every_steps": steps, "every_minutes": 0}}
+
+
+def train_base(root, dataset) -> str:
+    """Trains the tiny SFT base in-process; returns its workdir."""
+    workdir = os.path.join(root, "sft")
+    jaxlm_main.train(config_from_dict(sft_config(workdir, dataset)))
+    return workdir
+
+
+def rl_config(workdir, base, items, dataset, *, steps: int = 4, every: int = 2, **rl) -> dict:
+    """An online-RL (GRPO) run that starts from the SFT base, rewarded by digit_share."""
+    return {"workdir": str(workdir), "init": {"from": base}, "data": {"sources": [{"path": dataset}], "seq_len": 96},
+            "model": dict(RL_MODEL),
+            "mesh": {"data": 4, "fsdp": 2},
+            "train": {"objective": "policy_gradient", "steps": steps, "global_batch": 16, "micro_batch": 8,
+                      "log_every": 1, "eval_every": 0, "peak_flops": 1e9},
+            "optim": {"lr": 1e-3, "schedule": {"name": "constant"}},
+            "log": {"progress": False, "tensorboard": False},
+            "checkpoint": {"every_steps": every, "keep_last": 4, "every_minutes": 0},
+            "rl": {"algorithm": "grpo", "prompts": os.path.join(items, "train.jsonl"), "group_size": 4,
+                   "reward": {"verifier": "tests.helpers:digit_share"}, "max_new_tokens": 12,
+                   "kl_coef": 0.1, **rl}}
 
 
 # ------------------------------------------------------------------- the humaneval server and browser
@@ -686,9 +778,7 @@ def browser_missing():
     for path in (CHROMIUM, CHROMEDRIVER):
         if not os.access(path, os.X_OK):
             return f"{path} is absent (apt-get install chromium chromium-driver)"
-    try:
-        import selenium  # noqa: F401  (an optional dependency: the humaneval extra)
-    except ImportError:
+    if importlib.util.find_spec("selenium") is None:  # an optional dependency: the humaneval extra
         return "selenium is not installed (pip install selenium)"
     return None
 

@@ -20,8 +20,8 @@ import glob
 import os
 from collections.abc import Iterator
 
-from data_prep import corpus, instruct
-from data_prep.config import FILE_SOURCE_TYPES, INSTRUCT_SOURCE_TYPES, SourceConfig
+from data_prep import corpus, instruct, preference
+from data_prep.config import FILE_SOURCE_TYPES, INSTRUCT_SOURCE_TYPES, PAIR_SOURCE_TYPES, SourceConfig
 from data_prep.document import Document
 from data_prep.errors import SourceError
 from data_prep.sources.common import decode_utf8, open_binary, require, valid_text
@@ -89,6 +89,8 @@ def read_file(src: SourceConfig, path: str, name: str, stats: StageStats) -> Ite
     where = f"{src.name}/{name}"
     if src.type in INSTRUCT_SOURCE_TYPES:
         yield from instruct.read_examples(src, path, where, stats)
+    elif src.type in PAIR_SOURCE_TYPES:
+        yield from preference.read_pairs(src, path, where, stats)
     elif src.type == "pydoc_topics":
         yield Document(valid_text(corpus.pydoc_topic(path), where, stats), f"{src.name}/topics:{name}", src.name)
     elif src.type == "python_stdlib":

@@ -11,7 +11,10 @@ before a noun and "him" otherwise (object: before punctuation, the end, or a fun
 "his" is "hers" when it stands alone (before punctuation or the end), else "her"; "hers" is "his".
 
 mode "two_sided" keeps every document and adds its swapped copy (id + "#cda") when anything was
-swapped; "one_sided" replaces the document with its swapped version.
+swapped; the copy goes to the split its original goes to, so no val document's copy is trained on.
+"one_sided" replaces the document with its swapped version. `keep_unswapped: false` drops documents
+with nothing to swap, leaving only gendered text in both versions: a set to fine-tune a trained
+model on (docs/safety.md).
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ class CounterfactualAugmentation(Stage):
     pairs: str = ""  # "word<TAB>word" lines, e.g. WinoBias' generalized_swaps.txt
     names: str = ""  # optional "name<TAB>name" lines
     mode: str = "two_sided"
+    keep_unswapped: bool = True  # false: drop documents without a gendered word
 
     def __post_init__(self):
         check(bool(self.pairs), "counterfactual: set 'pairs' to a file of 'word<TAB>word' lines")
@@ -108,9 +112,14 @@ class CounterfactualAugmentation(Stage):
                 yield doc
                 continue
             text, swaps = swap(doc.text, self._mapping)
+            stats.count("documents_swapped" if swaps else "documents_unswapped")
+            if not swaps and not self.keep_unswapped:
+                stats.remove(doc, "no_gendered_word")
+                continue
             if self.mode == "one_sided":
                 yield dataclasses.replace(doc, text=text, meta={**doc.meta, "cda_swaps": swaps})
                 continue
             yield doc
             if swaps:
-                yield Document(text, f"{doc.id}#cda", doc.source, {**doc.meta, "cda_swaps": swaps})
+                yield Document(text, f"{doc.id}#cda", doc.source,
+                               {**doc.meta, "cda_swaps": swaps, "split_key": doc.meta.get("split_key", doc.id)})

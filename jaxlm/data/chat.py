@@ -53,6 +53,12 @@ class ChatTemplateError(ValueError):
     """A chat template cannot be used to mask responses; the message says why and what to change."""
 
 
+def alpaca_prompt(instruction: str, extra: str = "") -> str:
+    """The user turn of an Alpaca-layout example: the instruction, then a blank line and the input
+    when there is one (data_prep's `alpaca` source, and evaluation on the same files)."""
+    return instruction.strip() + (f"\n\n{extra.strip()}" if extra and extra.strip() else "")
+
+
 def check_messages(messages: Any) -> list[dict[str, str]]:
     """The conversation as a list of {role, content}; raises ChatError naming the bad message."""
     if not isinstance(messages, list) or not messages:

@@ -17,6 +17,12 @@ which of two layouts every record of the dataset has:
   "tokens_mask"  (instruction tuning) the n token ids as above, then n loss-mask bytes (uint8,
                  1 = the token is trained: a response token, see `jaxlm.data.chat`). Decoded as one
                  structured array with fields "token" and "mask".
+  "pair"         (preference tuning) a prompt with a chosen and a rejected response, each rendered
+                 whole by the chat template: two little-endian uint32 lengths (chosen c, rejected r),
+                 the c + r token ids, then c + r mask bytes (1 = a token of the final response, the
+                 part the two sequences differ in), optionally followed by two float32: a reference
+                 model's log-probability of each response (the manifest's `reference` block names the
+                 model). Decoded as `Pair`.
 
 Versions: format_version 1 (no `record_kind`; always "tokens") is read exactly as before;
 format_version 2 adds `record_kind` (absent = "tokens") and, for "tokens_mask", the manifest's
@@ -29,7 +35,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -39,7 +45,7 @@ SHARD_DIR = "shards"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 SPLITS = ("train", "val")
-RECORD_KINDS = ("tokens", "tokens_mask")
+RECORD_KINDS = ("tokens", "tokens_mask", "pair")
 MASKED_TOKEN = np.dtype([("token", "<u4"), ("mask", "u1")])  # a decoded "tokens_mask" record
 
 
@@ -63,10 +69,59 @@ def encode_masked_record(tokens, mask, dtype: np.dtype) -> bytes:
     return tokens.tobytes() + mask.tobytes()
 
 
-def decode_record(record: bytes, dtype: np.dtype, kind: str = "tokens") -> np.ndarray:
-    """A record's tokens (kind "tokens"), or a MASKED_TOKEN array (kind "tokens_mask").
+class Pair(NamedTuple):
+    """A decoded "pair" record: MASKED_TOKEN arrays of both sequences and, when stored, the
+    reference model's log-probabilities (float32 (2,): chosen, rejected), else None."""
+    chosen: np.ndarray
+    rejected: np.ndarray
+    reference: Optional[np.ndarray] = None
+
+
+_PAIR_HEADER = np.dtype("<u4")
+_REFERENCE = np.dtype("<f4")
+
+
+def encode_pair_record(chosen, chosen_mask, rejected, rejected_mask, dtype: np.dtype, reference=None) -> bytes:
+    """A "pair" record; `reference`: (log p_ref(chosen), log p_ref(rejected)) or None."""
+    parts = []
+    for tokens, mask in ((chosen, chosen_mask), (rejected, rejected_mask)):
+        tokens, mask = np.asarray(tokens, dtype=dtype), np.asarray(mask, dtype=np.uint8)
+        if tokens.shape != mask.shape or tokens.ndim != 1:
+            raise ValueError(f"tokens {tokens.shape} and mask {mask.shape} must be 1-D and of one length")
+        parts.append((tokens, mask))
+    (c, cm), (r, rm) = parts
+    out = np.array([len(c), len(r)], _PAIR_HEADER).tobytes() + c.tobytes() + r.tobytes() + cm.tobytes() + rm.tobytes()
+    if reference is not None:
+        out += np.asarray(reference, _REFERENCE).reshape(2).tobytes()
+    return out
+
+
+def decode_pair_record(record: bytes, dtype: np.dtype) -> Pair:
+    head = 2 * _PAIR_HEADER.itemsize
+    if len(record) < head:
+        raise ValueError(f"has {len(record)} bytes, fewer than a pair record's header")
+    c, r = (int(n) for n in np.frombuffer(record, _PAIR_HEADER, count=2))
+    body = head + (c + r) * (dtype.itemsize + 1)
+    extra = len(record) - body
+    if extra not in (0, 2 * _REFERENCE.itemsize):
+        raise ValueError(f"has {len(record)} bytes, not a pair record of {c} + {r} tokens")
+    tokens = np.frombuffer(record, dtype=dtype, count=c + r, offset=head)
+    mask = np.frombuffer(record, dtype=np.uint8, count=c + r, offset=head + (c + r) * dtype.itemsize)
+    seqs = []
+    for lo, hi in ((0, c), (c, c + r)):
+        seq = np.empty(hi - lo, MASKED_TOKEN)
+        seq["token"], seq["mask"] = tokens[lo:hi], mask[lo:hi]
+        seqs.append(seq)
+    reference = np.frombuffer(record, _REFERENCE, count=2, offset=body).copy() if extra else None
+    return Pair(seqs[0], seqs[1], reference)
+
+
+def decode_record(record: bytes, dtype: np.dtype, kind: str = "tokens"):
+    """A record's tokens (kind "tokens"), a MASKED_TOKEN array (kind "tokens_mask"), or a Pair.
 
     Raises ValueError when the length does not fit the layout."""
+    if kind == "pair":
+        return decode_pair_record(record, dtype)
     if kind == "tokens":
         if len(record) % dtype.itemsize:
             raise ValueError(f"has {len(record)} bytes, not a whole number of {dtype} tokens")
@@ -91,6 +146,17 @@ def record_kind(manifest: dict[str, Any]) -> str:
 
 def shard_name(split: str, index: int, count: int) -> str:
     return f"{SHARD_DIR}/{split}-{index:05d}-of-{count:05d}.array_record"
+
+
+def inside(root: str, rel: Any, what: str) -> str:
+    """`rel` joined to the dataset folder `root`. A manifest names files inside its own folder only:
+    an absolute path or a `..` would let a copied or hand-edited manifest read files from anywhere."""
+    parts = str(rel).replace("\\", "/").split("/")
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel) or ".." in parts:
+        raise DataFormatError(
+            f"{os.path.join(root, MANIFEST)}: {what}'s path {rel!r} is not a relative path inside the "
+            "dataset folder (absolute paths and '..' are refused); re-run data_prep for this folder.")
+    return os.path.join(root, rel)
 
 
 def read_manifest(dataset_dir: str) -> dict[str, Any]:

@@ -130,6 +130,9 @@ def build_loader(
                 "a mixture must share one tokenizer: prepare all its datasets with the same tokenizer.model."
             )
     for info in infos:
+        if info.record_kind == "pair":
+            raise DataFormatError(f"dataset {info.path!r} holds preference pairs; train it with a pair objective "
+                                  "(train.objective: reward, dpo, ipo or simpo), which reads it with jaxlm.data.pairs")
         if info.split(split).documents == 0:
             raise DataFormatError(f"split {split!r} of dataset {info.path!r} has no documents; re-run data_prep with more data.")
 
@@ -200,12 +203,17 @@ class _DocumentReader:
         # Each worker reads groups w, w + W, ...; Grain hands their outputs back round-robin, which
         # restores the original order.
         groups = docs[start:].batch(self._group, batch_fn=_join_documents)
-        ds = groups.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
-        if self._worker_count:
-            if not flags.FLAGS.is_parsed():  # grain 0.2.18 reads an absl flag here outside absl.app (google/grain#1355)
-                flags.FLAGS.mark_as_parsed()
-            ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._worker_count, per_worker_buffer_size=4))
-        return _DocumentsOfGroups(iter(ds))
+        return _DocumentsOfGroups(iter(reader_options(groups, self._worker_count)))
+
+
+def reader_options(ds: grain.MapDataset, worker_count: int) -> grain.IterDataset:
+    """`ds` read in order by reader threads, or by `worker_count` Grain worker processes."""
+    out = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+    if worker_count:
+        if not flags.FLAGS.is_parsed():  # grain 0.2.18 reads an absl flag here outside absl.app (google/grain#1355)
+            flags.FLAGS.mark_as_parsed()
+        out = out.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=4))
+    return out
 
 
 def _join_documents(docs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

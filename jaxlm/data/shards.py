@@ -6,7 +6,7 @@ shard files present, sizes and record counts as the manifest says; sha256 only w
 split as a random-access sequence of token arrays; a read that fails mid-stream raises
 DataFormatError naming the shard file and record.
 
-Imports numpy, grain and array_record only (no JAX), so Grain worker processes start quickly.
+Imports numpy, grain, array_record and the path layer only (no JAX), so Grain worker processes start quickly.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from grain.sources import ArrayRecordDataSource
 
 from jaxlm.data import format as fmt
 from jaxlm.data.format import DataFormatError
+from jaxlm.data.remote import local_dataset
 
 _DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 
@@ -74,8 +75,9 @@ def open_dataset(path: str, expected_vocab_size: int | None = None, *, verify: b
     expected_vocab_size: the model's vocabulary size; every token id must fit, so the
       tokenizer's vocab_size must be <= it (a model may pad its vocabulary up).
     verify: also compare every shard's sha256 with the manifest (reads every byte).
+    A dataset on Cloud Storage (gs://...) is read through its local copy (jaxlm/data/remote.py).
     """
-    path = os.path.abspath(path)
+    path = os.path.abspath(local_dataset(path))
     manifest = fmt.read_manifest(path)
     where = os.path.join(path, fmt.MANIFEST)
     dtype = _DTYPES.get(manifest["dtype"])
@@ -100,7 +102,7 @@ def open_dataset(path: str, expected_vocab_size: int | None = None, *, verify: b
         dtype=dtype,
         vocab_size=vocab_size,
         tokenizer_sha256=str(tok["sha256"]),
-        tokenizer_path=_inside(path, tok.get("path", fmt.TOKENIZER), "the tokenizer"),
+        tokenizer_path=fmt.inside(path, tok.get("path", fmt.TOKENIZER), "the tokenizer"),
         bos_id=tok.get("bos_id"),
         eos_id=tok.get("eos_id"),
         pad_id=tok.get("pad_id"),
@@ -110,23 +112,12 @@ def open_dataset(path: str, expected_vocab_size: int | None = None, *, verify: b
     )
 
 
-def _inside(root: str, rel: Any, what: str) -> str:
-    """`rel` joined to the dataset folder. A manifest names files inside its own folder only: an
-    absolute path or a `..` would let a copied or hand-edited manifest read files from anywhere."""
-    parts = str(rel).replace("\\", "/").split("/")
-    if not isinstance(rel, str) or not rel or os.path.isabs(rel) or ".." in parts:
-        raise DataFormatError(
-            f"{os.path.join(root, fmt.MANIFEST)}: {what}'s path {rel!r} is not a relative path inside the "
-            "dataset folder (absolute paths and '..' are refused); re-run data_prep for this folder.")
-    return os.path.join(root, rel)
-
-
 def _check_split(root: str, name: str, spec: dict[str, Any], verify: bool) -> SplitInfo:
     redo = f"re-run `python -m data_prep --config <its config> output={root}`"
     try:
         shards = tuple(
             ShardInfo(
-                path=_inside(root, s["path"], f"a {name} shard"),
+                path=fmt.inside(root, s["path"], f"a {name} shard"),
                 records=int(s["records"]),
                 tokens=int(s.get("tokens", 0)),
                 bytes=None if s.get("bytes") is None else int(s["bytes"]),
@@ -148,7 +139,7 @@ def _check_split(root: str, name: str, spec: dict[str, Any], verify: bool) -> Sp
                 f"shard {shard.path} has {size} bytes, the manifest says {shard.bytes}: it is truncated or "
                 f"was replaced; {redo}."
             )
-        if verify and shard.sha256 and _sha256(shard.path) != shard.sha256:
+        if verify and shard.sha256 and sha256_file(shard.path) != shard.sha256:
             raise DataFormatError(f"shard {shard.path} does not match its sha256 in the manifest: it is corrupt; {redo}.")
         records = _count_records(shard.path)
         if records != shard.records:
@@ -178,7 +169,7 @@ def _count_records(path: str) -> int:
         ) from e
 
 
-def _sha256(path: str) -> str:
+def sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -8,6 +8,10 @@
   python -m jaxlm.eval --hf DIR ...            (a transformers checkpoint folder instead of a run)
   python -m jaxlm.eval --workdir W --suite bias [--bias-sets crows_pairs,bbq] [--data-root DIR]
   python -m jaxlm.eval --list-tasks [--data-root DIR]
+  python -m jaxlm.eval --reward RM --pairs DIR [--split val]        (reward model accuracy on held-out pairs)
+  python -m jaxlm.eval --workdir W --pairs DIR --reference-logps OUT (DIR's pairs with W's log-probabilities)
+  python -m jaxlm.eval --workdir TUNED --base BASE --alignment-tax [--dataset PRETRAIN] [--instruct-dataset SFT] [--tasks ...]
+                       [--chain-of-thought ITEMS] [--reward RM --pairs DIR]   (one table, docs/preference_tuning.md)
 
 Task data comes from the Hugging Face Hub through `datasets` (cached after the first download),
 or from local files with --data-root / --task-file; --list-tasks says which for each task.
@@ -21,7 +25,7 @@ import sys
 
 from jaxlm.config import ConfigError
 from jaxlm.data.format import DataFormatError
-from jaxlm.eval import bias, harness, instruct, perplexity
+from jaxlm.eval import alignment_tax, bias, harness, instruct, pairs, perplexity
 from jaxlm.eval.chat import hf_template, workdir_template
 from jaxlm.eval.contamination import NgramIndex
 from jaxlm.eval.errors import EvalError
@@ -42,11 +46,23 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--val", action="store_true", help="the validation split of --dataset (default: the run's first source)")
     what.add_argument("--instruct", action="store_true",
                       help="instruction loss: mean NLL of the response tokens of --dataset's validation split")
-    what.add_argument("--chain-of-thought", metavar="ITEMS",
-                      help="JSON/JSONL {question, answer} items (GSM8K form): exact match of chat answers after '####'")
-    what.add_argument("--tasks", help="comma-separated task names or task spec .yaml files")
+    # --chain-of-thought and --tasks are measurements of their own, or rows of --alignment-tax's table
+    p.add_argument("--chain-of-thought", metavar="ITEMS",
+                   help="JSON/JSONL {question, answer} items (GSM8K form): exact match of chat answers after '####'")
+    p.add_argument("--tasks", help="comma-separated task names or task spec .yaml files")
     what.add_argument("--list-tasks", action="store_true", help="print the built-in tasks and exit")
     what.add_argument("--suite", choices=["bias"], help="bias: CrowS-Pairs, BBQ, WinoBias and Winogender (docs/safety.md)")
+    what.add_argument("--reference-logps", metavar="OUT", help="write a copy of --pairs with the model's log-probabilities "
+                      "of both responses in its records (train.objective dpo/ipo with preference.reference=cached)")
+    p.add_argument("--alignment-tax", action="store_true", help="the tuned model (--workdir) against --base: "
+                   "perplexity on --dataset, --tasks, --chain-of-thought exact match, win rate")
+    p.add_argument("--reward", metavar="RM", help="a reward model's run folder: with --pairs alone, its accuracy on the "
+                   "pairs; with --alignment-tax, the judge of the win rate")
+    p.add_argument("--pairs", metavar="DIR", help="a pair dataset (data_prep's hh_rlhf, pairs or alpaca_eval sources)")
+    p.add_argument("--split", default="val", help="--pairs: the split to read (default val)")
+    p.add_argument("--base", metavar="WORKDIR", help="--alignment-tax: the model the tuned one started from")
+    p.add_argument("--instruct-dataset", metavar="DIR", help="--alignment-tax: an instruction dataset whose "
+                   "validation responses both models are scored on")
     p.add_argument("--bias-sets", help="--suite bias: comma-separated subset of crows_pairs,bbq,winobias,winogender")
     p.add_argument("--system", default="", help="--suite bias: text put before every BBQ prompt (prompt engineering)")
     p.add_argument("--dataset", help="data_prep folder for --val / --instruct")
@@ -78,11 +94,29 @@ def run(args) -> int:
                 where = f"local files only: --data-root DIR holding {task.path}, or --task-file {name}=PATH"
             print(f"{name:16s} {task.kind:16s} {where}")
         return 0
+    if args.reward and args.pairs and not (args.workdir or args.hf or args.alignment_tax):
+        result = pairs.reward_accuracy(load_workdir(args.reward), args.pairs, split=args.split, limit=args.limit,
+                                       batch_pairs=args.batch_size)
+        return _done(args, result, _kv(result))
     if not (args.workdir or args.hf):
-        raise EvalError("give the model: --workdir RUN_DIR or --hf CHECKPOINT_DIR")
-    if not (args.text or args.val or args.instruct or args.chain_of_thought or args.tasks or args.suite):
+        raise EvalError("give the model: --workdir RUN_DIR or --hf CHECKPOINT_DIR (or --reward RM --pairs DIR)")
+    if not (args.text or args.val or args.instruct or args.chain_of_thought or args.tasks or args.suite
+            or args.reference_logps or args.alignment_tax):
         raise EvalError("say what to evaluate: --text FILE, --val, --instruct, --chain-of-thought ITEMS, "
-                        "--tasks NAMES or --suite bias")
+                        "--tasks NAMES, --suite bias, --reference-logps OUT or --alignment-tax")
+    if args.reference_logps and not args.pairs:
+        raise EvalError("--reference-logps OUT needs --pairs DIR (the pair dataset to copy with the log-probabilities)")
+    if args.alignment_tax and not (args.workdir and args.base):
+        raise EvalError("--alignment-tax compares two runs: --workdir TUNED --base BASE")
+    asked = [flag for flag, on in (("--text", args.text), ("--val", args.val), ("--instruct", args.instruct),
+                                   ("--chain-of-thought", args.chain_of_thought), ("--tasks", args.tasks),
+                                   ("--suite", args.suite), ("--reference-logps", args.reference_logps),
+                                   ("--alignment-tax", args.alignment_tax)) if on]
+    if len(asked) > 1 and not args.alignment_tax:
+        raise EvalError(f"choose one measurement, not {' and '.join(asked)} (--alignment-tax takes several)")
+    if args.alignment_tax and (args.text or args.instruct or args.suite or args.reference_logps):
+        raise EvalError("--alignment-tax measures --dataset perplexity, --tasks, --chain-of-thought and the "
+                        "--reward win rate; run the others on their own")
     items = instruct.read_cot_items(args.chain_of_thought)[:args.limit] if args.chain_of_thought else None
     if args.suite:  # the data is checked before the model loads
         sets = [s.strip() for s in (args.bias_sets or ",".join(bias.SETS)).split(",") if s.strip()]
@@ -102,6 +136,20 @@ def run(args) -> int:
     index = NgramIndex.load(args.contamination) if args.contamination else None
     em = load_workdir(args.workdir, args.context) if args.workdir else load_hf_dir(args.hf, args.context)
 
+    if args.reference_logps:
+        manifest = pairs.write_reference_logprobs(em, args.pairs, args.reference_logps,
+                                                  model=args.workdir or args.hf, batch_pairs=args.batch_size)
+        counts = {k: v["documents"] for k, v in manifest["splits"].items()}
+        return _done(args, manifest["reference"], f"wrote {args.reference_logps}: {counts} pairs with the reference "
+                                                  f"log-probabilities of {args.workdir or args.hf}")
+    if args.alignment_tax:
+        result = alignment_tax.alignment_tax(
+            em, load_workdir(args.base, args.context), dataset=args.dataset, tasks=names if args.tasks else (),
+            shots=args.shots, limit=args.limit, data_root=args.data_root, task_files=task_files, items=items,
+            max_new_tokens=args.max_new_tokens, reward=load_workdir(args.reward) if args.reward else None,
+            pairs=args.pairs, split=args.split, batch_size=args.batch_size, max_documents=args.max_documents,
+            instruct_dataset=args.instruct_dataset)
+        return _done(args, result, alignment_tax.format_table(result))
     if args.text:
         try:
             with open(args.text, encoding="utf-8") as f:
@@ -134,6 +182,15 @@ def run(args) -> int:
                                         seed=args.seed, data_root=args.data_root, batch_size=args.batch_size,
                                         contamination=index, log_samples=args.log_samples)
         print(harness.format_table(result))
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _done(args, result: dict, text: str) -> int:
+    print(text)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)

@@ -102,6 +102,23 @@ def read_winobias(folder: str, split: str = "test") -> list[dict]:
     return pairs
 
 
+_MALE = frozenset(("he", "him", "his", "himself"))
+_FEMALE = frozenset(("she", "her", "hers", "herself"))
+_WORDS = re.compile(r"[a-z]+")
+
+
+def winobias_pro_is_male(pair: dict) -> Optional[bool]:
+    """Whether the pair's pro-stereotypical sentence is the one with the male pronoun (True), the
+    female one (False), or neither can be told (None: a few lines of the original files do not
+    pair up word for word). Turns a pro/anti gap into a male/female one: the model's gender prior."""
+    def maleness(text: str) -> int:
+        words = _WORDS.findall(text.lower())
+        return sum(w in _MALE for w in words) - sum(w in _FEMALE for w in words)
+
+    lean = maleness(pair["pro"]) - maleness(pair["anti"])
+    return None if lean == 0 else lean > 0
+
+
 def read_jsonl(path: str) -> list[dict]:
     with _open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -178,6 +195,22 @@ def winobias_metrics(pairs: Sequence[dict], ll_pro: Sequence[float], ll_anti: Se
         out[f"type{kind}"] = {"pct_pro": float((pro[idx] > anti[idx]).mean()),
                               "ll_gap": float((pro[idx] - anti[idx]).mean()), "pairs": len(idx)}
     return out
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], resamples: int = 2000, level: float = 0.95,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """(mean of b - a, and the percentile bootstrap interval of that mean at `level`), resampling
+    items with their pairing kept: how far the same items, redrawn, could move a difference between
+    two models' per-item scores (e.g. CrowS-Pairs preferences before and after a mitigation)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 1 or a.shape != b.shape or not len(a):
+        raise ValueError("paired_bootstrap needs two equal-length, non-empty 1-d sequences, "
+                         f"got {a.shape} and {b.shape}")
+    diff = b - a
+    idx = np.random.default_rng(seed).integers(0, len(diff), (resamples, len(diff)))
+    means = diff[idx].mean(axis=1)
+    tail = (1.0 - level) / 2
+    return float(diff.mean()), float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))
 
 
 def winogender_metrics(male_correct: Sequence[bool], female_correct: Sequence[bool]) -> dict:

@@ -14,6 +14,8 @@ import os
 from typing import Optional, Sequence
 
 from jaxlm.data.chat import ChatError, ChatTemplate, ChatTemplateError, check_messages, dataset_template
+from jaxlm.data.format import DataFormatError
+from jaxlm.data.remote import local_dataset
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.generate import Generation, Generator, SamplingConfig
 from jaxlm.eval.loading import EvalModel
@@ -23,8 +25,13 @@ def workdir_template(em: EvalModel) -> ChatTemplate:
     """The chat template of the dataset a run trained on (its first data source)."""
     sources = em.config.data.sources if em.config is not None else []
     template = None
-    if sources and os.path.isfile(os.path.join(sources[0].path, "manifest.json")):
-        template = dataset_template(sources[0].path)
+    if sources:
+        try:
+            folder = local_dataset(sources[0].path)  # a dataset on Cloud Storage: its local copy
+        except DataFormatError as e:
+            raise EvalError(str(e)) from None
+        if os.path.isfile(os.path.join(folder, "manifest.json")):
+            template = dataset_template(folder)
     if template is None:
         where = sources[0].path if sources else "(no data source in the run's config)"
         raise EvalError(f"--chat needs a model tuned on an instruction dataset, but the run's dataset {where} "

@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from jaxlm.data.chat import ANSWER_MARKER, ChatTemplate
+from jaxlm.data.chat import ANSWER_MARKER, ChatTemplate, alpaca_prompt
 from jaxlm.data.format import DataFormatError
 from jaxlm.data.shards import DocumentSource, open_dataset
 from jaxlm.eval.answers import exact_match
@@ -76,7 +76,8 @@ def instruction_loss(em: EvalModel, dataset_dir: str, *, split: str = "val", max
 
 def read_cot_items(path: str) -> list[dict]:
     """GSM8K-style items {question, answer} from a JSON list or JSONL file; the answer holds the
-    marker ("... #### 72") or is the bare final answer."""
+    marker ("... #### 72") or is the bare final answer. Alpaca-layout items {instruction, input,
+    answer} (the shipped arithmetic task) are read too, the question being the user turn."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -84,8 +85,12 @@ def read_cot_items(path: str) -> list[dict]:
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise EvalError(f"cannot read {path} as JSON or JSONL items {{question, answer}} ({e})") from None
     for n, item in enumerate(items):
+        if isinstance(item, dict) and "question" not in item and isinstance(item.get("instruction"), str):
+            # the Alpaca layout (data_prep.arithmetic's files): the user turn is built as data_prep builds it
+            item = items[n] = {**item, "question": alpaca_prompt(item["instruction"], item.get("input") or "")}
         if not (isinstance(item, dict) and isinstance(item.get("question"), str) and isinstance(item.get("answer"), str)):
-            raise EvalError(f"{path}: item {n} must be {{question: str, answer: str}}, got {str(item)[:100]}")
+            raise EvalError(f"{path}: item {n} must be {{question: str, answer: str}} (or Alpaca's "
+                            f"{{instruction, input, answer}}), got {str(item)[:100]}")
     if not items:
         raise EvalError(f"{path} holds no items")
     return items

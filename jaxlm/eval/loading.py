@@ -11,6 +11,7 @@ from typing import Any, Optional
 import jax
 from flax import nnx
 
+from jaxlm import storage
 from jaxlm.config import Config, ModelConfig
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.tokenizer import Tokenizer
@@ -79,7 +80,7 @@ _ORBAX_NOTICES = _OrbaxNotices()
 def load_workdir(workdir: str, window: Optional[int] = None) -> EvalModel:
     """The latest valid checkpoint of a training run, with the tokenizer of its first data source."""
     logging.getLogger("absl").addFilter(_ORBAX_NOTICES)  # once: a logger keeps one copy of a filter
-    if not os.path.isdir(workdir):
+    if not storage.isdir(workdir):  # a local folder or gs://BUCKET/PATH
         raise EvalError(f"workdir {workdir!r} does not exist; give the folder a training run wrote "
                         "(it holds config.yaml and checkpoints/)")
     config, params = read_params(workdir)

@@ -13,6 +13,8 @@ from typing import Optional
 
 import sentencepiece as spm
 
+from jaxlm.data.format import DataFormatError
+from jaxlm.data.remote import local_dataset
 from jaxlm.eval.errors import EvalError
 
 
@@ -33,7 +35,12 @@ class Tokenizer:
 
     @classmethod
     def from_dataset(cls, dataset_dir: str) -> "Tokenizer":
-        """The tokenizer of a data_prep output folder, with its manifest's add_bos."""
+        """The tokenizer of a data_prep output folder (local, or on Cloud Storage: its local copy),
+        with its manifest's add_bos."""
+        try:
+            dataset_dir = local_dataset(dataset_dir)
+        except DataFormatError as e:
+            raise EvalError(str(e)) from None
         add_bos = False
         manifest = os.path.join(dataset_dir, "manifest.json")
         if os.path.isfile(manifest):

@@ -86,6 +86,9 @@ def hf_config(cfg: ModelConfig, *, bos_id: Optional[int] = None, eos_id: Optiona
               pad_id: Optional[int] = None, dtype: str = "float32") -> dict:
     """config.json for a jaxlm model; raises InteropError for what the HF class cannot express."""
     n, kv, h = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    if cfg.reward_head:
+        raise InteropError("model.reward_head=true (a reward model's scalar head) has no equivalent in "
+                           "LlamaForCausalLM/GPT2LMHeadModel; such a model cannot be exported")
     if cfg.qk_norm:
         raise InteropError("model.qk_norm=true has no equivalent in LlamaForCausalLM/GPT2LMHeadModel; "
                            "such a model cannot be exported")

@@ -100,11 +100,18 @@ class Transformer(nnx.Module):
         self.final_norm = Norm(cfg.d_model, "embed", kind=norm_kind, eps=cfg.norm_eps, param_dtype=pdt)
         self.unembed = (None if cfg.tie_embeddings else
                         param(rngs.params(), (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), std, pdt))
+        self.reward_head = (param(rngs.params(), (cfg.d_model,), ("embed",), cfg.d_model ** -0.5, pdt)
+                            if cfg.reward_head else None)
 
     def unembedding(self) -> jax.Array:
         """(embed, vocab) matrix in the compute dtype; the loss multiplies hidden states by it."""
         w = self.embed[...].T if self.unembed is None else self.unembed[...]
         return w.astype(self.dtype)
+
+    def scores(self, h_BTD) -> jax.Array:
+        """(B, T) float32 scalar scores of final-normed hidden states (model.reward_head)."""
+        w = self.reward_head[...].astype(self.dtype)
+        return jnp.einsum("btd,d->bt", h_BTD, w, preferred_element_type=jnp.float32)
 
     def embed_inputs(self, tokens_BT, positions_BT, dropout_key=None):
         """The first layer's input (B, T, D) and one dropout key per layer (None without dropout)."""

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import Optional
 
@@ -123,11 +124,8 @@ def _model_and_workload(args):
     if args.config:
         config = load_config(args.config, args.set or [])
         model = config.model
-        t = config.train
-        work = dict(global_batch=t.global_batch, seq_len=config.data.seq_len, micro_batch=t.micro_batch,
-                    remat=model.remat, compute_dtype=model.dtype, param_dtype=model.param_dtype,
-                    optimizer=config.optim.name, loss_chunk=model.loss_chunk)
-        tokens = t.steps * t.global_batch * config.data.seq_len
+        work = dataclasses.asdict(Workload.of(config))
+        tokens = config.train.steps * config.train.global_batch * config.data.seq_len
         mesh_from_config = config.mesh
     elif args.preset:
         model = preset(args.preset)
@@ -142,6 +140,8 @@ def _model_and_workload(args):
             work[key] = value
     if args.device_type == "cpu":
         work["platform"] = "cpu"
+    elif args.device_type and get_device(args.device_type).name.startswith("NVIDIA"):
+        work["platform"] = "gpu"
     workload = Workload(**work)
     if args.tokens is not None:
         tokens = args.tokens
@@ -176,7 +176,7 @@ def cmd_memory(args) -> None:
         print(f"mesh: {mesh}")
     rows = [[name, f"{value / GiB:.2f}"] for name, value in estimate.rows()]
     print(table(["per device", "GiB"], rows))
-    if estimate.logits_dominate and estimate.working > 0.3 * estimate.total and work.loss_chunk == 0:
+    if estimate.logits_dominate and estimate.at_loss > 0.3 * estimate.total and work.loss_chunk == 0:
         print("the (tokens, vocab) logits dominate: set model.loss_chunk (--loss-chunk 4096) or a smaller micro-batch")
     if device is not None:
         verdict = "fits" if estimate.total <= device.hbm_bytes else "DOES NOT FIT"

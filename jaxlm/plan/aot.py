@@ -120,10 +120,17 @@ class Program:
     code: int
     flops: Optional[float]  # per chip
     seconds: Optional[float]  # the compiler's own estimate of the run time
+    peak_memory: int = 0  # the compiler's peak: arguments, outputs and temporaries as its buffer assignment packs them
+    refused: bool = False  # the compiler refused it: its peak exceeds the HBM it may use
 
     @property
     def peak(self) -> int:
-        return self.arguments + self.outputs - self.aliased + self.temps + self.code
+        """HBM the program needs per chip: the compiler's own peak, the figure it checks against the
+        chip's HBM (a program over it is refused, `_compile`). `temps` (memory_analysis's
+        temp_size_in_bytes) is no part of it on TPU: it counts more than the compiler's buffer
+        assignment holds, and a program whose arguments + temps exceed HBM compiles when its peak
+        does not (docs/tpu.md). Backends that report no peak: the sum of the parts."""
+        return self.peak_memory or self.arguments + self.outputs - self.aliased + self.temps + self.code
 
 
 def _program(name: str, compiled) -> Program:
@@ -134,7 +141,7 @@ def _program(name: str, compiled) -> Program:
     seconds = cost.get("optimal_seconds")
     return Program(name, mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.temp_size_in_bytes,
                    mem.alias_size_in_bytes, mem.generated_code_size_in_bytes, cost.get("flops"),
-                   seconds if seconds and seconds > 0 else None)
+                   seconds if seconds and seconds > 0 else None, getattr(mem, "peak_memory_in_bytes", 0) or 0)
 
 
 PROGRAMS = ("init", "train step", "eval step")
@@ -152,16 +159,19 @@ def _per_chip_bytes(tree) -> int:
 
 
 def _compile(name: str, lowered, args) -> Program:
-    """One program's report; when XLA's TPU compiler refuses it for want of HBM, the temporaries
-    it said it needs (it gives no memory analysis then)."""
+    """One program's report; when XLA's TPU compiler refuses it for want of HBM, the memory it said
+    the program needs (it gives no memory analysis then). That figure is the same peak
+    `Program.peak` reads from a compiled program: arguments, outputs and temporaries together,
+    although the message calls it "HLO temporaries"."""
     try:
         return _program(name, lowered.compile())
     except Exception as e:  # jax's JaxRuntimeError: RESOURCE_EXHAUSTED: Ran out of memory on HBM ...
         need = re.search(r"required for HLO temporaries \(([\d.]+)([KMGT])\)", str(e))
         if "RESOURCE_EXHAUSTED" not in str(e) or not need:
             raise
-        temps = int(float(need.group(1)) * _UNITS[need.group(2)])
-        return Program(name, _per_chip_bytes(args), 0, temps, 0, 0, None, None)
+        peak = int(float(need.group(1)) * _UNITS[need.group(2)])
+        arguments = _per_chip_bytes(args)
+        return Program(name, arguments, 0, max(peak - arguments, 0), 0, 0, None, None, peak, refused=True)
 
 
 def compile_programs(config, devices, programs=PROGRAMS) -> tuple[dict, list[Program]]:
@@ -179,9 +189,9 @@ def compile_programs(config, devices, programs=PROGRAMS) -> tuple[dict, list[Pro
     mesh, fields, t = s.mesh, s.objective.batch_fields, config.train
     micro = t.micro_batch
     state = s.abstract()
-    batch = {k: jax.ShapeDtypeStruct((t.global_batch // micro, micro, config.data.seq_len), jnp.int32,
+    batch = {k: jax.ShapeDtypeStruct((t.global_batch // micro, micro, config.data.seq_len), s.field_dtype(k),
                                      sharding=s.batch_sharding) for k in fields}
-    micro_batch = {k: jax.ShapeDtypeStruct((micro, config.data.seq_len), jnp.int32, sharding=s.micro_sharding)
+    micro_batch = {k: jax.ShapeDtypeStruct((micro, config.data.seq_len), s.field_dtype(k), sharding=s.micro_sharding)
                    for k in fields}
     init = jax.jit(lambda: init_state(config, s.spec, s.scheme.optimizer, s.scheme.shardings),
                    out_shardings=s.scheme.shardings)
@@ -193,15 +203,40 @@ def compile_programs(config, devices, programs=PROGRAMS) -> tuple[dict, list[Pro
     return dict(mesh.shape), out
 
 
-def planner_workload(config):
-    """The planner's description of what one optimizer step of this config processes."""
-    from jaxlm.plan.memory import Workload
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A shipped config compiled for a slice: one row of docs/tpu.md's table."""
+    config: str  # path from the repository root
+    topology: str
+    slices: int = 1
+    overrides: tuple = ()
+    label: str = ""  # what the overrides make of it, for the table
 
-    m, t = config.model, config.train
-    return Workload(global_batch=t.global_batch, seq_len=config.data.seq_len, micro_batch=t.micro_batch,
-                    remat=m.remat, compute_dtype=m.dtype, param_dtype=m.param_dtype, optimizer=config.optim.name,
-                    loss_chunk=m.loss_chunk, pipeline_repeats=config.pipeline.repeats,
-                    pipeline_microbatches=config.pipeline.microbatches)
+    @property
+    def name(self) -> str:
+        stem = os.path.splitext(os.path.basename(self.config))[0]
+        return f"{stem}, {self.label}" if self.label else stem
+
+    @property
+    def slice_name(self) -> str:
+        return self.topology + (f" x {self.slices}" if self.slices > 1 else "")
+
+
+PIPELINE_OVERRIDES = ("mesh.data=1", "mesh.fsdp=-1", "mesh.pipe=4", "train.micro_batch=64", "pipeline.microbatches=8")
+# The recipes the planner's TPU memory model is checked against (tests/unit/jaxlm/plan/test_plan_aot.py, within 15%
+# of the compiler's peak each; benchmarks/tpu_compile.py prints docs/tpu.md's table from them).
+REFERENCE_RECIPES = (
+    Recipe("configs/gpt2-124m.yaml", "v4-8"),
+    Recipe("configs/llama-1b.yaml", "v5e-16"),
+    Recipe("configs/llama-1b.yaml", "v5p-8"),
+    Recipe("configs/llama-1b.yaml", "v6e-8"),
+    Recipe("configs/llama-8b.yaml", "v5p-64", label="FSDP, remat full"),
+    Recipe("configs/llama-1b.yaml", "v5p-32", overrides=PIPELINE_OVERRIDES,
+           label="pipeline: 4 stages (gpipe, 8 micro-batches), fsdp 4"),
+    Recipe("configs/llama-1b.yaml", "v5e-16", slices=2, overrides=("mesh.data=2",),
+           label="2 slices (data=2 across them)"),
+    Recipe("configs/llama-8b.yaml", "v5e-16", label="on 16 GiB chips: does not fit"),
+)
 
 
 @dataclasses.dataclass
@@ -222,8 +257,8 @@ class Report:
         return max(p.peak for p in self.programs)
 
     @property
-    def fits(self) -> bool:
-        return self.peak <= self.topology.device.hbm_bytes
+    def fits(self) -> bool:  # the compiler refuses a program over the HBM it may use (a little under the chip's)
+        return not any(p.refused for p in self.programs) and self.peak <= self.topology.device.hbm_bytes
 
     @property
     def planner_error(self) -> float:  # planner / compiler - 1, on the train step
@@ -231,13 +266,13 @@ class Report:
 
 
 def compile_report(config, topo: Topology, programs=PROGRAMS) -> Report:
-    from jaxlm.plan.memory import MeshShape, estimate_memory, flops_per_token
+    from jaxlm.plan.memory import MeshShape, Workload, estimate_memory, flops_per_token
 
     if topo.slices > 1 and config.mesh.dcn_axis not in ("data", "fsdp"):
         raise PlanError(f"mesh.dcn_axis is {config.mesh.dcn_axis!r}: only a batch axis (data or fsdp) may span "
                         "slices, whose links (the data-centre network) are too slow for tensor or pipe")
     mesh, compiled = compile_programs(config, topology_devices(topo), programs)
-    estimate = estimate_memory(config.model, planner_workload(config), MeshShape(**mesh))
+    estimate = estimate_memory(config.model, Workload.of(config), MeshShape(**mesh))
     tokens = config.train.global_batch * config.data.seq_len
     return Report(topo, mesh, compiled, estimate.total, flops_per_token(config.model, config.data.seq_len), tokens)
 
@@ -250,11 +285,15 @@ def format_report(report: Report) -> str:
     lines = [f"{topo.name}{f' x {topo.slices} slices' if topo.slices > 1 else ''}: {topo.devices} x {device.name} "
              f"({topo.topology_name}, {device.hbm_bytes / gib:.0f} GiB each); mesh "
              + ",".join(f"{k}={v}" for k, v in report.mesh.items())]
-    rows = [[p.name, f"{p.arguments / gib:.2f}", f"{p.temps / gib:.2f}", f"{(p.outputs - p.aliased) / gib:.2f}",
+    rows = [[p.name + (" (refused: over HBM)" if p.refused else ""), f"{p.arguments / gib:.2f}",
+             "" if p.refused else f"{p.temps / gib:.2f}", "" if p.refused else f"{(p.outputs - p.aliased) / gib:.2f}",
              f"{p.peak / gib:.2f}", f"{p.peak / device.hbm_bytes:.0%}"] for p in report.programs]
     rows.append(["planner (train step)", "", "", "", f"{report.planner_bytes / gib:.2f}",
                  f"{report.planner_bytes / device.hbm_bytes:.0%}"])
-    lines.append(table(["per chip, GiB", "arguments", "temporaries", "outputs (not aliased)", "total", "of HBM"], rows))
+    lines.append(table(["per chip, GiB", "arguments", "temporaries", "outputs (not aliased)", "peak", "of HBM"], rows))
+    lines.append("peak: the compiler's, what it checks against HBM (arguments, outputs and temporaries as its buffer "
+                 "assignment packs them); temporaries: memory_analysis's, which on TPU counts more than that buffer "
+                 "assignment holds")
     margin = device.hbm_bytes - report.peak
     verdict = (f"fits: {margin / gib:.2f} GiB to spare per chip" if report.fits else
                f"DOES NOT FIT: {-margin / gib:.2f} GiB per chip over the {device.hbm_bytes / gib:.0f} GiB")

@@ -30,19 +30,12 @@ from jaxlm.plan import PlanError, memory
 __all__ = ["choose_mesh", "device_memory", "resolve_mesh"]
 
 
-def _workload(config: Config) -> memory.Workload:
-    m, t = config.model, config.train
-    return memory.Workload(
-        global_batch=t.global_batch, seq_len=config.data.seq_len, micro_batch=t.micro_batch, remat=m.remat,
-        compute_dtype=m.dtype, param_dtype=m.param_dtype, optimizer=config.optim.name, loss_chunk=m.loss_chunk,
-        pipeline_microbatches=config.pipeline.microbatches,
-        pipeline_repeats=config.pipeline.repeats if config.pipeline.schedule == "circular" else 1)
-
-
-def choose_mesh(config: Config, devices: int, memory_bytes: Optional[float] = None) -> dict[str, int]:
-    """Axis sizes for `devices` devices of `memory_bytes` each (None: no limit); ConfigError, with
-    the reason, when no mesh can run this model and batch."""
-    work = _workload(config)
+def choose_mesh(config: Config, devices: int, memory_bytes: Optional[float] = None,
+                platform: str = "tpu") -> dict[str, int]:
+    """Axis sizes for `devices` devices of `memory_bytes` each (None: no limit) of `platform` (tpu,
+    gpu or cpu: whose compiler's memory the planner models); ConfigError, with the reason, when no
+    mesh can run this model and batch."""
+    work = dataclasses.replace(memory.Workload.of(config), platform=platform)
     try:
         if memory_bytes is None:
             meshes = memory.candidate_meshes(config.model, work, devices)
@@ -61,5 +54,5 @@ def resolve_mesh(config: Config, devices=None) -> Config:
     if not config.mesh.auto:
         return config
     devices = list(jax.devices() if devices is None else devices)
-    sizes = choose_mesh(config, len(devices), device_memory(devices[0]))
+    sizes = choose_mesh(config, len(devices), device_memory(devices[0]), devices[0].platform)
     return dataclasses.replace(config, mesh=MeshConfig(**sizes))

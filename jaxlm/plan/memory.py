@@ -12,11 +12,15 @@ The counts were measured on XLA's compiled train step (jaxlm.train.step) by diff
 different depth and width; see docs/planning.md. The step's peak is
 
     params + optimizer state                      (arguments; outputs alias them: donated)
-  + grads (float32) [+ accumulator when micro-batching] [+ compute-dtype weights and their grads]
+  + float32 gradient accumulator (micro-batching) + compute-dtype weights
   + layers x saved activations per layer
-  + max(logits and their gradient, one layer's backward working set)
+  + max(the loss's logits and their gradient, the micro-batch's float32 gradients + one layer's
+        backward working set)
 
 because the loss's (tokens, vocab) buffers are freed before the first layer's backward starts.
+What the compiler does differs by platform (`Workload.platform`): the TPU terms were read off XLA's
+TPU compiler's buffer assignments for real recipes and slices (docs/tpu.md), the CPU ones measured
+on XLA's CPU backend (docs/planning.md).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Optional
 
 from jaxlm.config import ModelConfig
 from jaxlm.model import counting
+from jaxlm.model.attention import SPLASH_LANES
 from jaxlm.model.counting import ParamShape
 from jaxlm.parallel.rules import PARAM_RULES, spec_for
 from jaxlm.plan import PlanError
@@ -47,6 +52,7 @@ SAVED_PER_LAYER = {
     "full": {"embed": 1, "heads": 0, "kv": 0, "mlp": 0, "scores": 0},  # the layer's input only
 }
 REMAT_POLICIES = tuple(SAVED_PER_LAYER)
+TPU_LANES = 128  # TPU tiles an array 8 x 128: its minor dim is stored in multiples of 128 elements
 # Under tensor parallelism the row-parallel matmuls (o, down) leave partial sums that are reduced
 # into fresh residual-sized buffers, and the column-parallel inputs are kept whole.
 TENSOR_PARALLEL_EXTRA_EMBED = 4
@@ -149,9 +155,18 @@ class Workload:
     param_dtype: str = "float32"
     optimizer: str = "adamw"
     loss_chunk: int = 0  # >0: cross-entropy over this many tokens at a time
-    platform: str = "tpu"  # "cpu": XLA's CPU backend keeps bf16 activations as float32
+    platform: str = "tpu"  # tpu | gpu | cpu (XLA's CPU backend keeps bf16 activations as float32)
     pipeline_repeats: int = 1  # the circular schedule's rounds (pipeline.repeats); 1: GPipe
     pipeline_microbatches: int = 0  # micro-batches per pipeline pass (pipeline.microbatches); 0: all
+
+    @classmethod
+    def of(cls, config) -> "Workload":
+        """What one optimizer step of a jaxlm Config processes."""
+        m, t, p = config.model, config.train, config.pipeline
+        return cls(global_batch=t.global_batch, seq_len=config.data.seq_len, micro_batch=t.micro_batch,
+                   remat=m.remat, compute_dtype=m.dtype, param_dtype=m.param_dtype, optimizer=config.optim.name,
+                   loss_chunk=m.loss_chunk, pipeline_microbatches=p.microbatches,
+                   pipeline_repeats=p.repeats if p.schedule == "circular" else 1)
 
     def __post_init__(self):  # the derived default, resolved once (as jaxlm.config.TrainConfig does)
         if not self.micro_batch:
@@ -164,19 +179,41 @@ class Workload:
 
 @dataclasses.dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes per device."""
+    """Bytes per device. The step holds the first five terms throughout (the state is donated: its
+    outputs alias it); on top of them the peak comes either in the loss or in the backward pass
+    through the layers, whichever needs more."""
 
     params: float
     optimizer: float
-    grads: float  # float32 gradients, plus the accumulator when micro-batching
-    weights_compute: float  # compute-dtype copies of the weights and their gradients (remat none)
+    accumulator: float  # float32 gradient accumulator (micro-batching), held across micro-batches
+    weights_compute: float  # compute-dtype copies of the weights (and, remat none on CPU, their gradients)
     activations: float  # saved for the backward pass, all layers on this device
-    working: float  # max(logits + their gradient, one layer's backward working set)
-    logits_dominate: bool = False  # the loss's (tokens, vocab) buffers are the larger working set
+    micro_grads: float  # the micro-batch's float32 gradients
+    loss: float  # the loss's working set: (tokens or a chunk, vocab) logits and their gradient
+    layer: float  # one layer's backward working set (what it recomputes, and its gradients)
+    grads_during_loss: bool = False  # XLA's CPU schedule allocates the gradients before the loss runs;
+    # TPU's builds them in the backward pass, after the loss's buffers are freed
+
+    @property
+    def grads(self) -> float:
+        return self.accumulator + self.micro_grads
+
+    @property
+    def at_loss(self) -> float:  # on top of the held terms while the loss runs
+        return self.loss + (self.micro_grads if self.grads_during_loss else 0.0)
+
+    @property
+    def in_backward(self) -> float:  # on top of the held terms in the backward pass through a layer
+        return self.micro_grads + self.layer
+
+    @property
+    def logits_dominate(self) -> bool:  # the loss's (tokens, vocab) buffers set the peak
+        return self.at_loss > self.in_backward
 
     @property
     def total(self) -> float:
-        return self.params + self.optimizer + self.grads + self.weights_compute + self.activations + self.working
+        return (self.params + self.optimizer + self.accumulator + self.weights_compute + self.activations
+                + max(self.at_loss, self.in_backward))
 
     @property
     def state(self) -> float:  # what XLA reports as argument bytes (the donated train state)
@@ -187,9 +224,14 @@ class MemoryEstimate:
         return self.total - self.state
 
     def rows(self) -> list[tuple[str, float]]:
-        return [("parameters", self.params), ("optimizer state", self.optimizer), ("gradients", self.grads),
-                ("compute-dtype weights", self.weights_compute), ("saved activations", self.activations),
-                ("logits / layer working set", self.working), ("total", self.total)]
+        peak = " (the peak)"
+        return [("parameters", self.params), ("optimizer state", self.optimizer),
+                ("gradient accumulator", self.accumulator), ("compute-dtype weights", self.weights_compute),
+                ("saved activations", self.activations),
+                ("then, in the loss: logits and their gradient" + (peak if self.logits_dominate else ""), self.at_loss),
+                ("or, in the backward pass: gradients + one layer's working set"
+                 + ("" if self.logits_dominate else peak), self.in_backward),
+                ("total", self.total)]
 
 
 def _dtype_bytes(name: str) -> int:
@@ -218,7 +260,16 @@ def check_mesh(model, work: Workload, mesh: MeshShape) -> None:
         raise PlanError(f"unknown optimizer {work.optimizer!r}; use one of {', '.join(OPTIMIZER_MOMENTS)}")
 
 
-def _per_token_layer_bytes(model, policy: str, mesh: MeshShape, act_bytes: int, seq_len: int) -> float:
+def flash_attention(model, work: Workload) -> bool:
+    """Whether attention runs a kernel that never materialises the (T, S) scores: the splash kernel
+    on TPU (under `jaxlm.model.attention.use_splash`'s conditions), cuDNN's fused attention on GPU.
+    XLA's CPU backend runs the plain einsums, which keep scores and probabilities."""
+    if work.platform == "cpu" or model.attention == "dense" or model.attn_dropout > 0:
+        return False
+    return work.platform == "gpu" or model.attention == "splash" or work.seq_len % SPLASH_LANES == 0
+
+
+def _per_token_layer_bytes(model, policy: str, mesh: MeshShape, act_bytes: int, work: Workload) -> float:
     g = dims(model)
     t = mesh.tensor
 
@@ -230,13 +281,26 @@ def _per_token_layer_bytes(model, policy: str, mesh: MeshShape, act_bytes: int, 
         counts["embed"] += TENSOR_PARALLEL_EXTRA_EMBED
     if counts["mlp"] is None:
         counts["mlp"] = 1 if model.family == "gpt2" else 2
+    if flash_attention(model, work):
+        counts["scores"] = 0
+    # TPU keeps the key and value projections (B, T, kv heads, head_dim) with head_dim as the
+    # 128-lane minor dim, so a head_dim under 128 is padded to it (64 -> 128 doubles them). Queries
+    # too when every head has its own kv head (the same shape, laid out alike); with grouped kv heads
+    # XLA lays the queries out for the splash kernel's grouped form, tokens minor, unpadded.
+    kv_dim = _lanes(g["h"], work.platform)
+    q_dim = kv_dim if g["kv"] == g["n"] else g["h"]
     heads_split = g["n"] % t == 0
     per_token = (counts["embed"] * g["d"]
-                 + counts["heads"] * split(g["n"] * g["h"], heads_split)
-                 + counts["kv"] * split(g["kv"] * g["h"], g["kv"] % t == 0)
+                 + counts["heads"] * split(g["n"] * q_dim, heads_split)
+                 + counts["kv"] * split(g["kv"] * kv_dim, g["kv"] % t == 0)
                  + counts["mlp"] * split(g["f"], g["f"] % t == 0)) * act_bytes
-    per_token += counts["scores"] * split(g["n"] * seq_len, heads_split) * (4 + act_bytes)
+    per_token += counts["scores"] * split(g["n"] * work.seq_len, heads_split) * (4 + act_bytes)
     return per_token
+
+
+def _lanes(size: int, platform: str) -> int:
+    """A minor dim as stored: TPU tiles arrays 128 elements wide in their minor dim."""
+    return -(-size // TPU_LANES) * TPU_LANES if platform == "tpu" else size
 
 
 def estimate_memory(model, work: Workload, mesh: MeshShape) -> MemoryEstimate:
@@ -245,18 +309,26 @@ def estimate_memory(model, work: Workload, mesh: MeshShape) -> MemoryEstimate:
     g = dims(model)
     pbytes = _dtype_bytes(work.param_dtype)
     cbytes = _dtype_bytes(work.compute_dtype)
-    act_bytes = 4 if work.platform == "cpu" else cbytes
+    cpu = work.platform == "cpu"
+    act_bytes = 4 if cpu else cbytes
     p_dev, p_layers_dev = params_per_device(model, mesh)
+    mixed = cbytes != pbytes
 
     params = p_dev * pbytes
     optimizer = p_dev * 4 * OPTIMIZER_MOMENTS[work.optimizer]
-    grads = p_dev * 4 * (2 if work.n_micro > 1 else 1)
-    mixed = cbytes != pbytes
-    weights_compute = p_layers_dev * 2 * cbytes if (mixed and work.remat == "none") else 0.0
+    accumulator = p_dev * 4 if work.n_micro > 1 else 0.0
+    micro_grads = p_dev * 4
+    if cpu:  # measured on XLA's CPU backend: the layers' weights and their gradients, remat none only
+        weights_compute = p_layers_dev * 2 * cbytes if (mixed and work.remat == "none") else 0.0
+    else:
+        # XLA hoists the casts of the weights to the compute dtype out of the layer scan and the
+        # micro-batch loop: one compute-dtype copy of this device's share of every weight, held
+        # through the step (under FSDP the shards are cast before they are gathered).
+        weights_compute = p_dev * cbytes if mixed else 0.0
 
     tokens = work.micro_batch // mesh.batch_shards * work.seq_len
     layers_here = g["L"] // mesh.pipe
-    saved = _per_token_layer_bytes(model, work.remat, mesh, act_bytes, work.seq_len)
+    saved = _per_token_layer_bytes(model, work.remat, mesh, act_bytes, work)
     activations = layers_here * tokens * saved
     if mesh.pipe > 1:
         # Every iteration of the schedule saves its stage's activations for the backward pass
@@ -267,32 +339,47 @@ def estimate_memory(model, work: Workload, mesh: MeshShape) -> MemoryEstimate:
         activations = iterations * layers_here // work.pipeline_repeats * tokens * saved
         activations += 2 * m * tokens * g["d"] * act_bytes
     if work.remat == "none":
-        layer_working = tokens * saved
-    else:
-        layer_working = tokens * _per_token_layer_bytes(model, "none", mesh, act_bytes, work.seq_len)
+        layer = tokens * saved
+    else:  # the backward pass recomputes the layer's forward: its activations as remat none keeps them
+        layer = tokens * _per_token_layer_bytes(model, "none", mesh, act_bytes, work)
+    if mesh.pipe > 1 and not cpu:
+        # TPU: the backward pass of a schedule iteration copies the stage's saved activations for
+        # all its L/(S*R) layers out of the schedule's stack at once, beside the layer it works on
+        layer += (layers_here // work.pipeline_repeats - 1) * tokens * saved
 
     vocab_here = g["V"] / mesh.tensor if g["V"] % mesh.tensor == 0 else g["V"]
     # float32 logits, float32 softmax/gradient, and the gradient cast to the compute dtype (which
     # XLA's CPU backend, as for activations, keeps in float32)
     logit_bytes = 8 + (act_bytes if cbytes != 4 else 0)
     unembed = g["d"] * vocab_here
-    if 0 < work.loss_chunk < tokens:
+    chunked = 0 < work.loss_chunk < work.micro_batch * work.seq_len
+    if chunked and not cpu:
+        # The fused loss walks the micro-batch's tokens chunk by chunk, and each device computes
+        # every chunk's (chunk, vocab) logits whole: under data parallelism or FSDP the chunk loop
+        # runs over the whole batch's tokens, its hidden states resharded so that each device
+        # contracts its share of d_model, and the partial logits are summed across devices (an
+        # all-reduce). Live together: the float32 logits, their gradient in the compute dtype,
+        # the float32 weight-gradient accumulator (sharded as the unembedding is) and the float32
+        # gradient of this device's hidden states.
+        unembed_here = unembed / (mesh.fsdp if g["d"] % mesh.fsdp == 0 else 1)
+        loss = (work.loss_chunk * vocab_here * (4 + cbytes) + unembed_here * 4 + tokens * g["d"] * 4)
+    elif chunked:
         # one chunk's logits; the fused loss's float32 weight-gradient accumulator, the copy it
         # saves for the backward pass, and compute-dtype casts of the weight and its gradient;
         # float32 gradient of the hidden states
-        loss_working = (work.loss_chunk * vocab_here * logit_bytes + unembed * (8 + 2 * cbytes)
-                        + tokens * g["d"] * 8)
+        loss = (work.loss_chunk * vocab_here * logit_bytes + unembed * (8 + 2 * cbytes)
+                + tokens * g["d"] * 8)
     else:
-        loss_working = tokens * vocab_here * logit_bytes
+        loss = tokens * vocab_here * logit_bytes
     if mesh.pipe > 1:
         # the loss runs over the pass's micro-batches, split over the stages when S divides M,
         # each micro-batch's buffers kept for the backward pass
         m = work.pipeline_microbatches or work.n_micro
-        loss_working *= m // mesh.pipe if m % mesh.pipe == 0 else m
-    if mesh.fsdp > 1:  # the unembedding is gathered whole for the loss, its gradient made whole
-        loss_working += unembed * (cbytes + 4)
-    return MemoryEstimate(params, optimizer, grads, weights_compute, activations,
-                          max(loss_working, layer_working), loss_working > layer_working)
+        loss *= m // mesh.pipe if m % mesh.pipe == 0 else m
+    if mesh.fsdp > 1 and (cpu or not chunked):  # the unembedding gathered whole, its gradient made whole
+        loss += unembed * (cbytes + 4)
+    return MemoryEstimate(params, optimizer, accumulator, weights_compute, activations, micro_grads, loss, layer,
+                          grads_during_loss=cpu)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,8 +5,9 @@
            the shards it owns. The dropout RNG needs no saving: the step derives it from (seed, step).
     meta   JSON: every process's data-loader state (keyed by process index), the `extra` dict the
            loop passes (spike-detector state), the resolved config, and a checksum of every array.
-Orbax writes into `<step>.orbax-checkpoint-tmp` and renames it when complete, so a checkpoint cut
-short by a kill is never listed; leftovers are removed before the next save.
+Orbax writes into `<step>.orbax-checkpoint-tmp` and renames it when complete (on Cloud Storage,
+which cannot rename, it writes a commit marker last instead), so a checkpoint cut short by a kill
+is never listed; leftovers are removed before the next save. The workdir may be local or `gs://`.
 
 Restoring walks from the newest checkpoint back: one whose items are missing, unreadable or whose
 arrays do not match their checksums is recorded in incidents.jsonl, moved to
@@ -19,8 +20,6 @@ docs/checkpointing.md.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import time
 from typing import Any, Callable, NamedTuple, Optional
@@ -31,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from jaxlm import config as config_lib
+from jaxlm import config as config_lib, storage
 from jaxlm.config import Config, ConfigError
 from jaxlm.train import resume
 from jaxlm.train.checkpoint_reader import (  # the on-disk format, shared with evaluation's reader
@@ -100,7 +99,7 @@ class CheckpointManager:
         self.options = config.checkpoint
         self.is_main = jax.process_index() == 0 if is_main is None else is_main
         self.read_only = read_only
-        self.directory = os.path.abspath(directory or os.path.join(workdir, CHECKPOINT_DIR))
+        self.directory = storage.absolute(directory or storage.join(workdir, CHECKPOINT_DIR))
         self.incidents = incidents or Incidents(workdir, enabled=False)
         self._config_dict = config_lib.to_dict(config)
         self._mngr = self._open(self.directory, read_only)
@@ -117,7 +116,7 @@ class CheckpointManager:
         options = ocp.CheckpointManagerOptions(
             read_only=read_only, create=not read_only, cleanup_tmp_directories=not read_only,
             enable_async_checkpointing=o.async_save, preservation_policy=policy)
-        if read_only and not os.path.isdir(directory):
+        if read_only and not storage.isdir(directory):
             raise CheckpointError(f"{directory} does not exist: no checkpoints to restore there")
         return ocp.CheckpointManager(directory, options=options, item_handlers=item_handlers())
 
@@ -307,10 +306,9 @@ class CheckpointManager:
                               moved_to=None if self.read_only else destination, why=why)
         logging.warning("checkpoint %d in %s set aside (%s): %s", step, self.directory, folder, why)
         if self.is_main and not self.read_only:
-            os.makedirs(os.path.dirname(destination), exist_ok=True)
-            if os.path.exists(destination):
+            if storage.exists(destination):
                 destination = f"{destination}-{int(time.time())}"
-            shutil.move(f"{self.directory}/{step}", destination)
+            storage.move(f"{self.directory}/{step}", destination)
         _barrier(f"jaxlm_set_aside_{step}")
         self._mngr.reload()
 

@@ -13,7 +13,6 @@ import asyncio
 import dataclasses
 import errno
 import json
-import os
 from typing import Any, Optional
 
 import jax
@@ -22,7 +21,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
-from jaxlm import config as config_lib
+from jaxlm import config as config_lib, storage
 from jaxlm.config import Config, ConfigError
 from jaxlm.model import Transformer
 from jaxlm.parallel import rules
@@ -126,12 +125,12 @@ class MetaRestore(ocp.args.CheckpointArgs):
 
 def resolve_source(path: str) -> tuple[str, Optional[int]]:
     """A workdir, its checkpoints/ folder, or one checkpoints/<step> -> (checkpoints folder, step or None)."""
-    path = os.path.abspath(path)
-    if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):
-        return os.path.join(path, CHECKPOINT_DIR), None
-    if os.path.basename(path).isdigit() and os.path.isdir(path):
-        return os.path.dirname(path), int(os.path.basename(path))
-    if os.path.isdir(path):
+    path = storage.absolute(path)
+    if storage.isdir(storage.join(path, CHECKPOINT_DIR)):
+        return storage.join(path, CHECKPOINT_DIR), None
+    if storage.basename(path).isdigit() and storage.isdir(path):
+        return storage.dirname(path), int(storage.basename(path))
+    if storage.isdir(path):
         return path, None
     raise CheckpointError(f"{path} does not exist; give a run's workdir, its {CHECKPOINT_DIR}/ folder, "
                           f"or one {CHECKPOINT_DIR}/<step> folder")

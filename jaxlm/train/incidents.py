@@ -9,9 +9,10 @@ and every line goes to disk at once so a killed run loses none.
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any, Optional
+
+from jaxlm import storage
 
 FILENAME = "incidents.jsonl"
 
@@ -20,17 +21,16 @@ class Incidents:
     def __init__(self, workdir: str, enabled: bool = True, writer: Optional[Any] = None):
         """writer: anything with `text(tag, text, step)` (the run's MetricsWriter), for TensorBoard."""
         self.enabled = enabled
-        self.path = os.path.join(workdir, FILENAME)
+        self.path = storage.join(workdir, FILENAME)
         self._writer = writer
-        if enabled:  # present (maybe empty) in every run's workdir
-            open(self.path, "a", encoding="utf-8").close()
+        # present (maybe empty) in every run's workdir; on Cloud Storage rewritten whole at every incident
+        self._log = storage.LineLog(self.path) if enabled else None
 
     def record(self, kind: str, step: int, **details: Any) -> dict:
         entry = {"time": round(time.time(), 3), "kind": kind, "step": int(step), **details}
         if self.enabled:
             line = json.dumps(entry, default=str)
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line + "\n")
+            self._log.append(line)
             if self._writer is not None:
                 self._writer.text(f"incidents/{kind}", line, int(step))
         return entry
@@ -38,8 +38,7 @@ class Incidents:
 
 def read_incidents(workdir: str) -> list[dict]:
     """All incidents of a run, oldest first ([] if there are none)."""
-    path = os.path.join(workdir, FILENAME)
-    if not os.path.exists(path):
+    path = storage.join(workdir, FILENAME)
+    if not storage.exists(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]

@@ -1,6 +1,8 @@
 """Where metrics go: metrics.jsonl, TensorBoard event files, optionally W&B; and MFU.
 
-Only process 0 writes. MFU uses the standard count of 6·N + 12·L·H·Q·T FLOPs per token (N the
+Only process 0 writes. The workdir may be on Cloud Storage: metrics.jsonl goes through
+`jaxlm.storage.LineLog`, TensorBoard event files through tensorboardX's own Cloud Storage writer
+(it uploads the event file whole at each flush). MFU uses the standard count of 6·N + 12·L·H·Q·T FLOPs per token (N the
 parameters that take part in matmuls, L layers, H heads, Q head size, T sequence length), counted
 from the model by `jaxlm.model.counting.flops_per_token`, the function the planner uses too.
 """
@@ -10,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from typing import Any
@@ -20,11 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jaxlm import config as config_lib
+from jaxlm import config as config_lib, storage
 from jaxlm.config import Config
 from jaxlm.model.counting import flops_per_token  # noqa: F401  (MFU's count, shared with the planner)
 from jaxlm.parallel.hardware import device_peak_flops
 from jaxlm.extras import require
+
+# On Cloud Storage, metrics.jsonl is rewritten whole (objects have no append): at most this often,
+# and before every checkpoint, so the metrics of every step a checkpoint holds are never lost.
+SYNC_SECONDS = 30.0
 
 
 def measure_cpu_peak_flops(dtype=jnp.float32, size: int = 1024, seconds: float = 0.5) -> float:
@@ -93,6 +98,8 @@ def tensorboard_writer(logdir: str):
     tensorboardX imports torch, when installed, only to name a type in its annotations; that import
     costs ~1.4 s of every run's start-up on a 2-core host and is of no use to a JAX process.
     """
+    if storage.is_remote(logdir):
+        require("gcs", "google.cloud.storage", needed_by=f"TensorBoard event files in {logdir}")
     if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
         sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX allows
         try:
@@ -114,20 +121,20 @@ class MetricsWriter:
         use_wandb = config.log.wandb.enabled and config.log.wandb.mode != "disabled"
         if use_wandb:  # before any file is opened: a missing extra is one line, not a traceback
             require("wandb", "wandb", needed_by="log.wandb.enabled")
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        self._jsonl = storage.LineLog(storage.join(workdir, "metrics.jsonl"), max_delay=SYNC_SECONDS)
         if config.log.tensorboard:
-            self._tb = tensorboard_writer(os.path.join(workdir, "tb"))
+            self._tb = tensorboard_writer(storage.join(workdir, "tb"))
         if use_wandb:
             import wandb
             self._wandb = wandb.init(project=config.log.wandb.project, mode=config.log.wandb.mode,
-                                     dir=workdir, config=_plain(config))
+                                     dir=None if storage.is_remote(workdir) else workdir,  # W&B writes locally
+                                     config=_plain(config))
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
             return
         clean = {k: _number(v) for k, v in values.items()}
-        self._jsonl.write(json.dumps({"step": step, "time": round(time.time(), 3), **clean}) + "\n")
-        self._jsonl.flush()
+        self._jsonl.append(json.dumps({"step": step, "time": round(time.time(), 3), **clean}))
         if self._tb is not None:
             for key, value in clean.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
@@ -140,12 +147,15 @@ class MetricsWriter:
             self._tb.add_text(tag, text, step)
 
     def flush(self) -> None:
+        """Everything written so far onto storage (the loop calls it before saving a checkpoint)."""
+        if self._jsonl is not None:
+            self._jsonl.sync()
         if self._tb is not None:
             self._tb.flush()
 
     def close(self) -> None:
         if self._jsonl is not None:
-            self._jsonl.close()
+            self._jsonl.sync()
         if self._tb is not None:
             self._tb.close()
         if self._wandb is not None:

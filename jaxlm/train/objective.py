@@ -47,6 +47,7 @@ class Objective:
 
     name = "objective"
     batch_fields: tuple[str, ...] = TOKEN_FIELDS
+    float_fields: tuple[str, ...] = ()  # those of batch_fields that hold float32 values (the rest int32)
 
     def loss(self, model, h_BTD: jax.Array, micro: dict, *, train: bool) -> Sums:
         raise NotImplementedError

@@ -21,7 +21,7 @@ from typing import Optional
 
 import jax
 
-from jaxlm import config as config_lib
+from jaxlm import config as config_lib, storage
 from jaxlm.config import Config, ConfigError
 from jaxlm.parallel import pipeline
 
@@ -30,52 +30,50 @@ LAUNCHES = "launches.jsonl"
 
 
 def check_writable(workdir: str, config: Config) -> None:
-    """ConfigError, before any compute, when the run could not write its workdir: the folder itself,
-    the files and folders it keeps there (a file where a folder belongs, or the other way round)."""
+    """ConfigError, before any compute, when the run could not write its workdir: the folder itself
+    (on Cloud Storage: its bucket), the files and folders it keeps there (a file where a folder
+    belongs, or the other way round)."""
     def fail(what: str, why: str) -> None:
         raise ConfigError(f"workdir {workdir}: {what} {why}; choose another workdir (the `workdir` key) "
                           "or make this one writable")
 
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
+    remote = storage.is_remote(workdir)
+    problem = storage.bucket_problem(workdir)
+    if problem:
+        raise ConfigError(f"workdir {workdir}: {problem}; or choose another workdir (the `workdir` key)")
+    if storage.isfile(workdir):
         fail("is a file,", "not a folder")
     try:
-        os.makedirs(workdir, exist_ok=True)
+        storage.makedirs(workdir)
     except OSError as e:
         fail("cannot be created:", f"{e.strerror or e}")
     folders = ["checkpoints"] * config.checkpoint.enabled + ["tb"] * config.log.tensorboard
     files = ["config.yaml", "run.json", LAUNCHES, "metrics.jsonl", "incidents.jsonl"]
     for name in folders + files:
-        path = os.path.join(workdir, name)
-        if name in folders and os.path.exists(path) and not os.path.isdir(path):
+        path = storage.join(workdir, name)
+        if name in folders and storage.isfile(path):
             fail(f"holds a file {name!r} where the run keeps its {name}/ folder;", "move it away")
-        if name in files and os.path.isdir(path):
+        if name in files and storage.isdir(path):
             fail(f"holds a folder {name!r} where the run writes a file;", "move it away")
-        if os.path.exists(path) and not os.access(path, os.W_OK | (os.X_OK if name in folders else 0)):
+        if not remote and os.path.exists(path) and not os.access(path, os.W_OK | (os.X_OK if name in folders else 0)):
             fail(f"{name} is not writable;", "fix its permissions")
-    probe = os.path.join(workdir, f".jaxlm-write-probe-{os.getpid()}")
     try:
-        with open(probe, "w", encoding="utf-8") as f:
-            f.write("")
-        os.remove(probe)
-    except OSError as e:
-        fail("cannot be written:", f"{e.strerror or e}")
+        storage.probe_write(workdir)
+    except Exception as e:  # noqa: BLE001 - OSError locally; Cloud Storage clients raise their own kinds too
+        fail("cannot be written:", f"{getattr(e, 'strerror', None) or e}")
 
 
-def write_run_files(workdir: str, config: Config, mesh, param_count: int, start_step: int) -> int:
-    """config.yaml and run.json (library versions, git SHA, devices, mesh, pipeline schedule) of
-    this launch, which trains from `start_step`; a line for it in launches.jsonl. Returns its
-    number (1 for the workdir's first)."""
+def write_run_files(workdir: str, config: Config, mesh, param_count: int, start_step: int,
+                    extra: Optional[dict] = None) -> int:
+    """config.yaml and run.json (library versions, git SHA, devices, mesh, pipeline schedule, and
+    `extra`'s keys: online RL's reference model) of this launch, which trains from `start_step`; a
+    line for it in launches.jsonl. Returns its number (1 for the workdir's first)."""
     now = round(time.time(), 3)
-    path = os.path.join(workdir, LAUNCHES)
-    number = 1
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            number += sum(1 for line in f if line.strip())
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"time": now, "step": int(start_step), "argv": sys.argv,
-                            "config": config_lib.to_dict(config)}) + "\n")
-    with open(os.path.join(workdir, "config.yaml"), "w", encoding="utf-8") as f:
-        f.write(config_lib.dump_yaml(config))
+    launches = storage.LineLog(storage.join(workdir, LAUNCHES), create=False)
+    number = launches.count() + 1
+    launches.append(json.dumps({"time": now, "step": int(start_step), "argv": sys.argv,
+                                "config": config_lib.to_dict(config)}))
+    storage.write_text(storage.join(workdir, "config.yaml"), config_lib.dump_yaml(config))
     run = {
         "time": now,
         "launch": number,
@@ -97,8 +95,8 @@ def write_run_files(workdir: str, config: Config, mesh, param_count: int, start_
         t = config.train
         plan = pipeline.make_plan(config, stages, t.global_batch // t.micro_batch)
         run["pipeline"] = {**dataclasses.asdict(plan), "bubble": plan.bubble, "describe": plan.describe()}
-    with open(os.path.join(workdir, "run.json"), "w", encoding="utf-8") as f:
-        json.dump(run, f, indent=2)
+    run.update(extra or {})
+    storage.write_text(storage.join(workdir, "run.json"), json.dumps(run, indent=2))
     return number
 
 

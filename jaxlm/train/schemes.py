@@ -18,9 +18,10 @@ from jax.sharding import Mesh
 from jaxlm.config import Config
 from jaxlm.parallel import rules
 from jaxlm.train import checkpoint, diloco, spikes
+from jaxlm.train import objective as objective_lib
 from jaxlm.train.objective import Objective
 from jaxlm.train.state import ModelSpec, build_optimizer, init_state, state_shardings
-from jaxlm.train.step import BATCH_KEYS, make_train_step
+from jaxlm.train.step import make_train_step
 
 
 class Standard:
@@ -31,6 +32,8 @@ class Standard:
         self.config, self.spec, self.mesh = config, spec, mesh
         self.optimizer = optimizer or build_optimizer(config, spec)
         self.shardings = state_shardings(spec, self.optimizer, mesh)
+        objective = objective or objective_lib.build(config)
+        self.fields = objective.batch_fields
         self.step = make_train_step(config, spec, self.optimizer, mesh, objective)
         # a resume with another optimizer continues with a fresh optimizer state (checkpoint.py)
         self.fresh_opt_state = jax.jit(self.optimizer.init, out_shardings=self.shardings["opt_state"])
@@ -44,7 +47,7 @@ class Standard:
     def jit(self, fn: Callable, batch_sharding) -> Callable:
         """`fn(state, batch)` compiled on the mesh: the state's shardings, state donated."""
         return jax.jit(rules.sharded_activations(fn, self.mesh),
-                       in_shardings=(self.shardings, {k: batch_sharding for k in BATCH_KEYS}),
+                       in_shardings=(self.shardings, {k: batch_sharding for k in self.fields}),
                        out_shardings=(self.shardings, None), donate_argnums=0)
 
     def spike_counters(self, state: dict) -> dict:

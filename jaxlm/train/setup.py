@@ -20,13 +20,16 @@ import optax
 import yaml
 from jax.sharding import Mesh, NamedSharding
 
-from jaxlm.config import Config, ConfigError
+from jaxlm.config import PAIR_OBJECTIVES, REFERENCE_OBJECTIVES, Config, ConfigError
 from jaxlm.data import format as data_format
 from jaxlm.data.global_batch import to_global
 from jaxlm.data.loader import build_loader, open_dataset
+from jaxlm.data.pairs import build_pair_loader, has_reference
 from jaxlm.parallel import fit, rules
 from jaxlm.parallel.mesh import BATCH_AXES, build_mesh
 from jaxlm.train import diloco, objective as objective_lib
+from jaxlm.train import pair_objectives  # noqa: F401  (registers train.objective: reward, dpo, ipo, simpo)
+from jaxlm.train import policy_gradient  # noqa: F401  (registers train.objective: policy_gradient)
 from jaxlm.train.objective import Objective
 from jaxlm.train.schemes import Standard
 from jaxlm.train.state import ModelSpec, model_spec
@@ -57,10 +60,15 @@ class Setup:
         """The state as ShapeDtypeStructs with shardings: what a checkpoint restores into."""
         return self.scheme.abstract()
 
+    def field_dtype(self, name: str) -> np.dtype:
+        """A batch field's dtype: int32, or float32 for the objective's float fields."""
+        return np.dtype(np.float32 if name in self.objective.float_fields else np.int32)
+
     def batch(self, local: dict, leading: int = 1) -> dict[str, jax.Array]:
         """This process's rows {field: (n_micro, rows, length)} (leading=0: one micro-batch) ->
-        global arrays on the mesh, rows over the batch axes."""
-        fields = {k: np.asarray(local[k], np.int32) for k in self.objective.batch_fields}
+        global arrays on the mesh, rows over the batch axes. Fields the objective reads that
+        `local` lacks are added later (a reference model's log-probabilities, jaxlm.train.reference)."""
+        fields = {k: np.asarray(local[k], self.field_dtype(k)) for k in self.objective.batch_fields if k in local}
         return to_global(fields, self.mesh, BATCH_AXES, leading=leading)
 
 
@@ -98,14 +106,43 @@ def open_data(config: Config) -> list:
             hint = (f" (this run's data comes from `python -m data_prep --config {config.data.prepare}`)"
                     if _prepares(config.data.prepare, source.path) else "")
             raise ConfigError(f"data.sources[{i}]: {e}{hint}") from None
+        _check_record_kind(config, i, info)
         infos.append(info)
     return infos
+
+
+def _check_record_kind(config: Config, i: int, info) -> None:
+    """Pair objectives read pair datasets and nothing else; cached reference log-probabilities
+    must be in the records."""
+    objective = config.train.objective
+    where = f"data.sources[{i}] ({info.path})"
+    if objective in PAIR_OBJECTIVES and info.record_kind != "pair":
+        raise ConfigError(f"{where} holds {info.record_kind!r} records, but train.objective={objective} trains on "
+                          "preference pairs: prepare them with a data_prep hh_rlhf, pairs or alpaca_eval source")
+    if objective not in PAIR_OBJECTIVES and info.record_kind == "pair":
+        raise ConfigError(f"{where} holds preference pairs; train them with train.objective reward, dpo, ipo or simpo")
+    if (objective in REFERENCE_OBJECTIVES and config.preference.reference == "cached"
+            and not has_reference(info.manifest)):
+        raise ConfigError(f"{where} stores no reference log-probabilities (preference.reference=cached): write them "
+                          "with `python -m jaxlm.eval --workdir REF --pairs DIR --reference-logps OUT`, or use "
+                          "preference.reference=model")
+    cached_len = (info.manifest.get("reference") or {}).get("seq_len")
+    if objective in REFERENCE_OBJECTIVES and config.preference.reference == "cached" and cached_len != config.data.seq_len:
+        raise ConfigError(f"{where}: its reference log-probabilities were computed on sequences cut at {cached_len} "
+                          f"tokens, this run cuts them at data.seq_len={config.data.seq_len}; set data.seq_len={cached_len} "
+                          "or write them again with the run's length (jaxlm.eval --context)")
 
 
 def make_loader(config: Config, split: str, *, epochs: Optional[int] = None):
     """This process's loader of `split` micro-batches: (rows, length) arrays of every field."""
     c = config
     rows = c.train.micro_batch // jax.process_count()
+    if c.train.objective in PAIR_OBJECTIVES:  # preference pairs: chosen and rejected rows side by side
+        return build_pair_loader(
+            sources=[(s.path, s.weight) for s in c.data.sources], split=split, seq_len=c.data.seq_len,
+            batch_rows=rows, seed=c.seed, process_index=jax.process_index(), process_count=jax.process_count(),
+            num_epochs=epochs, shuffle=split == "train", worker_count=c.data.worker_count if split == "train" else 0,
+            prefetch=c.data.prefetch, model_vocab_size=c.model.vocab_size)
     return build_loader(
         sources=[(s.path, s.weight) for s in c.data.sources], split=split,
         seq_len=c.data.seq_len, batch_rows=rows, seed=c.seed,
@@ -121,7 +158,7 @@ def compile_for_analysis(config: Config, n_micro: int = 1):
     planner compares its memory estimate with the result's `memory_analysis()`."""
     s = build(config)
     rows = config.train.micro_batch
-    batch = {k: jax.ShapeDtypeStruct((n_micro, rows, config.data.seq_len), jnp.int32)
+    batch = {k: jax.ShapeDtypeStruct((n_micro, rows, config.data.seq_len), s.field_dtype(k))
              for k in s.objective.batch_fields}
     return s.train_step.lower(s.abstract(), batch).compile()
 

@@ -37,6 +37,14 @@ def test_every_recipes_data_is_what_a_shipped_data_prep_config_writes():
                 assert source.path in outputs, (path.name, source.path, sorted(outputs))
 
 
+def test_debiasing_fine_tune_starts_from_the_wikitext2_model():
+    base = load_config(str(CONFIGS[0].parent / "wikitext2.yaml"))
+    tune = load_config(str(CONFIGS[0].parent / "wikitext2_debias.yaml"))
+    assert tune.init.from_ == base.workdir
+    assert tune.model == base.model and tune.data.seq_len == base.data.seq_len
+    assert tune.train.global_batch == base.train.global_batch and tune.optim.lr < base.optim.lr
+
+
 @pytest.mark.parametrize("module", ["jaxlm.main", "jaxlm.sample", "jaxlm.eval", "jaxlm.export", "jaxlm.plan",
                                     "jaxlm.sweep"])
 def test_every_command_has_the_same_help(module):

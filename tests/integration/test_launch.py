@@ -50,6 +50,8 @@ def test_tpu_dry_run_all_prints_every_step():
     assert out.returncode == 0, out.stderr
     ssh = "gcloud compute tpus tpu-vm ssh jaxlm-ada --worker=all --zone=us-central2-b"
     expected = [
+        "# first, the workdir's bucket must exist (else: stop, before any TPU is created):",
+        "gcloud storage buckets describe gs://b '--format=value(name)'",
         "gcloud compute tpus tpu-vm create jaxlm-ada --zone=us-central2-b --accelerator-type=v4-32 "
         "--version=tpu-ubuntu2204-base",
         f"git -C {REPO} archive --format=tar.gz -o /tmp/jaxlm-ada-jaxlm.tar.gz HEAD",
@@ -62,8 +64,8 @@ def test_tpu_dry_run_all_prints_every_step():
         "--zone=us-central2-b",
     ]
     lines = out.stdout.splitlines()
-    assert lines[:6] == expected
-    start, follow = lines[6:8]
+    assert lines[:8] == expected
+    start, follow = lines[8:10]
     assert follow == ("gcloud compute tpus tpu-vm ssh jaxlm-ada --worker=0 --zone=us-central2-b '--command=tail "
                       "-n +1 --pid=$(cat ~/jaxlm-run.pid) -f ~/jaxlm-run.log; exit $(cat ~/jaxlm-run.status "
                       "2>/dev/null || echo 1)'")
@@ -121,8 +123,31 @@ def test_tpu_multi_host_needs_a_shared_workdir(tpu_type, hosts):
         out = _run(base + workdir + ["all", "--", *TRAIN])
         assert out.returncode == 2
         assert f"{tpu_type} has {hosts} hosts" in out.stderr and "--workdir gs://BUCKET/PATH" in out.stderr
+        assert "Give --bucket BUCKET (the workdir is then gs://BUCKET/runs/jaxlm-ada)" in out.stderr
     assert _run(base + ["--workdir", "gs://b/r", "run", "--", *TRAIN]).returncode == 0
     assert _run(base + ["--workdir", "/mnt/filestore/r", "--shared-fs", "run", "--", *TRAIN]).returncode == 0
+
+
+def test_tpu_workdir_defaults_to_the_bucket_and_a_missing_bucket_stops_before_any_tpu(tmp_path):
+    # --bucket (or $JAXLM_BUCKET): the workdir is gs://BUCKET/runs/NAME, also on a multi-host slice
+    for args, env in ((["--bucket", "gs://team-bkt/"], {}), ([], {"JAXLM_BUCKET": "team-bkt"})):
+        out = _run(["bash", "launch/tpu.sh", "--dry-run", "--type", "v5p-64", *args, "all", "--", *TRAIN], env=env)
+        assert out.returncode == 0, out.stderr
+        assert "workdir=gs://team-bkt/runs/jaxlm-ada" in out.stdout
+        assert "gcloud storage buckets describe gs://team-bkt '--format=value(name)'" in out.stdout.splitlines()[1]
+    out = _run(["bash", "launch/tpu.sh", "--dry-run", "--bucket", "xyz", "--workdir", "gs://b/r", "run", "--", *TRAIN])
+    assert "workdir=gs://b/r" in out.stdout and "gs://xyz" not in out.stdout  # --workdir wins
+    out = _run(["bash", "launch/tpu.sh", "--dry-run", "--bucket", "My_Bucket!", "run", "--", *TRAIN])
+    assert out.returncode == 2 and "is not a bucket name" in out.stderr
+
+    # A bucket that is not there: one message, and nothing created
+    env = _stand_ins(tmp_path, {"gcloud": 'case "$*" in *"buckets describe"*) exit 1 ;; *) exit 0 ;; esac'})
+    out = _run(["bash", "launch/tpu.sh", "--type", "v4-32", "--bucket", "gone", "all", "--", *TRAIN], env=env)
+    assert out.returncode == 2
+    assert ("error: bucket gs://gone (of the workdir gs://gone/runs/jaxlm-ada) does not exist or these credentials "
+            "cannot read it; create it (gcloud storage buckets create gs://gone") in out.stderr
+    assert (tmp_path / "calls.log").read_text().splitlines() == [
+        "gcloud storage buckets describe gs://gone --format=value(name)"]
 
 
 def test_tpu_single_host_may_keep_a_local_workdir_and_bad_paths_are_refused():

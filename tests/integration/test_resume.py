@@ -12,9 +12,9 @@ import pytest
 
 from jaxlm.config import ConfigError, config_from_dict
 from jaxlm.train.loop import Trainer
-from tests.helpers import (finished_checkpoints, incidents, kill, last_step, losses, run_config, run_training,
-                           start_training, wait_until, write_config, write_run_dataset)
-
+from tests.helpers import (finished_checkpoints, incidents, kill, kill_and_resume, last_step, losses, run_config,
+                           run_training, start_training, uninterrupted_run, wait_until, write_config,
+                           write_run_dataset)
 
 EVERY = 4  # checkpoint.every_steps
 STEPS = 24
@@ -23,13 +23,10 @@ STEPS = 24
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, run_dataset, jax_cache):
     """The uninterrupted run: its workdir and {step: loss, ("val", step): val_loss}."""
-    root = tmp_path_factory.mktemp("reference")
-    config = write_config(root / "config.yaml", run_config(root / "run", run_dataset, steps=STEPS, every=EVERY))
-    run_training(config, jax_cache)
-    result = losses(root / "run")
-    assert sorted(k for k in result if isinstance(k, int)) == list(range(1, STEPS + 1))
+    workdir, result = uninterrupted_run(tmp_path_factory.mktemp("reference"), run_dataset, jax_cache, steps=STEPS,
+                                        every=EVERY)
     assert [k for k in result if not isinstance(k, int)] == [("val", s) for s in (6, 12, 18, 24)]
-    return root / "run", result
+    return workdir, result
 
 
 def config_for(tmp_path, run_dataset, **sections):
@@ -44,16 +41,8 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_exact(tmp_path, run_dat
     kill_after = random.Random(seed).randint(EVERY + 1, STEPS - 3)
     config = config_for(tmp_path, run_dataset)
     workdir = tmp_path / "run"
-    proc = start_training(config, jax_cache)
-    wait_until(lambda: last_step(workdir) >= kill_after and finished_checkpoints(workdir), proc)
-    kill(proc)
-    killed_at, saved = last_step(workdir), finished_checkpoints(workdir)
-    assert killed_at < STEPS and saved, (killed_at, saved)
-
-    run_training(config, jax_cache)
-    restores = [i["step"] for i in incidents(workdir) if i["kind"] == "restore"]
-    assert restores == [saved[-1]], f"killed after step {killed_at} with checkpoints {saved}"
-    assert losses(workdir) == reference[1], f"killed after step {killed_at}, checkpoints {saved}"
+    when = kill_and_resume(config, workdir, jax_cache, kill_after, STEPS)
+    assert losses(workdir) == reference[1], when
     assert not [n for n in os.listdir(workdir / "checkpoints") if "tmp" in n]
 
 

@@ -20,13 +20,14 @@ REPO = pathlib.Path(helpers.REPO)
 # Lowest first. Each entry is one layer: the jaxlm modules or packages it holds. docs/architecture.md
 # draws the same order (checked below).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("config", ("jaxlm.schema", "jaxlm.config", "jaxlm.extras")),
+    ("config", ("jaxlm.schema", "jaxlm.config", "jaxlm.extras", "jaxlm.storage")),
     ("model", ("jaxlm.model",)),
     ("parallel", ("jaxlm.parallel",)),
     ("data", ("jaxlm.data",)),
     ("train", ("jaxlm.train",)),
     ("interop", ("jaxlm.interop",)),
     ("eval", ("jaxlm.eval",)),
+    ("rl", ("jaxlm.rl",)),
     ("plan", ("jaxlm.plan",)),
     ("commands", ("jaxlm.main", "jaxlm.sample", "jaxlm.export", "jaxlm.sweep", "jaxlm.humaneval")),
 ]

@@ -3,6 +3,7 @@
 import os
 
 import pytest
+import yaml
 
 from data_prep.__main__ import main
 from data_prep.config import ConfigError, config_from_dict, load_config
@@ -85,6 +86,27 @@ def test_shipped_configs_load():
     for name in ("demo", "shakespeare_char"):
         cfg = load_config(os.path.join(REPO, "data_prep", "configs", f"{name}.yaml"))
         assert cfg.output == f"data/{name}"
+
+
+def test_wikitext2_augmented_configs_differ_from_the_plain_one_only_by_the_augmentation(shared_data, monkeypatch):
+    """The CDA experiment (benchmarks/cda_experiment.py) compares corpora that differ in nothing else:
+    the same sources, split and seed, and the plain corpus' tokenizer."""
+    monkeypatch.chdir(REPO)  # paths relative to the repository root, like ../shared/data/...
+    plain = load_config(os.path.join("data_prep", "configs", "wikitext2.yaml")).to_dict()
+    assert plain["stages"] == [] and plain["tokenizer"]["path"] is None
+    same = lambda cfg: {k: v for k, v in cfg.items() if k not in ("output", "stages", "tokenizer")}  # noqa: E731
+    for name, keep in (("wikitext2_cda", True), ("wikitext2_debias", False)):
+        path = os.path.join("data_prep", "configs", f"{name}.yaml")
+        with open(path, encoding="utf-8") as f:
+            assert yaml.safe_load(f)["tokenizer"] == {"path": os.path.join(plain["output"], "tokenizer.model")}
+        # validated (its stage built from the real swap list) with a tokenizer that exists before data/ does
+        other = load_config(path, [f"tokenizer.path={shared_data / 'tokenizers/sentencepiece/test_model.model'}"])
+        other = other.to_dict()
+        assert same(other) == same(plain)
+        [stage] = other["stages"]
+        assert stage["type"] == "counterfactual" and stage["mode"] == "two_sided"
+        assert stage.get("keep_unswapped", True) is keep
+        assert stage["pairs"] == "../shared/data/bias/winobias/generalized_swaps.txt"
 
 
 def test_web_example_config_builds_its_stages(shared_data, monkeypatch):

@@ -3,7 +3,9 @@ grammar-dependent pronouns, names, both modes, and the real WinoBias swap list."
 
 import pytest
 
+from data_prep.config import config_from_dict
 from data_prep.document import Document
+from data_prep.split import SplitStage
 from data_prep.stages import StageStats, build_stage
 from data_prep.stages.counterfactual import swap
 from data_prep.stages.registry import StageConfigError
@@ -48,6 +50,30 @@ def test_modes_and_errors(pairs):
         build_stage({"type": "counterfactual", "pairs": str(pairs / "bad.txt")})
     with pytest.raises(StageConfigError, match="mode must be one of"):
         build_stage({"type": "counterfactual", "pairs": str(pairs / "pairs.txt"), "mode": "both"})
+
+
+def test_only_gendered_documents(pairs):
+    docs = [Document("he ran", "s/f:1", "s"), Document("it ran", "s/f:2", "s"), Document("her dog", "s/f:3", "s")]
+    stats = StageStats("cda")
+    stage = build_stage({"type": "counterfactual", "pairs": str(pairs / "pairs.txt"), "keep_unswapped": False})
+    assert [d.text for d in stage(iter(docs), stats)] == ["he ran", "she ran", "her dog", "his dog"]
+    assert stats.removed == {"cda:no_gendered_word": 1} and stats.examples["cda:no_gendered_word"] == ["s/f:2"]
+    assert stats.counters == {"documents_swapped": 2, "documents_unswapped": 1}
+    one = build_stage({"type": "counterfactual", "pairs": str(pairs / "pairs.txt"), "mode": "one_sided",
+                       "keep_unswapped": False})
+    assert [d.text for d in one(iter(docs), StageStats("cda"))] == ["she ran", "his dog"]
+
+
+def test_swapped_copy_goes_to_its_original_split(pairs):
+    """Else a val paragraph's copy (an id of its own, hashed apart) would be trained on."""
+    stage = build_stage({"type": "counterfactual", "pairs": str(pairs / "pairs.txt")})
+    docs = [Document(f"he ran {i}", f"s/f:{i}", "s") for i in range(60)]
+    out = list(stage(iter(docs), StageStats("cda")))
+    split = SplitStage(config_from_dict({"output": "o", "sources": [{"name": "s", "type": "pydoc_topics"}],
+                                         "split": {"val_fraction": 0.5}}))
+    where = {d.id: d.meta["split"] for d in split(out, StageStats("split"))}
+    assert len(where) == 120 and set(where.values()) == {"train", "val"}
+    assert all(where[f"s/f:{i}#cda"] == where[f"s/f:{i}"] for i in range(60))
 
 
 def test_winobias_list(shared_data):

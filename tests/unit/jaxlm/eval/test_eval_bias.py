@@ -82,6 +82,41 @@ def test_winobias_and_winogender_metrics():
     assert wg == {"accuracy_male": 0.75, "accuracy_female": 0.5, "gap": 0.25, "items": 4}
 
 
+def test_winobias_pair_tells_which_sentence_is_male():
+    assert bias.winobias_pro_is_male({"pro": "The mechanic fixed it because he was able.",
+                                      "anti": "The mechanic fixed it because she was able."}) is True
+    assert bias.winobias_pro_is_male({"pro": "The nurse told him that her shift ended.",
+                                      "anti": "The nurse told him that his shift ended."}) is False
+    assert bias.winobias_pro_is_male({"pro": "Her card.", "anti": "Her cared."}) is None
+
+
+def test_winobias_real_pairs_mostly_have_a_male_side(shared_data):
+    pairs = [p for split in ("dev", "test") for p in bias.read_winobias(str(shared_data / "bias/winobias"), split)]
+    sides = [bias.winobias_pro_is_male(p) for p in pairs]
+    assert len(pairs) == 1584 and sides.count(None) <= 3
+    assert 0.45 < sides.count(True) / len(pairs) < 0.55  # the set balances the genders of its pro sentences
+
+
+def test_paired_bootstrap_interval():
+    assert bias.paired_bootstrap([1, 0, 1], [1, 0, 1]) == (0.0, 0.0, 0.0)
+    assert bias.paired_bootstrap([0, 0, 0, 0], [1, 1, 1, 1]) == (1.0, 1.0, 1.0)
+    # per-item differences with sd 1 around 0.3: the 95% interval is the mean +- ~1.96 / sqrt(n)
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=400)
+    b = a + 0.3 + rng.normal(size=400)
+    mean, lo, hi = bias.paired_bootstrap(a, b, resamples=4000)
+    diff = b - a
+    assert mean == pytest.approx(diff.mean(), abs=1e-12)
+    half = 1.96 * diff.std() / np.sqrt(400)
+    assert lo < mean < hi
+    assert (hi - lo) / 2 == pytest.approx(half, rel=0.08)
+    assert (mean - lo) == pytest.approx(hi - mean, rel=0.2)
+    assert bias.paired_bootstrap(a, b, resamples=4000) == (mean, lo, hi)  # seeded: the same interval again
+    for bad in (([], []), ([1, 2], [1, 2, 3])):
+        with pytest.raises(ValueError, match="equal-length"):
+            bias.paired_bootstrap(*bad)
+
+
 def test_readers_parse_the_original_formats(tmp_path):
     (tmp_path / "pro_stereotyped_type1.txt.test").write_text(
         "1 [The janitor] reprimanded the accountant because [he] got less allowance.\n")

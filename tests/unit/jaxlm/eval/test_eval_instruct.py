@@ -10,12 +10,14 @@ import pytest
 import sentencepiece as spm
 
 from data_prep import prepare
+from data_prep.arithmetic import main as make_task
 from data_prep.config import config_from_dict
+from data_prep.instruct import conversations
 from jaxlm.data.shards import DocumentSource, open_dataset
 from jaxlm.eval.__main__ import main as eval_main
 from jaxlm.eval.chat import workdir_template
 from jaxlm.eval.errors import EvalError
-from jaxlm.eval.instruct import chain_of_thought, instruction_loss, trained_runs
+from jaxlm.eval.instruct import chain_of_thought, instruction_loss, read_cot_items, trained_runs
 from jaxlm.eval.loading import from_params
 from tests.helpers import CHAT_TEXT, random_model, train_tokenizer
 
@@ -114,3 +116,16 @@ def test_chain_of_thought_and_cli(data, tmp_path, capsys):
     bad.write_text(json.dumps({"question": "q"}))
     assert eval_main(["--hf", str(tmp_path / "missing"), "--chain-of-thought", str(bad)]) == 2
     assert "item 0 must be {question: str, answer: str}" in capsys.readouterr().err
+
+
+def test_cot_items_read_the_alpaca_layout_of_the_shipped_task(tmp_path):
+    """data_prep.arithmetic's test.jsonl evaluates as it is: the question is the user turn that
+    data_prep's `alpaca` source trains on (instruction, then a blank line and the input)."""
+    assert make_task(["--out", str(tmp_path), "--train", "0", "--test", "3"]) == 0
+    items = read_cot_items(str(tmp_path / "test.jsonl"))
+    rows = [json.loads(line) for line in (tmp_path / "test.jsonl").read_text().splitlines()]
+    for item, row in zip(items, rows):
+        assert item["question"] == conversations("alpaca", row)[0][0]["content"] == row["instruction"]
+        assert item["answer"] == row["answer"]
+    (tmp_path / "with_input.json").write_text(json.dumps([{"instruction": "Add.", "input": "2 and 3", "answer": "5"}]))
+    assert read_cot_items(str(tmp_path / "with_input.json"))[0]["question"] == "Add.\n\n2 and 3"
