@@ -1,13 +1,11 @@
 """What the trainer shows while it runs: MFU values (not just the key) and the progress bar."""
 
-import json
-
 import pytest
-from tests.helpers import golden_config, read_jsonl
 
-from jaxlm.train.loop import train
 from jaxlm.model.counting import matmul_param_count
+from jaxlm.train.loop import train
 from jaxlm.train.metrics import flops_per_token
+from tests.helpers import golden_config, read_jsonl
 
 PEAK = 1e12  # train.peak_flops: per device, so the run's peak is 8 x this on the 8 test devices
 

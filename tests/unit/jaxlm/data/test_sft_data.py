@@ -13,7 +13,6 @@ from data_prep import prepare
 from data_prep.config import config_from_dict, load_config
 from data_prep.errors import ConfigError
 from data_prep.instruct import conversations, first_doctest, module_name
-from data_prep.tokenizer import add_pieces
 from jaxlm.config import ModelConfig
 from jaxlm.data import format as fmt
 from jaxlm.data.chat import ChatError, ChatTemplate, ChatTemplateError, dataset_template

@@ -3,10 +3,9 @@
 import math
 
 import jax
-import numpy as np
 import pytest
 
-from jaxlm.config import ModelConfig, config_from_dict
+from jaxlm.config import config_from_dict
 from jaxlm.parallel import rules
 from jaxlm.parallel.mesh import build_mesh, mesh_shape
 from jaxlm.plan import PlanError

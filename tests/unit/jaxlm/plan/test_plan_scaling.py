@@ -8,7 +8,7 @@ from scipy.optimize import minimize, minimize_scalar
 from jaxlm.plan import PlanError
 from jaxlm.parallel.hardware import device_peak_flops
 from jaxlm.plan.hardware import get_device
-from jaxlm.plan.scaling import LAWS, LossLaw, PowerLaw, allocate, check_allocation, flops_from_hardware, training_flops
+from jaxlm.plan.scaling import LAWS, PowerLaw, allocate, check_allocation, flops_from_hardware, training_flops
 
 # Chinchilla (Hoffmann et al. 2022) Table 3, approach 1: parameters -> (FLOPs, tokens)
 TABLE_3 = [

@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 from optax.contrib import MuonDimensionNumbers
 
-from jaxlm.config import ConfigError, OptimConfig, ScheduleConfig, config_from_dict
+from jaxlm.config import Config, ConfigError, OptimConfig, ScheduleConfig, config_from_dict
 from jaxlm.eval.loading import load_hf_dir
 from jaxlm.export import export_run
 from jaxlm.parallel import rules
@@ -166,7 +166,7 @@ def test_new_optimizers_train(name):
 # ------------------------------------------------------------------------------------------------
 # Through the Trainer: checkpoints, exact resume, and what evaluation and export read.
 
-def _run_config(workdir, dataset, name: str, steps: int) -> "Config":
+def _run_config(workdir, dataset, name: str, steps: int) -> Config:
     # constant schedule: a run stopped at step 8 and one of 12 steps share their first 8 steps
     return config_from_dict(run_config(workdir, dataset, steps=steps, every=4, optim={
         "name": name, "lr": 1e-2, "schedule": {"name": "constant", "warmup_steps": 2}}))
