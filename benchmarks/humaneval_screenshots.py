@@ -6,7 +6,7 @@ Serves a round of three systems (hand-written responses to eight prompts, one ho
 it stays text), lets three scripted raters rate it through headless Chromium (clicks and keyboard
 shortcuts), and saves the rating page (humaneval_rate.png) and the results page
 (humaneval_results.png). Prints the tally the results page shows. Needs Debian's chromium and
-chromium-driver and selenium (see tests/humaneval_browser.py, shared with the browser test).
+chromium-driver and selenium (see tests/helpers.py, shared with the browser test).
 """
 
 import argparse
@@ -19,9 +19,9 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, REPO)
 
-from humaneval_browser import Server, browser_missing, chromium, close, free_port  # noqa: E402
+from tests.helpers import Server, browser_missing, chromium, close, free_port  # noqa: E402
 
 PROMPTS = {
     "Explain in two sentences why the sky is blue.": (

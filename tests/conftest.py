@@ -1,4 +1,5 @@
-"""Test setup: 8 fake CPU devices for mesh tests, set before JAX is first imported."""
+"""Test setup: 8 fake CPU devices for mesh tests, set before JAX is first imported; and fixtures for
+what is worth making once and sharing (the functions themselves are in helpers.py)."""
 
 import os
 
@@ -11,8 +12,9 @@ import pathlib
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+from tests import helpers  # after the flags above: it imports JAX
+
+SHARED_DATA = pathlib.Path(helpers.REPO).parent / "shared" / "data"
 
 
 @pytest.fixture
@@ -26,7 +28,17 @@ def shared_data():
 @pytest.fixture(scope="session")
 def learnable_dataset(tmp_path_factory):
     """Shards of learnable documents (vocab 64) for tests that train through the Trainer."""
-    from test_data_loader_util import learnable_docs, write_dataset
-    root = tmp_path_factory.mktemp("learnable_data") / "ds"
-    return write_dataset(root, {"train": learnable_docs(400, 64, 0), "val": learnable_docs(40, 64, 1)},
-                         vocab_size=64)
+    return helpers.write_learnable_dataset(tmp_path_factory.mktemp("learnable_data") / "ds")
+
+
+@pytest.fixture(scope="session")
+def run_dataset(tmp_path_factory):
+    """The subprocess runs' dataset (helpers.write_run_dataset: 96 tokens, seed 0, 300 documents)."""
+    return helpers.write_run_dataset(tmp_path_factory.mktemp("run_data") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def jax_cache(tmp_path_factory):
+    """One persistent JAX compilation cache for the session's subprocess runs: only the first run
+    of a config pays for compiling."""
+    return tmp_path_factory.mktemp("jax_cache")

@@ -223,7 +223,7 @@ class Recipe:
 
 
 PIPELINE_OVERRIDES = ("mesh.data=1", "mesh.fsdp=-1", "mesh.pipe=4", "train.micro_batch=64", "pipeline.microbatches=8")
-# The recipes the planner's TPU memory model is checked against (tests/test_plan_aot.py, within 15%
+# The recipes the planner's TPU memory model is checked against (tests/unit/jaxlm/plan/test_plan_aot.py, within 15%
 # of the compiler's peak each; benchmarks/tpu_compile.py prints docs/tpu.md's table from them).
 REFERENCE_RECIPES = (
     Recipe("configs/gpt2-124m.yaml", "v4-8"),

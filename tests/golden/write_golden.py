@@ -6,23 +6,22 @@ tests run. A deliberate step, separate from the test that checks the file:
 Rewrite the file only for a change that is meant to move the loss curve, and say why in the commit.
 """
 
+import importlib
 import json
 import os
 import pathlib
 import sys
 import tempfile
 
-TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, TESTS)
-import conftest  # noqa: E402,F401  (8 fake CPU devices, before JAX is imported)
-from test_data_loader_util import learnable_docs, write_dataset  # noqa: E402
-from test_trainer import GOLDEN, golden_losses  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+importlib.import_module("tests.conftest")  # 8 fake CPU devices, before JAX is imported
+from tests.helpers import write_learnable_dataset  # noqa: E402
+from tests.integration.test_trainer import GOLDEN, golden_losses  # noqa: E402
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        data = write_dataset(pathlib.Path(tmp) / "ds", {"train": learnable_docs(400, 64, 0),
-                                                       "val": learnable_docs(40, 64, 1)}, vocab_size=64)
+        data = write_learnable_dataset(pathlib.Path(tmp) / "ds")
         losses = golden_losses(data, os.path.join(tmp, "run"))
     with open(GOLDEN, "w") as f:
         json.dump({"losses": losses}, f, indent=1)
