@@ -4,6 +4,7 @@ values; a short run that logs the critic's metrics and resumes bit for bit; conf
 
 import dataclasses
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -116,7 +117,12 @@ def test_ppo_loss_and_gradient_equal_numpy():
                   dict(advantages=adv, old_logp=old, ref_logp=ref, old_values=old_values, returns=returns).items()})
     objective = PolicyGradient(config)
     assert objective.batch_fields[-2:] == ("old_values", "returns") and "returns" in objective.float_fields
-    sums = objective.loss(model, h, micro, train=True)
+    graphdef, state = nnx.split(model)
+
+    def objective_of(state_, h_):  # compiled whole: op by op, the model's many small programs compile slowly
+        return objective.loss(nnx.merge(graphdef, state_), h_, micro, train=True)
+
+    sums = jax.jit(objective_of)(state, h)
 
     old, ref, old_values, returns = old * mask, ref * mask, old_values * mask, returns * mask
     ratio = np.exp(logp - old)
@@ -130,21 +136,20 @@ def test_ppo_loss_and_gradient_equal_numpy():
     np.testing.assert_allclose(m["pg_loss"], total(pg), rtol=2e-5, atol=1e-6)
     np.testing.assert_allclose(m["value_loss"], total(value_loss), rtol=2e-5)
     np.testing.assert_allclose(m["kl"], total(np.exp(ref - logp) - (ref - logp) - 1), rtol=2e-5)  # logged, not in the loss
-    assert 0 < m["value_clip_fraction"] == total((far > plain).astype(float)) < mask.sum()
+    inside = np.abs(values - old_values) < 0.2
+    bit = (far > plain) & ~inside  # where the clip bit (inside the range both errors are one)
+    assert 0 < m["value_clip_fraction"] == total(bit.astype(float)) < mask.sum()
 
     # d objective / d h: through log p(target) into the logits, and through V = h.w + b
     clipped = np.clip(ratio, 0.8, 1.2) * adv < ratio * adv
     d_logp = np.where(clipped, 0.0, -ratio * adv) * mask
     p = np.exp(logp_all)
     d_logits = d_logp[..., None] * (np.eye(64)[targets] - p)
-    inside = np.abs(values - old_values) < 0.2
-    d_v = 0.7 * np.where(far > plain, (v_clip - returns) * inside, values - returns) * mask
+    d_v = 0.7 * np.where(bit, 0.0, values - returns) * mask  # a clipped V does not move the loss
     want = d_logits @ u64.T + d_v[..., None] * w
-    grad = jax.grad(lambda h_: objective.loss(model, h_, micro, train=True).objective)(h)
+    grads, grad = jax.jit(jax.grad(lambda s, h_: objective_of(s, h_).objective, argnums=(0, 1)))(state, h)
     np.testing.assert_allclose(np.asarray(grad), want, rtol=1e-4, atol=2e-6)
     # and the value head's own parameters: dL/dw = sum_t dV_t h_t, dL/db = sum_t dV_t
-    graphdef, state = nnx.split(model)
-    grads = jax.grad(lambda s: objective.loss(nnx.merge(graphdef, s), h, micro, train=True).objective)(state)
     np.testing.assert_allclose(np.asarray(grads["value_head"][...]), np.einsum("bt,btd->d", d_v, h64), rtol=1e-4,
                                atol=1e-6)
     np.testing.assert_allclose(np.asarray(grads["value_bias"][...]), [d_v.sum()], rtol=1e-4, atol=1e-6)
@@ -174,6 +179,7 @@ def ppo_config(workdir, base, items, dataset, **kw) -> dict:
     return raw
 
 
+@pytest.mark.slow  # a tiny SFT base, then RL through the trainer: minutes on 2 loaded cores
 def test_ppo_rollout_fields_equal_numpy_from_its_logprobs_and_values(task, tmp_path):
     """to_batch's PPO fields: rewards = the verifier's on each response's last token - kl_coef * k1,
     then GAE over the old values, advantages whitened over every response token of the batch."""
@@ -204,6 +210,7 @@ def test_ppo_rollout_fields_equal_numpy_from_its_logprobs_and_values(task, tmp_p
         trainer.close()
 
 
+@pytest.mark.slow  # a tiny SFT base, then RL through the trainer: minutes on 2 loaded cores
 def test_ppo_run_logs_the_critic_and_resumes_exactly(task, tmp_path):
     """Two PPO steps through the trainer core log the value metrics and move the value head off zero;
     a run stopped at step 1's checkpoint and resumed gives the same step 2, bit for bit."""
@@ -257,3 +264,26 @@ def test_ppo_configs_fail_clearly_before_any_compute(tmp_path):
     grpo["rl"]["algorithm"] = "grpo"
     with pytest.raises(ConfigError, match="does not train it: set model.value_head=false"):
         config_from_dict(grpo)
+
+
+def test_the_shipped_ppo_recipe_is_the_sft_model_with_a_critic():
+    from jaxlm.config import load_config
+
+    configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    sft, ppo = (load_config(os.path.join(configs, f"arith_{name}.yaml")) for name in ("sft", "ppo"))
+    assert ppo.init.from_ == sft.workdir and ppo.model == dataclasses.replace(sft.model, value_head=True)
+    assert ppo.data.sources[0].path == sft.data.sources[0].path and ppo.rl.algorithm == "ppo"
+
+
+def test_an_exported_ppo_policy_is_the_plain_model(tmp_path):
+    """The critic is a training aid: the Hugging Face export of a value-head model holds the policy alone."""
+    from jaxlm.interop.hf import export_hf, load_hf
+
+    config = config_from_dict({"model": {"vocab_size": 64, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
+                                         "max_seq_len": 8, "value_head": True}})
+    _, _, params = random_params(config.model, seed=2)
+    export_hf(config.model, params, str(tmp_path))
+    cfg, back = load_hf(str(tmp_path))
+    assert not cfg.value_head and set(back) == set(params) - {"value_head", "value_bias"}
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 back, {k: params[k] for k in back})

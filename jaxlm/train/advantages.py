@@ -90,10 +90,12 @@ def whiten(x, mask, *, eps: float = 1e-8):
 
 
 def clipped_value_loss(values, old_values, returns, *, clip: float):
-    """(per-token loss, per-token indicator that the clipped error was the larger)."""
+    """(per-token loss, per-token indicator that the clip bit: V left old_V +- clip and the clipped
+    error was the larger; inside the range the two errors are equal but for rounding)."""
     clipped = old_values + jnp.clip(values - old_values, -clip, clip)
     plain, far = jnp.square(values - returns), jnp.square(clipped - returns)
-    return 0.5 * jnp.maximum(plain, far), (far > plain).astype(jnp.float32)
+    bit = (far > plain) & (jnp.abs(values - old_values) > clip)
+    return 0.5 * jnp.maximum(plain, far), bit.astype(jnp.float32)
 
 
 def explained_variance(values, returns, mask):
