@@ -276,7 +276,8 @@ class Rollouts:
 
     def to_batch(self, rollout: Rollout, policy) -> dict[str, jax.Array]:
         """The trainer's batch (n_micro, rows, length) of a rollout: token fields, advantages, and
-        the policy's and reference's log-probabilities of every response token."""
+        the policy's and reference's log-probabilities of every response token; for ppo the value
+        head's estimates and GAE's per-token advantages and returns in place of the group's."""
         c = self.config
         rows = token_rows(rollout.prompts, rollout.responses, c.data.seq_len)
         if rollout.advantages is not None:
