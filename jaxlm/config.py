@@ -79,6 +79,9 @@ class ModelConfig:
     # A scalar head (embed,) on the final hidden state: a reward model's score of a sequence, read at
     # its last token (train.objective: reward). Saved in checkpoints with the other parameters.
     reward_head: bool = False
+    # A value head (embed,) + bias on the final hidden state: PPO's critic, a scalar per token
+    # (rl.algorithm: ppo). Starts at zero; saved in checkpoints with the other parameters.
+    value_head: bool = False
 
     def __post_init__(self):
         """Derived defaults, resolved here once: every reader (model, planner, export, metrics) and
@@ -303,7 +306,7 @@ class RLConfig:
     records are not read). Each step samples train.global_batch / group_size prompts, generates group_size responses to each with the policy
     (KV cache, seeded from the step), scores them, and takes one clipped policy-gradient step with a
     KL penalty to the frozen reference (the init.from model)."""
-    algorithm: str = ""  # grpo | rloo ("" = no RL)
+    algorithm: str = ""  # grpo | rloo | ppo ("" = no RL)
     prompts: str = ""  # JSONL/JSON items {instruction (or question), answer}: data_prep.arithmetic's train.jsonl
     group_size: int = 8  # G: responses per prompt
     reward: RLRewardConfig = dataclasses.field(default_factory=RLRewardConfig)
@@ -318,6 +321,11 @@ class RLConfig:
     eval_prompts: str = ""  # held-out items: greedy exact match (rl.reward's verifier) every eval_every steps
     eval_every: int = 0
     eval_limit: int = 200  # items of eval_prompts used
+    # ppo only (model.value_head: true): the KL penalty goes into the per-token reward, then GAE
+    gamma: float = 1.0  # discount over response tokens
+    lam: float = 0.95  # GAE's lambda
+    vf_coef: float = 0.1  # weight of the value loss beside the policy loss
+    value_clip: float = 0.2  # new values are clipped to old_values +- value_clip in the value loss
 
 
 @dataclasses.dataclass
@@ -565,8 +573,9 @@ def _validate_rl(config: Config) -> None:
         return
     if not rl_objective:
         raise ConfigError(f"rl.algorithm={r.algorithm} trains with train.objective=policy_gradient, not {t.objective!r}")
-    if r.algorithm not in ("grpo", "rloo"):
-        raise ConfigError(f"rl.algorithm is {r.algorithm!r}; choose grpo or rloo (train.objective=policy_gradient)")
+    if r.algorithm not in ("grpo", "rloo", "ppo"):
+        raise ConfigError(f"rl.algorithm is {r.algorithm!r}; choose grpo or rloo (group-relative, no critic) "
+                          "or ppo (a value head and GAE); train.objective=policy_gradient")
     if r.kl_estimator not in ("k1", "k3"):
         raise ConfigError(f"rl.kl_estimator is {r.kl_estimator!r}; choose k1 or k3")
     if not r.prompts:
@@ -575,8 +584,9 @@ def _validate_rl(config: Config) -> None:
     if not config.init.from_:
         raise ConfigError("online RL starts from a trained model and keeps it as the frozen reference: set init.from "
                           "(a jaxlm workdir, e.g. runs/arith_sft)")
-    if r.group_size < 2 or t.global_batch % r.group_size:
-        raise ConfigError(f"rl.group_size ({r.group_size}) must be at least 2 and divide train.global_batch "
+    least = 1 if r.algorithm == "ppo" else 2  # ppo's baseline is the value head, not the group
+    if r.group_size < least or t.global_batch % r.group_size:
+        raise ConfigError(f"rl.group_size ({r.group_size}) must be at least {least} and divide train.global_batch "
                           f"({t.global_batch}): each step trains on global_batch / group_size prompts x group_size responses")
     if r.max_new_tokens <= 0 or r.temperature < 0 or r.top_k < 0 or not 0.0 < r.top_p <= 1.0:
         raise ConfigError(f"rl needs max_new_tokens > 0, temperature >= 0, top_k >= 0 and 0 < top_p <= 1, got "
@@ -584,6 +594,14 @@ def _validate_rl(config: Config) -> None:
     if r.kl_coef < 0 or r.clip <= 0 or r.eval_every < 0 or r.eval_limit <= 0:
         raise ConfigError(f"rl needs kl_coef >= 0, clip > 0, eval_every >= 0 and eval_limit > 0, got "
                           f"{r.kl_coef}, {r.clip}, {r.eval_every}, {r.eval_limit}")
+    if r.algorithm == "ppo" and not config.model.value_head:
+        raise ConfigError("rl.algorithm=ppo trains a value head beside the policy: set model.value_head=true")
+    if r.algorithm != "ppo" and config.model.value_head:
+        raise ConfigError(f"model.value_head=true is PPO's critic; rl.algorithm={r.algorithm} does not train it: "
+                          "set model.value_head=false")
+    if not (0.0 <= r.gamma <= 1.0 and 0.0 <= r.lam <= 1.0) or r.vf_coef < 0 or r.value_clip <= 0:
+        raise ConfigError(f"rl needs gamma and lam in [0, 1], vf_coef >= 0 and value_clip > 0, got "
+                          f"{r.gamma}, {r.lam}, {r.vf_coef}, {r.value_clip}")
     if r.eval_every and not r.eval_prompts:
         raise ConfigError("rl.eval_every is set but rl.eval_prompts is empty: name the held-out items (e.g. "
                           "data/arithmetic/test.jsonl), or set rl.eval_every=0")

@@ -102,6 +102,9 @@ class Transformer(nnx.Module):
                         param(rngs.params(), (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), std, pdt))
         self.reward_head = (param(rngs.params(), (cfg.d_model,), ("embed",), cfg.d_model ** -0.5, pdt)
                             if cfg.reward_head else None)
+        # PPO's critic: zero at the start, so the first advantages are the rewards' own (GAE on V = 0)
+        self.value_head = param(rngs.params(), (cfg.d_model,), ("embed",), 0.0, pdt) if cfg.value_head else None
+        self.value_bias = param(rngs.params(), (1,), ("value",), 0.0, pdt) if cfg.value_head else None
 
     def unembedding(self) -> jax.Array:
         """(embed, vocab) matrix in the compute dtype; the loss multiplies hidden states by it."""
@@ -112,6 +115,12 @@ class Transformer(nnx.Module):
         """(B, T) float32 scalar scores of final-normed hidden states (model.reward_head)."""
         w = self.reward_head[...].astype(self.dtype)
         return jnp.einsum("btd,d->bt", h_BTD, w, preferred_element_type=jnp.float32)
+
+    def values(self, h_BTD) -> jax.Array:
+        """(B, T) float32 value estimates of final-normed hidden states (model.value_head)."""
+        w = self.value_head[...].astype(self.dtype)
+        v = jnp.einsum("btd,d->bt", h_BTD, w, preferred_element_type=jnp.float32)
+        return v + self.value_bias[...].astype(jnp.float32)[0]
 
     def embed_inputs(self, tokens_BT, positions_BT, dropout_key=None):
         """The first layer's input (B, T, D) and one dropout key per layer (None without dropout)."""

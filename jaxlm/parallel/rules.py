@@ -28,6 +28,7 @@ PARAM_RULES: dict[str, Any] = {
     "layers": "pipe",
     "length": None,
     "lora": None,  # an adapter's rank: small, kept whole (its other dim is split like the base weight's)
+    "value": None,  # a value head's single output (its bias)
 }
 
 ACTIVATION_RULES: dict[str, Any] = {

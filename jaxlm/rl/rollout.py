@@ -10,6 +10,10 @@ Each step (`Rollouts.batch(trainer, step)`):
   5. lays each prompt + response out as a training row (loss mask on the response and its end of
      turn) and adds, per response token, its advantage and the log-probabilities of the sampling
      policy and of the frozen reference (one compiled forward pass each).
+PPO (rl.algorithm: ppo) replaces step 4: the policy's forward pass also gives the value head's
+estimates, each token's reward is -kl_coef * KL(policy || reference) there, plus the verifier's
+reward on the response's last token, and GAE turns rewards and values into per-token advantages
+(whitened over the batch's response tokens) and returns (`make_ppo_fields`).
 The trainer's compiled step then takes the policy-gradient step (jaxlm.train.policy_gradient).
 
 A batch is a function of the parameters, the step and the number of loss-spike rollbacks so far,
@@ -31,8 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxlm.config import Config, ConfigError
+from jaxlm.config import Config, ConfigError, RLConfig
 from jaxlm.data.chat import dataset_template
+from jaxlm.data.global_batch import to_global
 from jaxlm.eval.chat import end_of_turn_id
 from jaxlm.eval.errors import EvalError
 from jaxlm.eval.generate import Generator, SamplingConfig
@@ -41,11 +46,14 @@ from jaxlm.eval.loading import window_of
 from jaxlm.eval.tokenizer import Tokenizer
 from jaxlm.eval.verifiers import load_verifier
 from jaxlm.parallel import rules
+from jaxlm.parallel.mesh import BATCH_AXES
 from jaxlm.train import advantages as adv_lib
 from jaxlm.train.checkpoint_reader import read_params, resolve_source
 from jaxlm.train.loop import Hook
 from jaxlm.train.objective import TOKEN_FIELDS
-from jaxlm.train.policy_gradient import token_logprobs
+from jaxlm.train.policy_gradient import ESTIMATORS, token_logprobs
+
+VALUE_PARAMS = ("value_head", "value_bias")  # the critic's parameters (model.value_head)
 
 
 @dataclasses.dataclass
@@ -57,7 +65,7 @@ class Rollout:
     texts: list[str]  # (P * G) decoded responses (without the end of turn)
     ended: np.ndarray  # (P * G) bool: ended at the end of turn (else cut at max_new_tokens)
     rewards: np.ndarray  # (P, G)
-    advantages: np.ndarray  # (P, G)
+    advantages: Optional[np.ndarray]  # (P, G); None for ppo (per token, from GAE in to_batch)
 
 
 def choose_prompts(n_items: int, n: int, seed: int, step: int, attempt: int = 0) -> np.ndarray:
@@ -111,6 +119,47 @@ def make_logprobs(spec, mesh, params_sharding, batch_sharding):
                    out_shardings=(batch_sharding, batch_sharding))
 
 
+def last_token_scores(rewards: np.ndarray, loss_mask: np.ndarray) -> np.ndarray:
+    """(rows, length) float32: each row's reward on its last loss-mask position, 0 elsewhere."""
+    out = np.zeros(loss_mask.shape, np.float32)
+    last = loss_mask.shape[1] - 1 - np.argmax(loss_mask[:, ::-1] > 0, axis=1)
+    out[np.arange(len(out)), last] = rewards
+    return out * (loss_mask.sum(1, keepdims=True) > 0)
+
+
+def make_ppo_fields(spec, mesh, params_sharding, batch_sharding, rl: RLConfig):
+    """Compiled (policy, reference, token fields, scores) -> PPO's float fields, each (n_micro, rows,
+    length), 0 off the loss mask: old_logp, ref_logp, old_values (the value head's), advantages
+    (GAE, whitened over the batch's response tokens) and returns (GAE's, not whitened). `scores`
+    holds each response's reward on its last token; the per-token KL penalty is added to it here."""
+    kl = ESTIMATORS[rl.kl_estimator]
+
+    def one(params, micro):
+        model = nnx.merge(spec.graphdef, params)
+        h_BTD = model.hidden(micro["inputs"], micro["positions"], micro["segment_ids"])
+        _, logp_BT = token_logprobs(model, h_BTD, micro["targets"])
+        on = micro["loss_mask"] > 0
+        return jnp.where(on, logp_BT, 0.0), jnp.where(on, model.values(h_BTD), 0.0)
+
+    def fields(policy, reference, batch, scores):
+        old, values = jax.lax.map(lambda micro: one(policy, micro), batch)
+        ref, _ = jax.lax.map(lambda micro: one(reference, micro), batch)
+        mask = batch["loss_mask"] > 0
+        rewards = jnp.where(mask, scores - rl.kl_coef * kl(old, ref), 0.0)
+        rows = (-1, mask.shape[-1])  # GAE runs along each row; the whitening spans every micro-batch
+        adv, returns = adv_lib.gae(rewards.reshape(rows), values.reshape(rows), mask.reshape(rows),
+                                   gamma=rl.gamma, lam=rl.lam)
+        adv = adv_lib.whiten(adv, mask.reshape(rows))
+        return {"old_logp": old, "ref_logp": ref, "old_values": values,
+                "advantages": adv.reshape(mask.shape), "returns": returns.reshape(mask.shape)}
+
+    names = ("old_logp", "ref_logp", "old_values", "advantages", "returns")
+    return jax.jit(rules.sharded_activations(fields, mesh),
+                   in_shardings=(params_sharding, params_sharding, {k: batch_sharding for k in TOKEN_FIELDS},
+                                 batch_sharding),
+                   out_shardings={k: batch_sharding for k in names})
+
+
 def newest_step(workdir: str) -> int:
     directory, only = resolve_source(workdir)
     if only is not None:
@@ -148,6 +197,9 @@ class Rollouts:
         c = self.config
         self.reference_step = int(saved["reference_step"]) if saved else newest_step(c.init.from_)
         _, ref = read_params(c.init.from_, step=self.reference_step, mesh=trainer.mesh)
+        if c.model.value_head:  # the reference has no critic: a zero one, for the shared graph (never read)
+            ref = {**{k: np.zeros(trainer.spec.shapes[k].shape, trainer.spec.shapes[k].dtype) for k in VALUE_PARAMS},
+                   **ref}
         want = jax.tree.map(lambda x: tuple(x.shape), trainer.spec.shapes)
         got = jax.tree.map(lambda x: tuple(x.shape), ref)
         if want != got:
@@ -184,6 +236,10 @@ class Rollouts:
         self.eot, self.mesh, self.setup = eot, trainer.mesh, trainer.setup
         self.logprobs = make_logprobs(trainer.spec, trainer.mesh, trainer.shardings["params"],
                                       trainer.setup.batch_sharding)
+        if c.rl.algorithm == "ppo":
+            self.ppo_fields = make_ppo_fields(trainer.spec, trainer.mesh, trainer.shardings["params"],
+                                              trainer.setup.batch_sharding, c.rl)
+            self.explained_variance = jax.jit(adv_lib.explained_variance)
 
     def state_dict(self) -> dict:
         return {"reference_step": self.reference_step}
@@ -213,20 +269,27 @@ class Rollouts:
         ended = np.array([o.finish_reason == "eos" for o in outs])
         rewards = np.array([float(self.verifier(t, self.items[i]["answer"]))
                             for t, i in zip(texts, np.repeat(index, g))], np.float32).reshape(-1, g)
-        adv = group_advantages(rewards, c.rl.algorithm, scale=c.rl.scale_advantages)
+        adv = None if c.rl.algorithm == "ppo" else group_advantages(rewards, c.rl.algorithm,
+                                                                     scale=c.rl.scale_advantages)
         responses = [o.tokens + [self.eot] * bool(e) for o, e in zip(outs, ended)]
         return Rollout(index, prompts, responses, texts, ended, rewards, adv)
 
     def to_batch(self, rollout: Rollout, policy) -> dict[str, jax.Array]:
         """The trainer's batch (n_micro, rows, length) of a rollout: token fields, advantages, and
-        the policy's and reference's log-probabilities of every response token."""
+        the policy's and reference's log-probabilities of every response token; for ppo the value
+        head's estimates and GAE's per-token advantages and returns in place of the group's."""
         c = self.config
         rows = token_rows(rollout.prompts, rollout.responses, c.data.seq_len)
-        rows["advantages"] = rollout.advantages.reshape(-1, 1) * rows["loss_mask"].astype(np.float32)
+        if rollout.advantages is not None:
+            rows["advantages"] = rollout.advantages.reshape(-1, 1) * rows["loss_mask"].astype(np.float32)
         n_micro, micro = c.train.global_batch // c.train.micro_batch, c.train.micro_batch
         local = micro // jax.process_count()  # this process's rows of every micro-batch
         start = jax.process_index() * local
         batch = self.setup.batch({k: v.reshape(n_micro, micro, -1)[:, start:start + local] for k, v in rows.items()})
+        if c.rl.algorithm == "ppo":
+            scores = last_token_scores(rollout.rewards.ravel(), rows["loss_mask"]).reshape(n_micro, micro, -1)
+            scores = to_global({"scores": scores[:, start:start + local]}, self.mesh, BATCH_AXES, leading=1)["scores"]
+            return {**batch, **self.ppo_fields(policy, self.ref_params, {k: batch[k] for k in TOKEN_FIELDS}, scores)}
         old, ref = self.logprobs(policy, self.ref_params, {k: batch[k] for k in TOKEN_FIELDS})
         return {**batch, "old_logp": old, "ref_logp": ref}
 
@@ -247,6 +310,9 @@ class Rollouts:
             "response_length": float(lengths.mean()), "ended_share": float(rollout.ended.mean()),
             "rollout_seconds": done - start, "generate_seconds": generated - start,
             "rollout_tokens_per_sec": float(lengths.sum()) / max(generated - start, 1e-9)})
+        if self.config.rl.algorithm == "ppo":  # of the value head as the update finds it (it is the sampling one)
+            self._stats[step + 1]["explained_variance"] = float(self.explained_variance(
+                batch["old_values"], batch["returns"], batch["loss_mask"] > 0))
         self._handed_at = time.perf_counter()
         return batch
 

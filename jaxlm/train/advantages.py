@@ -12,6 +12,12 @@
                     never negative, lower variance; GRPO's penalty).
   clipped_objective PPO's per-token loss: -min(rho A, clip(rho, 1-eps, 1+eps) A), rho the
                     probability ratio of the current to the sampling policy.
+  whiten            PPO's advantage normalisation over the response tokens of a batch:
+                    (A - mean) / sqrt(var + 1e-8), population variance, over mask > 0.
+  clipped_value_loss PPO's critic loss: 0.5 max((V - R)^2, (V_clip - R)^2), V_clip = old V +-
+                    clip (OpenAI baselines' and TRL's form, with their 1/2).
+  explained_variance 1 - Var(R - V) / Var(R) over mask > 0: 1 a perfect critic, 0 no better than
+                    the mean return.
 """
 
 from __future__ import annotations
@@ -69,3 +75,31 @@ def clipped_objective(logp, old_logp, advantages, *, clip_eps: float = 0.2):
     unclipped = ratio * advantages
     clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
     return -jnp.minimum(unclipped, clipped), (clipped < unclipped).astype(jnp.float32)
+
+
+def _masked_moments(x, mask):
+    n = jnp.sum(mask)
+    mean = jnp.sum(x * mask) / n
+    return mean, jnp.sum(jnp.square(x - mean) * mask) / n
+
+
+def whiten(x, mask, *, eps: float = 1e-8):
+    mask = mask.astype(x.dtype)
+    mean, var = _masked_moments(x, mask)
+    return (x - mean) * jax.lax.rsqrt(var + eps) * mask
+
+
+def clipped_value_loss(values, old_values, returns, *, clip: float):
+    """(per-token loss, per-token indicator that the clip bit: V left old_V +- clip and the clipped
+    error was the larger; inside the range the two errors are equal but for rounding)."""
+    clipped = old_values + jnp.clip(values - old_values, -clip, clip)
+    plain, far = jnp.square(values - returns), jnp.square(clipped - returns)
+    bit = (far > plain) & (jnp.abs(values - old_values) > clip)
+    return 0.5 * jnp.maximum(plain, far), bit.astype(jnp.float32)
+
+
+def explained_variance(values, returns, mask):
+    mask = mask.astype(returns.dtype)
+    _, var_returns = _masked_moments(returns, mask)
+    _, var_error = _masked_moments(returns - values, mask)
+    return 1.0 - var_error / var_returns

@@ -16,6 +16,15 @@ penalty is in the loss, as GRPO puts it (not subtracted from the reward as PPO-R
 Metrics, each per response token: loss, pg_loss, kl (the chosen estimator), kl_k1 and kl_k3 (both,
 for the report), entropy of the policy's next-token distribution, clip_fraction (tokens where the
 clipped term was taken), ratio.
+
+PPO (rl.algorithm: ppo) differs in three ways: `advantages` are per token (GAE over the value head's
+estimates, whitened; jaxlm.rl.rollout), the KL penalty is already in the rewards those advantages
+came from (so it is not in the loss), and the loss adds the value head's clipped regression to the
+returns, per token:
+  loss_t = clipped_objective(logp, old_logp, A_t)  +  vf_coef * clipped_value_loss(V, old_V, R_t)
+with two more fields, old_values (the value head's estimates at sampling) and returns (A_t + old_V
+before whitening), and two more metrics, value_loss and value_clip_fraction (tokens where the
+clipped value error was the larger).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from jaxlm.train import advantages as adv_lib
 from jaxlm.train.objective import TOKEN_FIELDS, Objective, Sums, register
 
 FLOAT_FIELDS = ("advantages", "old_logp", "ref_logp")
+VALUE_FIELDS = ("old_values", "returns")  # ppo's
 ESTIMATORS = {"k1": adv_lib.kl_k1, "k3": adv_lib.kl_k3}
 
 
@@ -47,6 +57,11 @@ class PolicyGradient(Objective):
         r = config.rl
         self.kl_coef, self.clip = r.kl_coef, r.clip
         self.kl = ESTIMATORS[r.kl_estimator]
+        self.ppo = r.algorithm == "ppo"
+        if self.ppo:
+            self.batch_fields = self.batch_fields + VALUE_FIELDS
+            self.float_fields = self.float_fields + VALUE_FIELDS
+            self.vf_coef, self.value_clip = r.vf_coef, r.value_clip
 
     def loss(self, model, h_BTD, micro, *, train):
         logp_BTV, logp_BT = token_logprobs(model, h_BTD, micro["targets"])
@@ -54,7 +69,12 @@ class PolicyGradient(Objective):
         old, ref = micro["old_logp"], micro["ref_logp"]
         pg, clipped = adv_lib.clipped_objective(logp_BT, old, micro["advantages"], clip_eps=self.clip)
         kl = self.kl(logp_BT, ref)
-        per_token = pg + self.kl_coef * kl
+        if self.ppo:  # the KL is in the rewards; the critic's loss joins the policy's
+            value_loss, value_clipped = adv_lib.clipped_value_loss(
+                model.values(h_BTD), micro["old_values"], micro["returns"], clip=self.value_clip)
+            per_token = pg + self.vf_coef * value_loss
+        else:
+            per_token = pg + self.kl_coef * kl
         entropy = -jnp.sum(jnp.exp(logp_BTV) * logp_BTV, axis=-1)
 
         def total(x):
@@ -62,11 +82,14 @@ class PolicyGradient(Objective):
 
         objective = total(per_token)
         stopped = jax.lax.stop_gradient
-        return Sums(objective, jnp.sum(mask), {
+        metrics = {
             "loss": stopped(objective), "pg_loss": stopped(total(pg)), "kl": stopped(total(kl)),
             "kl_k1": stopped(total(adv_lib.kl_k1(logp_BT, ref))), "kl_k3": stopped(total(adv_lib.kl_k3(logp_BT, ref))),
             "entropy": stopped(total(entropy)), "clip_fraction": total(clipped),
-            "ratio": stopped(total(jnp.exp(logp_BT - old)))})
+            "ratio": stopped(total(jnp.exp(logp_BT - old)))}
+        if self.ppo:
+            metrics.update(value_loss=stopped(total(value_loss)), value_clip_fraction=total(value_clipped))
+        return Sums(objective, jnp.sum(mask), metrics)
 
 
 register(PolicyGradient.name, PolicyGradient)
