@@ -12,15 +12,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from eval_helpers import random_params
-from jaxlm.config import ConfigError, RLConfig, config_from_dict
+from jaxlm.config import ConfigError, RLConfig, config_from_dict, load_config
 from jaxlm.interop import warm_start
+from jaxlm.interop.hf import export_hf, load_hf
+from jaxlm.main import train
 from jaxlm.rl import Rollouts
 from jaxlm.rl.rollout import last_token_scores
 from jaxlm.train import advantages as adv_lib
+from jaxlm.train import checkpoint_reader
 from jaxlm.train.loop import Trainer
 from jaxlm.train.policy_gradient import PolicyGradient
-from tests.rl_helpers import make_task, read_metrics, rl_config, train_base
+from tests.helpers import REPO, make_task, random_params, read_jsonl, rl_config, train_base
 
 
 def numpy_gae(rewards, values, mask, gamma, lam):
@@ -214,13 +216,10 @@ def test_ppo_rollout_fields_equal_numpy_from_its_logprobs_and_values(task, tmp_p
 def test_ppo_run_logs_the_critic_and_resumes_exactly(task, tmp_path):
     """Two PPO steps through the trainer core log the value metrics and move the value head off zero;
     a run stopped at step 1's checkpoint and resumed gives the same step 2, bit for bit."""
-    from jaxlm.main import train
-    from jaxlm.train import checkpoint_reader
-
     items, dataset, base = task
     full = ppo_config(tmp_path / "full", base, items, dataset, steps=2, every=1)
     train(config_from_dict(full))
-    rows = [m for m in read_metrics(tmp_path / "full") if "loss" in m]
+    rows = [m for m in read_jsonl(tmp_path / "full" / "metrics.jsonl") if "loss" in m]
     assert [m["step"] for m in rows] == [1, 2]
     for key in ("value_loss", "value_clip_fraction", "explained_variance", "pg_loss", "kl", "reward_mean",
                 "clip_fraction", "grad_norm"):
@@ -235,7 +234,7 @@ def test_ppo_run_logs_the_critic_and_resumes_exactly(task, tmp_path):
     part = ppo_config(tmp_path / "part", base, items, dataset, steps=2, every=1)
     train(config_from_dict({**part, "train": {**part["train"], "steps": 1}}))
     train(config_from_dict(part))  # resumes from the checkpoint of step 1: critic and optimizer included
-    resumed = {m["step"]: m for m in read_metrics(tmp_path / "part") if "loss" in m}
+    resumed = {m["step"]: m for m in read_jsonl(tmp_path / "part" / "metrics.jsonl") if "loss" in m}
     for m in rows:
         for key in ("loss", "value_loss", "explained_variance", "kl", "reward_mean", "grad_norm"):
             assert resumed[m["step"]][key] == m[key], (m["step"], key)
@@ -267,9 +266,7 @@ def test_ppo_configs_fail_clearly_before_any_compute(tmp_path):
 
 
 def test_the_shipped_ppo_recipe_is_the_sft_model_with_a_critic():
-    from jaxlm.config import load_config
-
-    configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    configs = os.path.join(REPO, "configs")
     sft, ppo = (load_config(os.path.join(configs, f"arith_{name}.yaml")) for name in ("sft", "ppo"))
     assert ppo.init.from_ == sft.workdir and ppo.model == dataclasses.replace(sft.model, value_head=True)
     assert ppo.data.sources[0].path == sft.data.sources[0].path and ppo.rl.algorithm == "ppo"
@@ -277,8 +274,6 @@ def test_the_shipped_ppo_recipe_is_the_sft_model_with_a_critic():
 
 def test_an_exported_ppo_policy_is_the_plain_model(tmp_path):
     """The critic is a training aid: the Hugging Face export of a value-head model holds the policy alone."""
-    from jaxlm.interop.hf import export_hf, load_hf
-
     config = config_from_dict({"model": {"vocab_size": 64, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
                                          "max_seq_len": 8, "value_head": True}})
     _, _, params = random_params(config.model, seed=2)
