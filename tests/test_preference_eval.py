@@ -14,7 +14,7 @@ from jaxlm.data import format as fmt
 from jaxlm.data.chat import DEFAULT_TEMPLATE, SPECIAL_TOKENS, TEMPLATE_FILE, dataset_template
 from jaxlm.eval.alignment_tax import alignment_tax, format_table, reward_model_win_rate, win_rate
 from jaxlm.eval.divergence import sampled_kl
-from jaxlm.eval.loading import EvalModel, from_params
+from jaxlm.eval.loading import from_params
 from jaxlm.eval.pairs import pairs_from_answers, score_conversations, verifier_pairs
 from jaxlm.eval.verifiers import checked_working, final_number
 from jaxlm.model import Transformer

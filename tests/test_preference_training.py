@@ -5,7 +5,6 @@ log-probabilities cached in the records, and resumes exactly."""
 
 import json
 
-import jax
 import numpy as np
 import pytest
 
