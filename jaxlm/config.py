@@ -318,7 +318,7 @@ class RLConfig:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
-    eval_prompts: str = ""  # held-out items: mean rl.reward of greedy answers (the verifier's: exact match) every eval_every steps
+    eval_prompts: str = ""  # held-out items: greedy answers' mean rl.reward (final_number: exact match) every eval_every steps
     eval_every: int = 0
     eval_limit: int = 200  # items of eval_prompts used
 

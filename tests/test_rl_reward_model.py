@@ -35,8 +35,9 @@ def _pairs(items: str, dataset: str, out: str) -> str:
     with open(path, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     pairs = os.path.join(out, "arith_pairs")
+    tokenizer = {"path": os.path.join(dataset, "tokenizer.model")}  # the policy's: the same ids
     prepare(data_config({"output": pairs, "sources": [{"name": "p", "type": "pairs", "paths": [path]}],
-                         "split": {"val_fraction": 0.0}, "tokenizer": {"path": os.path.join(dataset, "tokenizer.model")},
+                         "split": {"val_fraction": 0.0}, "tokenizer": tokenizer,
                          "chat": {"max_tokens": 128}, "workers": 1}), log=lambda _: None)
     return pairs
 

@@ -76,7 +76,8 @@ class RewardModel:
         if mine.tokenizer_sha256 != policy.tokenizer_sha256:
             raise ConfigError(f"{where} was trained on {m.data.sources[0].path}, tokenized with another tokenizer than "
                               f"the policy's data.sources[0] ({policy_data}): its token ids mean other pieces; give a "
-                              "reward model trained on pairs made with the policy's tokenizer (data_prep tokenizer.path)")
+                              "reward model trained on pairs made with the policy's tokenizer (data_prep's "
+                              "tokenizer.path)")
         self.step: Optional[int] = None
         self.checksum: Optional[str] = None
 
@@ -100,14 +101,15 @@ class RewardModel:
         self.params, self.window = params, window_of(model_config)
         self.graphdef = graphdef_of(model_config.model)
         if longest_prompt + c.rl.max_new_tokens > self.window:
-            raise ConfigError(f"{where}: a prompt of {longest_prompt} tokens and rl.max_new_tokens={c.rl.max_new_tokens} "
-                              f"do not fit in the reward model's {self.window}-token window (its data.seq_len); lower "
-                              "rl.max_new_tokens or give a reward model trained on longer sequences")
+            raise ConfigError(f"{where}: a prompt of {longest_prompt} tokens and rl.max_new_tokens="
+                              f"{c.rl.max_new_tokens} do not fit in the reward model's {self.window}-token window "
+                              "(its data.seq_len); lower rl.max_new_tokens or give a reward model trained on longer "
+                              "sequences")
         self.checksum = fingerprint(params)
         if saved is not None and saved["checksum"] != self.checksum:
-            raise ConfigError(f"the reward model changed: {self.workdir} step {self.step} no longer holds the parameters "
-                              "this run was trained with (retrained in place?); resume with the reward model it was "
-                              "trained with, or start a new workdir")
+            raise ConfigError(f"the reward model changed: {self.workdir} step {self.step} no longer holds the "
+                              "parameters this run was trained with (retrained in place?); resume with the reward "
+                              "model it was trained with, or start a new workdir")
         t = c.train
         self.rows, self.micro, self.setup = t.global_batch, t.micro_batch, trainer.setup
         graphdef, batch_sharding = self.graphdef, trainer.setup.batch_sharding
