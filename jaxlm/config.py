@@ -294,9 +294,12 @@ class PreferenceConfig:
 
 @dataclasses.dataclass
 class RLRewardConfig:
-    """Where a rollout's reward comes from: a Python verifier "module:function" (response text,
-    reference answer) -> reward (jaxlm.eval.verifiers: final_number, the shipped task's)."""
-    verifier: str = "jaxlm.eval.verifiers:final_number"
+    """Where a rollout's reward comes from, exactly one of: a Python verifier "module:function"
+    (response text, reference answer) -> reward (jaxlm.eval.verifiers: final_number, the shipped
+    task's), or a trained reward model (the workdir of a train.objective: reward run), whose score
+    of prompt + response is the reward (jaxlm.rl.rewards)."""
+    verifier: str = ""  # e.g. "jaxlm.eval.verifiers:final_number"
+    model: str = ""  # e.g. runs/reward_arith
 
 
 @dataclasses.dataclass
@@ -318,7 +321,7 @@ class RLConfig:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
-    eval_prompts: str = ""  # held-out items: greedy exact match (rl.reward's verifier) every eval_every steps
+    eval_prompts: str = ""  # held-out items: greedy answers' mean rl.reward (final_number: exact match) every eval_every steps
     eval_every: int = 0
     eval_limit: int = 200  # items of eval_prompts used
     # ppo only (model.value_head: true): the KL penalty goes into the per-token reward, then GAE
@@ -581,6 +584,10 @@ def _validate_rl(config: Config) -> None:
     if not r.prompts:
         raise ConfigError("rl.prompts is empty: name a JSONL file of {instruction, answer} items "
                           "(python -m data_prep.arithmetic --out data/arithmetic writes data/arithmetic/train.jsonl)")
+    if bool(r.reward.verifier) == bool(r.reward.model):
+        raise ConfigError(f"rl.reward needs exactly one of verifier (a Python \"module:function\", e.g. "
+                          f"jaxlm.eval.verifiers:final_number) and model (a reward model's workdir, e.g. "
+                          f"runs/reward_arith); got verifier={r.reward.verifier!r}, model={r.reward.model!r}")
     if not config.init.from_:
         raise ConfigError("online RL starts from a trained model and keeps it as the frozen reference: set init.from "
                           "(a jaxlm workdir, e.g. runs/arith_sft)")

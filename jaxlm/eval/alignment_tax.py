@@ -25,7 +25,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from jaxlm.data import format as fmt
 from jaxlm.data.shards import DocumentSource, open_dataset
 from jaxlm.eval import harness, perplexity
 from jaxlm.eval.answers import exact_match
@@ -34,7 +33,7 @@ from jaxlm.eval.errors import EvalError
 from jaxlm.eval.generate import Generator, SamplingConfig
 from jaxlm.eval.instruct import chain_of_thought, instruction_loss
 from jaxlm.eval.loading import EvalModel
-from jaxlm.eval.pairs import score_conversations
+from jaxlm.eval.pairs import conversation, score_conversations
 
 
 def win_rate(tuned_rewards, base_rewards) -> float:
@@ -68,12 +67,8 @@ def reward_model_win_rate(tuned: EvalModel, base: EvalModel, reward: EvalModel, 
     for name, em in (("tuned", tuned), ("base", base)):
         outs = Generator(em.graphdef, em.params, em.window, tokenizer=em.tokenizer, eos_id=eot,
                          batch_size=batch_size).generate_ids(prompts, cfg)
-        seqs = []
-        for prompt, g in zip(prompts, outs):
-            response = g.tokens + ([eot] if g.finish_reason == "eos" else [])
-            seq = np.empty(len(prompt) + len(response), fmt.MASKED_TOKEN)
-            seq["token"], seq["mask"] = prompt + response, [0] * len(prompt) + [1] * len(response)
-            seqs.append(seq)
+        seqs = [conversation(prompt, g.tokens + ([eot] if g.finish_reason == "eos" else []))
+                for prompt, g in zip(prompts, outs)]
         scores[name] = score_conversations(reward, seqs, batch_size)
         lengths[name] = float(np.mean([len(g.tokens) for g in outs]))
     return {"win_rate": win_rate(scores["tuned"], scores["base"]), "n": len(prompts),

@@ -9,6 +9,7 @@ window + 1 tokens), so a score or log-probability here is the one the trainer wo
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterator, Optional, Sequence
 
 import jax
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxlm.data import format as fmt
 from jaxlm.data.chat import ChatTemplate
 from jaxlm.data.format import DataFormatError
 from jaxlm.data.pairs import PAIR_FIELDS, build_pair_loader, real_pair_count, sequence_row, write_reference
@@ -25,7 +27,7 @@ from jaxlm.eval.errors import EvalError
 from jaxlm.eval.generate import Generator, SamplingConfig
 from jaxlm.eval.loading import EvalModel
 from jaxlm.eval.scoring import compiled
-from jaxlm.train.pair_objectives import last_token_index, token_logprobs
+from jaxlm.train.pair_objectives import last_token_scores, token_logprobs
 
 
 def _batches(em: EvalModel, dataset: str, split: str, batch_pairs: int) -> Iterator[tuple[dict, int]]:
@@ -40,18 +42,19 @@ def _batches(em: EvalModel, dataset: str, split: str, batch_pairs: int) -> Itera
             yield {k: batch[k] for k in PAIR_FIELDS}, real_pair_count(batch)
 
 
+def sequence_scores(graphdef, params, batch) -> jax.Array:
+    """(rows,) a reward model's score of each row's sequence (PAIR_FIELDS rows, one sequence from
+    position 0 each): its scalar head on the last real token, as the reward objective trains it."""
+    model = nnx.merge(graphdef, params)
+    h_BTD = model.hidden(batch["inputs"], batch["positions"], batch["segment_ids"])
+    return last_token_scores(model, h_BTD, batch["segment_ids"])
+
+
 def _scores_fn(em: EvalModel):
     if not em.model_cfg.reward_head:
         raise EvalError("this model has no reward head (model.reward_head); give a run trained with "
                         "train.objective=reward")
-
-    def scores(params, batch):
-        model = nnx.merge(em.graphdef, params)
-        h_BTD = model.hidden(batch["inputs"], batch["positions"], batch["segment_ids"])
-        last = last_token_index(batch["segment_ids"])
-        return model.scores(jnp.take_along_axis(h_BTD, last[:, None, None], axis=1))[:, 0]
-
-    return compiled("reward_scores", em.graphdef, lambda: jax.jit(scores))
+    return compiled("reward_scores", em.graphdef, lambda: jax.jit(functools.partial(sequence_scores, em.graphdef)))
 
 
 def _logprobs_fn(em: EvalModel):
@@ -144,15 +147,26 @@ def pairs_from_answers(items: Sequence[dict], answers: Sequence[Sequence[tuple[s
     return pairs, rewarded
 
 
+def conversation(prompt: Sequence[int], response: Sequence[int]) -> np.ndarray:
+    """The MASKED_TOKEN sequence a reward model scores: prompt ids, then the response's (masked)."""
+    seq = np.empty(len(prompt) + len(response), fmt.MASKED_TOKEN)
+    seq["token"], seq["mask"] = list(prompt) + list(response), [0] * len(prompt) + [1] * len(response)
+    return seq
+
+
+def scoring_rows(sequences: Sequence[Optional[np.ndarray]], window: int, rows: int) -> dict[str, np.ndarray]:
+    """{field: (rows, window)} of up to `rows` sequences, one a row, then empty rows."""
+    out = [sequence_row(seq, window) for seq in sequences] + [sequence_row(None, window)] * (rows - len(sequences))
+    return {k: np.stack([r[k] for r in out]) for k in PAIR_FIELDS}
+
+
 def score_conversations(em: EvalModel, sequences: Sequence[np.ndarray], batch_pairs: int = 8) -> np.ndarray:
     """Reward-model scores of token sequences (each a MASKED_TOKEN array, e.g. prompt + response)."""
     fn = _scores_fn(em)
-    rows = [sequence_row(seq, em.window) for seq in sequences]
     out = []
     width = 2 * batch_pairs
-    for start in range(0, len(rows), width):
-        chunk = rows[start:start + width]
-        chunk += [sequence_row(None, em.window)] * (width - len(chunk))
-        batch = {k: np.stack([r[k] for r in chunk]) for k in PAIR_FIELDS}
-        out.append(np.asarray(jax.device_get(fn(em.params, batch)))[:min(width, len(rows) - start)])
+    for start in range(0, len(sequences), width):
+        chunk = sequences[start:start + width]
+        batch = scoring_rows(chunk, em.window, width)
+        out.append(np.asarray(jax.device_get(fn(em.params, batch)))[:len(chunk)])
     return np.concatenate(out) if out else np.zeros(0, np.float32)

@@ -5,7 +5,8 @@ Each step (`Rollouts.batch(trainer, step)`):
   2. generates G responses to each with the policy as it is now: the KV-cache generator
      (jaxlm.eval.generate) on the run's mesh, one batch, seeded from (seed, step), each response
      ending at the chat template's end-of-turn token or after rl.max_new_tokens;
-  3. scores them with the verifier (rl.reward.verifier: response text, reference answer -> reward);
+  3. scores them with the verifier (rl.reward.verifier: response text, reference answer -> reward),
+     or with a trained reward model (rl.reward.model: its score of prompt + response, jaxlm.rl.rewards);
   4. computes advantages per group (GRPO: (r - mean) / std; RLOO: r - mean of the others);
   5. lays each prompt + response out as a training row (loss mask on the response and its end of
      turn) and adds, per response token, its advantage and the log-probabilities of the sampling
@@ -47,6 +48,7 @@ from jaxlm.eval.tokenizer import Tokenizer
 from jaxlm.eval.verifiers import load_verifier
 from jaxlm.parallel import rules
 from jaxlm.parallel.mesh import BATCH_AXES
+from jaxlm.rl.rewards import RewardModel
 from jaxlm.train import advantages as adv_lib
 from jaxlm.train.checkpoint_reader import read_params, resolve_source
 from jaxlm.train.loop import Hook
@@ -179,13 +181,14 @@ class Rollouts:
         self.config, self.group = config, r.group_size
         self.prompts_per_step = config.train.global_batch // r.group_size
         try:
-            self.verifier = load_verifier(r.reward.verifier)
+            self.verifier = load_verifier(r.reward.verifier) if r.reward.verifier else None
             self.items = read_cot_items(r.prompts)
             self.eval_items = read_cot_items(r.eval_prompts)[:r.eval_limit] if r.eval_prompts else []
         except EvalError as e:
             raise ConfigError(f"rl: {e}") from None
         self.sampling = SamplingConfig(max_new_tokens=r.max_new_tokens, temperature=r.temperature,
                                        top_k=r.top_k, top_p=r.top_p)
+        self.reward_model = RewardModel(config) if r.reward.model else None  # checked here: before any compute
         self._stats: dict[int, dict] = {}
         self._handed_at: Optional[float] = None
         self.reference_step: Optional[int] = None
@@ -231,6 +234,13 @@ class Rollouts:
 
         self.prompt_ids = prompt_ids(self.items, "rl.prompts")
         self.eval_prompt_ids = prompt_ids(self.eval_items, "rl.eval_prompts")
+        if saved is not None and ("reward_model" in saved) != (self.reward_model is not None):
+            was = f"the reward model {saved['reward_model']['from']}" if "reward_model" in saved else "a verifier"
+            raise ConfigError(f"this run was trained with rewards from {was}; resume it with that rl.reward, or start "
+                              "a new workdir")
+        if self.reward_model is not None:
+            self.reward_model.start(trainer, max(map(len, self.prompt_ids + self.eval_prompt_ids)),
+                                    saved=saved.get("reward_model") if saved else None)
         self.generator = Generator(trainer.spec.graphdef, None, self.window, tokenizer=self.tokenizer, eos_id=eot,
                                    batch_size=c.train.global_batch)  # one batch: every response of the step
         self.eot, self.mesh, self.setup = eot, trainer.mesh, trainer.setup
@@ -242,6 +252,8 @@ class Rollouts:
             self.explained_variance = jax.jit(adv_lib.explained_variance)
 
     def state_dict(self) -> dict:
+        if self.reward_model is not None:
+            return {"reference_step": self.reference_step, "reward_model": self.reward_model.record()}
         return {"reference_step": self.reference_step}
 
     def run_record(self) -> dict:
@@ -249,7 +261,8 @@ class Rollouts:
         r = self.config.rl
         return {"rl": {"algorithm": r.algorithm, "reference": {"from": os.path.abspath(self.config.init.from_),
                                                                 "step": self.reference_step},
-                       "kl_estimator": r.kl_estimator, "kl_coef": r.kl_coef, "reward": r.reward.verifier}}
+                       "kl_estimator": r.kl_estimator, "kl_coef": r.kl_coef,
+                       "reward": {"model": self.reward_model.record()} if self.reward_model else r.reward.verifier}}
 
     # ------------------------------------------------------------------------------------------
     # Rollouts
@@ -267,12 +280,19 @@ class Rollouts:
             outs = self.generator.generate_ids(prompts, cfg, use_cache=use_cache)
         texts = [self.tokenizer.decode(o.tokens) for o in outs]
         ended = np.array([o.finish_reason == "eos" for o in outs])
-        rewards = np.array([float(self.verifier(t, self.items[i]["answer"]))
-                            for t, i in zip(texts, np.repeat(index, g))], np.float32).reshape(-1, g)
+        responses = [o.tokens + [self.eot] * bool(e) for o, e in zip(outs, ended)]
+        rewards = self.rewards(prompts, responses, texts, [self.items[i]["answer"] for i in np.repeat(index, g)])
+        rewards = rewards.astype(np.float32).reshape(-1, g)
         adv = None if c.rl.algorithm == "ppo" else group_advantages(rewards, c.rl.algorithm,
                                                                      scale=c.rl.scale_advantages)
-        responses = [o.tokens + [self.eot] * bool(e) for o, e in zip(outs, ended)]
         return Rollout(index, prompts, responses, texts, ended, rewards, adv)
+
+    def rewards(self, prompts, responses, texts, answers) -> np.ndarray:
+        """(n,): the reward model's scores of prompt + response (ids, the end of turn kept; float32),
+        or the verifier's of each response text against its item's answer (float64, as it returns them)."""
+        if self.reward_model is not None:
+            return self.reward_model.scores(prompts, responses)
+        return np.array([float(self.verifier(t, a)) for t, a in zip(texts, answers)], np.float64)
 
     def to_batch(self, rollout: Rollout, policy) -> dict[str, jax.Array]:
         """The trainer's batch (n_micro, rows, length) of a rollout: token fields, advantages, and
@@ -329,14 +349,15 @@ class Rollouts:
     # Held-out evaluation
 
     def evaluate(self, params) -> dict:
-        """Greedy responses to rl.eval_prompts: mean verifier reward (exact match for final_number)."""
+        """Greedy responses to rl.eval_prompts: mean reward (the verifier's; final_number: exact match)."""
         gen = Generator(self.generator.graphdef, params, self.window, tokenizer=self.tokenizer, eos_id=self.eot,
                         batch_size=min(64, len(self.eval_prompt_ids)))
         cfg = dataclasses.replace(self.sampling, temperature=0.0)
         with rules.activation_sharding(self.mesh):
             outs = gen.generate_ids(self.eval_prompt_ids, cfg)
-        rewards = [float(self.verifier(self.tokenizer.decode(o.tokens), it["answer"]))
-                   for o, it in zip(outs, self.eval_items)]
+        responses = [o.tokens + [self.eot] * (o.finish_reason == "eos") for o in outs]
+        rewards = self.rewards(self.eval_prompt_ids, responses, [self.tokenizer.decode(o.tokens) for o in outs],
+                               [it["answer"] for it in self.eval_items])
         return {"eval_reward": float(np.mean(rewards)), "eval_n": len(rewards),
                 "eval_ended_share": float(np.mean([o.finish_reason == "eos" for o in outs]))}
 

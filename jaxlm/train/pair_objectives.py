@@ -43,6 +43,13 @@ def last_token_index(segment_ids_BT):
     return jnp.max(jnp.where(segment_ids_BT > 0, jnp.arange(t), 0), axis=-1)
 
 
+def last_token_scores(model, h_BTD, segment_ids_BT):
+    """(B,) the scalar head (model.reward_head) on each row's last real input token: a reward
+    model's score of the sequence in that row."""
+    last = last_token_index(segment_ids_BT)
+    return model.scores(jnp.take_along_axis(h_BTD, last[:, None, None], axis=1))[:, 0]
+
+
 def token_logprobs(model, h_BTD, targets_BT, mask_BT):
     """(B, T) float32 log p(target) where the mask is set, 0 elsewhere."""
     logits = jnp.einsum("btd,dv->btv", h_BTD, model.unembedding(), preferred_element_type=jnp.float32)
@@ -63,9 +70,7 @@ class RewardModel(Objective):
         self.margin = config.preference.margin
 
     def loss(self, model, h_BTD, micro, *, train):
-        last = last_token_index(micro["segment_ids"])
-        h_BD = jnp.take_along_axis(h_BTD, last[:, None, None], axis=1)  # (B, 1, D)
-        scores = model.scores(h_BD)[:, 0]
+        scores = last_token_scores(model, h_BTD, micro["segment_ids"])
         chosen, rejected = scores[0::2], scores[1::2]
         losses = preference.bradley_terry_terms(chosen, rejected, margin=self.margin)
         return _sums(losses, real_pairs(micro), {
