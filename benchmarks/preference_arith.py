@@ -91,39 +91,9 @@ def checkpoint_steps(workdir: str) -> list[int]:
     return sorted(int(d) for d in os.listdir(root) if d.isdigit())
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sft", default="runs/arith_sft")
-    p.add_argument("--data", default="data/arithmetic", help="the task's problems (python -m data_prep.arithmetic)")
-    p.add_argument("--dpo-config", default="configs/arith_dpo.yaml")
-    p.add_argument("--reward-config", default="configs/reward_arith.yaml")
-    p.add_argument("--pairs-config", default="data_prep/configs/arith_pairs.yaml")
-    p.add_argument("--samples", type=int, default=8, help="answers sampled per question")
-    p.add_argument("--train-questions", type=int, default=4000)
-    p.add_argument("--verifier", default="jaxlm.eval.verifiers:checked_working",
-                   help="labels the sampled answers (module:function); checked_working also checks every step")
-    p.add_argument("--kl-questions", type=int, default=200, help="held-out questions the KL is estimated on")
-    p.add_argument("--eval-samples", type=int, default=4, help="sampled answers per test problem (sampled accuracy)")
-    p.add_argument("--figure", default="docs/preference_arith.png")
-    p.add_argument("--output", help="write the numbers as JSON here")
-    args = p.parse_args()
-    for path in (args.sft, os.path.join(args.data, "test.jsonl")):
-        if not os.path.exists(path):
-            print(f"error: {path} not found; train the SFT base first (see --help)", file=sys.stderr)
-            return 2
-    sft = load_workdir(args.sft)
-    template = workdir_template(sft)
-    if not make_pairs(sft, template, args.data, args.samples, args.train_questions, args.verifier):
-        return 2
-    pairs_dir = load_config(args.dpo_config).data.sources[0].path
-    if not os.path.isfile(os.path.join(pairs_dir, "manifest.json")):
-        run([sys.executable, "-m", "data_prep", "--config", args.pairs_config])
-    for config in (args.dpo_config, args.reward_config):
-        workdir = load_config(config).workdir
-        if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-            run([sys.executable, "-m", "jaxlm.main", "--config", config, "log.progress=false"])
-
-    dpo_config = load_config(args.dpo_config)
+def evaluate_dpo(args, sft, template) -> list[dict]:
+    """The SFT model (step 0) and every DPO checkpoint on the held-out test problems; prints the table."""
+    dpo_config = load_config(args.dpo_config, args.dpo_set)
     test = items(os.path.join(args.data, "test.jsonl"))
     kl_questions = [it["question"] for it in test[:args.kl_questions]]
     val = {r["step"]: r for r in map(json.loads, open(os.path.join(dpo_config.workdir, "metrics.jsonl")))
@@ -151,12 +121,56 @@ def main() -> int:
           f"{last['exact_match']:.4f} ({last['exact_match'] - first['exact_match']:+.4f}), sampled "
           f"{first['sampled_accuracy']:.4f} -> {last['sampled_accuracy']:.4f} "
           f"({last['sampled_accuracy'] - first['sampled_accuracy']:+.4f}), at KL {last['kl']:.3f}")
+    return rows
 
-    reward_workdir = load_config(args.reward_config).workdir
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sft", default="runs/arith_sft")
+    p.add_argument("--data", default="data/arithmetic", help="the task's problems (python -m data_prep.arithmetic)")
+    p.add_argument("--dpo-config", default="configs/arith_dpo.yaml")
+    p.add_argument("--reward-config", default="configs/reward_arith.yaml")
+    p.add_argument("--pairs-config", default="data_prep/configs/arith_pairs.yaml")
+    p.add_argument("--samples", type=int, default=8, help="answers sampled per question")
+    p.add_argument("--train-questions", type=int, default=4000)
+    p.add_argument("--verifier", default="jaxlm.eval.verifiers:checked_working",
+                   help="labels the sampled answers (module:function); checked_working also checks every step")
+    p.add_argument("--kl-questions", type=int, default=200, help="held-out questions the KL is estimated on")
+    p.add_argument("--eval-samples", type=int, default=4, help="sampled answers per test problem (sampled accuracy)")
+    p.add_argument("--figure", default="docs/preference_arith.png")
+    p.add_argument("--output", help="write the numbers as JSON here")
+    p.add_argument("--dpo-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides for the DPO run (give it its own workdir=...)")
+    p.add_argument("--reward-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides for the reward model's run (give it its own workdir=...)")
+    p.add_argument("--reward-only", action="store_true", help="train and score the reward model alone")
+    args = p.parse_args()
+    for path in (args.sft, os.path.join(args.data, "test.jsonl")):
+        if not os.path.exists(path):
+            print(f"error: {path} not found; train the SFT base first (see --help)", file=sys.stderr)
+            return 2
+    sft = load_workdir(args.sft)
+    template = workdir_template(sft)
+    if not make_pairs(sft, template, args.data, args.samples, args.train_questions, args.verifier):
+        return 2
+    pairs_dir = load_config(args.dpo_config).data.sources[0].path
+    if not os.path.isfile(os.path.join(pairs_dir, "manifest.json")):
+        run([sys.executable, "-m", "data_prep", "--config", args.pairs_config])
+    runs = [(args.reward_config, args.reward_set)]
+    if not args.reward_only:
+        runs.insert(0, (args.dpo_config, args.dpo_set))
+    for config, overrides in runs:
+        workdir = load_config(config, overrides).workdir
+        if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+            run([sys.executable, "-m", "jaxlm.main", "--config", config, "log.progress=false", *overrides])
+
+    rows = [] if args.reward_only else evaluate_dpo(args, sft, template)
+
+    reward_workdir = load_config(args.reward_config, args.reward_set).workdir
     rm = reward_accuracy(load_workdir(reward_workdir), pairs_dir)
     print(f"reward model ({reward_workdir}): held-out pair accuracy {rm['accuracy']:.4f} on {rm['count']} pairs of "
           f"test problems (chance 0.5, the verifier 1.0), mean score margin {rm['score_margin']:.3f}")
-    if args.figure:
+    if args.figure and rows:
         draw(rows, args.figure)
         print(f"wrote {args.figure}")
     if args.output:
