@@ -21,7 +21,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import optax
 from flax import nnx
 from flax.traverse_util import flatten_dict, unflatten_dict
@@ -112,8 +111,8 @@ def main(argv=None) -> int:
           f"LoRA rank {args.rank} on {args.targets}: {n_adapt:,} adapter parameters ({n_adapt / n_all:.2%})")
     print(f"batch {args.batch} x {args.seq_len} tokens, AdamW, median of {args.steps} steps; "
           f"{jax.devices()[0].platform}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"| | full fine-tuning | LoRA | LoRA / full |")
-    print(f"|---|---|---|---|")
+    print("| | full fine-tuning | LoRA | LoRA / full |")
+    print("|---|---|---|---|")
     print(f"| optimizer state | {nbytes(full_opt) / 2**20:.2f} MiB | {nbytes(lora_opt) / 2**20:.3f} MiB | "
           f"{nbytes(lora_opt) / nbytes(full_opt):.4f} |")
     print(f"| trainable parameters | {n_all:,} | {n_adapt:,} | {n_adapt / n_all:.4f} |")

@@ -32,7 +32,7 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 

@@ -179,7 +179,6 @@ def compile_programs(config, devices, programs=PROGRAMS) -> tuple[dict, list[Pro
     for `devices` (compile-only TPU devices work). Returns the mesh's axis sizes and what the
     compiler reports."""
     import jax
-    import jax.numpy as jnp
 
     from jaxlm.parallel import rules
     from jaxlm.train import setup as setup_lib

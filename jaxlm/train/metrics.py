@@ -9,7 +9,6 @@ from the model by `jaxlm.model.counting.flops_per_token`, the function the plann
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys

@@ -14,7 +14,6 @@ import os
 from typing import Callable, Optional, Union
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import yaml
