@@ -477,6 +477,21 @@ def train_keeping_first_grads(config, batches, devices=None):
 # ---------------------------------------------------------------------------- numbers and HLO
 
 
+def log_softmax64(x: np.ndarray) -> np.ndarray:
+    """log softmax over the last axis, in the input's precision (float64 for the numpy references)."""
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def random_token_micro(rng: np.random.Generator, b: int, t: int, vocab: int, mask_share: float) -> dict:
+    """One micro-batch of random token fields (int32 jax arrays): random inputs and targets, positions
+    0..t-1, one segment, and a loss mask covering about `mask_share` of the tokens."""
+    micro = {"inputs": rng.integers(0, vocab, (b, t)), "targets": rng.integers(0, vocab, (b, t)),
+             "positions": np.tile(np.arange(t), (b, 1)), "segment_ids": np.ones((b, t), np.int32),
+             "loss_mask": (rng.random((b, t)) < mask_share).astype(np.int32)}
+    return {k: jnp.asarray(v, jnp.int32) for k, v in micro.items()}
+
+
 def max_rel(a, b) -> float:
     a, b = np.asarray(a), np.asarray(b)
     return float(np.max(np.abs(a - b)) / np.max(np.abs(a)))

@@ -22,7 +22,8 @@ from jaxlm.train import advantages as adv_lib
 from jaxlm.train import checkpoint_reader
 from jaxlm.train.loop import Trainer
 from jaxlm.train.policy_gradient import PolicyGradient
-from tests.helpers import REPO, make_task, random_params, read_jsonl, rl_config, train_base
+from tests.helpers import (
+    REPO, log_softmax64, make_task, random_params, random_token_micro, read_jsonl, rl_config, train_base)
 
 
 def numpy_gae(rewards, values, mask, gamma, lam):
@@ -78,11 +79,6 @@ def test_last_token_scores_put_each_reward_on_its_response_end():
                                   [[0, 0, 0, 0.5, 0], [0, 0, 0, -2.0, 0], [0, 0, 0, 0, 3.0]])
 
 
-def _log_softmax(x):
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
 PPO_RL = {"algorithm": "ppo", "kl_coef": 0.3, "clip": 0.2, "vf_coef": 0.7, "value_clip": 0.2}
 
 
@@ -98,13 +94,10 @@ def test_ppo_loss_and_gradient_equal_numpy():
     model.value_head[...] = jnp.asarray(rng.normal(0, 0.5, 32), jnp.float32)  # a critic that is not zero
     model.value_bias[...] = jnp.asarray([0.3], jnp.float32)
     b, t = 3, 8
-    micro = {"inputs": rng.integers(0, 64, (b, t)), "targets": rng.integers(0, 64, (b, t)),
-             "positions": np.tile(np.arange(t), (b, 1)), "segment_ids": np.ones((b, t), np.int32),
-             "loss_mask": (rng.random((b, t)) < 0.7).astype(np.int32)}
-    micro = {k: jnp.asarray(v, jnp.int32) for k, v in micro.items()}
+    micro = random_token_micro(rng, b, t, 64, 0.7)
     h = model.hidden(micro["inputs"], micro["positions"], micro["segment_ids"])
     h64, u64 = np.asarray(h, np.float64), np.asarray(model.unembedding(), np.float64)
-    logp_all = _log_softmax(h64 @ u64)
+    logp_all = log_softmax64(h64 @ u64)
     targets = np.asarray(micro["targets"])
     logp = np.take_along_axis(logp_all, targets[..., None], -1)[..., 0]
     w, bias = np.asarray(model.value_head[...], np.float64), 0.3

@@ -19,7 +19,9 @@ from jaxlm.rl.rollout import choose_prompts, group_advantages, sampling_seed, to
 from jaxlm.train import checkpoint_reader
 from jaxlm.train.loop import Trainer
 from jaxlm.train.policy_gradient import ESTIMATORS, PolicyGradient
-from tests.helpers import REPO, digit_share, make_task, random_params, read_jsonl, rl_config, train_base
+from tests.helpers import (
+    REPO, digit_share, log_softmax64, make_task, random_params, random_token_micro, read_jsonl, rl_config,
+    train_base)
 
 
 def test_group_advantages_by_hand():
@@ -56,11 +58,6 @@ def test_token_rows_mask_the_response_and_its_end_of_turn():
         token_rows([[1] * 6], [[2] * 4], seq_len=8)
 
 
-def _log_softmax(x):
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
 @pytest.mark.parametrize("estimator", ["k1", "k3"])
 def test_policy_gradient_loss_and_kl_equal_numpy(estimator):
     """The objective's sums (loss, pg_loss, KL, entropy, clip fraction) and its gradient with respect
@@ -71,13 +68,10 @@ def test_policy_gradient_loss_and_kl_equal_numpy(estimator):
     model, _, _ = random_params(config.model, seed=1)
     rng = np.random.default_rng(0)
     b, t = 3, 8
-    micro = {"inputs": rng.integers(0, 64, (b, t)), "targets": rng.integers(0, 64, (b, t)),
-             "positions": np.tile(np.arange(t), (b, 1)), "segment_ids": np.ones((b, t), np.int32),
-             "loss_mask": (rng.random((b, t)) < 0.6).astype(np.int32)}
-    micro = {k: jnp.asarray(v, jnp.int32) for k, v in micro.items()}
+    micro = random_token_micro(rng, b, t, 64, 0.6)
     h = model.hidden(micro["inputs"], micro["positions"], micro["segment_ids"])
     logits = np.asarray(jnp.einsum("btd,dv->btv", h, model.unembedding()), np.float64)
-    logp_all = _log_softmax(logits)
+    logp_all = log_softmax64(logits)
     logp = np.take_along_axis(logp_all, np.asarray(micro["targets"])[..., None], -1)[..., 0]
     # sampling and reference log-probs near the policy's, some far enough to clip
     old = logp + rng.normal(0, 0.3, (b, t))
