@@ -129,10 +129,7 @@ class RewardModel:
             seqs = [conversation(p, r) for p, r in zip(prompts[start:start + self.rows],
                                                        responses[start:start + self.rows])]
             rows = scoring_rows(seqs, self.window, self.rows)
-            local = self.micro // jax.process_count()  # this process's rows of every micro-batch
-            first = jax.process_index() * local
-            batch = self.setup.batch({k: v.reshape(self.rows // self.micro, self.micro, -1)[:, first:first + local]
-                                      for k, v in rows.items()})
+            batch = self.setup.batch({k: self.setup.own_rows(v, self.rows // self.micro) for k, v in rows.items()})
             values = self.score_fn(self.params, {k: batch[k] for k in TOKEN_FIELDS})
             out.append(np.asarray(multihost_utils.process_allgather(values, tiled=True), np.float32)
                        .reshape(-1)[:len(seqs)])

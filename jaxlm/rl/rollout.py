@@ -302,13 +302,11 @@ class Rollouts:
         rows = token_rows(rollout.prompts, rollout.responses, c.data.seq_len)
         if rollout.advantages is not None:
             rows["advantages"] = rollout.advantages.reshape(-1, 1) * rows["loss_mask"].astype(np.float32)
-        n_micro, micro = c.train.global_batch // c.train.micro_batch, c.train.micro_batch
-        local = micro // jax.process_count()  # this process's rows of every micro-batch
-        start = jax.process_index() * local
-        batch = self.setup.batch({k: v.reshape(n_micro, micro, -1)[:, start:start + local] for k, v in rows.items()})
+        n_micro = c.train.global_batch // c.train.micro_batch
+        batch = self.setup.batch({k: self.setup.own_rows(v, n_micro) for k, v in rows.items()})
         if c.rl.algorithm == "ppo":
-            scores = last_token_scores(rollout.rewards.ravel(), rows["loss_mask"]).reshape(n_micro, micro, -1)
-            scores = to_global({"scores": scores[:, start:start + local]}, self.mesh, BATCH_AXES, leading=1)["scores"]
+            scores = self.setup.own_rows(last_token_scores(rollout.rewards.ravel(), rows["loss_mask"]), n_micro)
+            scores = to_global({"scores": scores}, self.mesh, BATCH_AXES, leading=1)["scores"]
             return {**batch, **self.ppo_fields(policy, self.ref_params, {k: batch[k] for k in TOKEN_FIELDS}, scores)}
         old, ref = self.logprobs(policy, self.ref_params, {k: batch[k] for k in TOKEN_FIELDS})
         return {**batch, "old_logp": old, "ref_logp": ref}

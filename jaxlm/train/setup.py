@@ -70,6 +70,16 @@ class Setup:
         fields = {k: np.asarray(local[k], self.field_dtype(k)) for k in self.objective.batch_fields if k in local}
         return to_global(fields, self.mesh, BATCH_AXES, leading=leading)
 
+    @staticmethod
+    def own_rows(rows: np.ndarray, n_micro: int) -> np.ndarray:
+        """(n_micro * micro rows, ...) rows every process holds alike (an RL rollout is made the same
+        everywhere) -> this process's share of every micro-batch, (n_micro, micro rows / processes, ...):
+        what `batch` takes."""
+        per_micro = rows.reshape(n_micro, -1, *rows.shape[1:])
+        local = per_micro.shape[1] // jax.process_count()
+        start = jax.process_index() * local
+        return per_micro[:, start:start + local]
+
 
 def build(config: Config, *, mesh: Optional[Mesh] = None, devices=None,
           optimizer: Optional[optax.GradientTransformation] = None,
