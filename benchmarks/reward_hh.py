@@ -15,20 +15,12 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
-import time
 
 from jaxlm.config import load_config
 from jaxlm.eval.loading import load_workdir
 from jaxlm.eval.pairs import reward_accuracy
-
-
-def run(cmd: list[str]) -> None:
-    print("$", " ".join(cmd), flush=True)
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
-    print(f"  ({time.perf_counter() - start:.0f} s)", flush=True)
+from preference_arith import run  # one step as a subprocess, timed
 
 
 def main() -> int:
